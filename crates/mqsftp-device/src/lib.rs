@@ -1,0 +1,61 @@
+//! The mqsftp device client: a library for device firmware and the `mqsftp` CLI.
+//!
+//! [`Client::connect`] opens one MQTT connection (mutual TLS) and subscribes to this client's own response and
+//! download topics; [`Client::get`] downloads a file into a temporary file beside the target and renames it into
+//! place only after size and SHA-256 match. The protocol logic is `mqsftp_proto::GetReceiver`; this crate does the
+//! I/O around it.
+//!
+//! Layout: `config.rs` (`device.toml`), `client.rs` (the client), this file (errors).
+
+pub mod check;
+mod client;
+mod config;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use client::{Client, GetOutcome, Progress};
+pub use config::{DeviceConfig, DeviceTransferConfig};
+pub use mqsftp_mqtt::MqttError;
+pub use mqsftp_proto::ErrorCode;
+
+/// What went wrong on the device side.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The config file is unreadable or invalid.
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    /// The broker connection failed (TLS, refusal, unreachable).
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
+    /// No gateway answered.
+    #[error("no gateway answered within {after:?} (is the gateway running and connected to the broker?)")]
+    NoGateway { after: Duration },
+    /// The gateway refused or failed the request.
+    #[error("{code}: {message}")]
+    Remote { code: ErrorCode, message: String },
+    /// The gateway stopped sending in the middle of a transfer.
+    #[error(
+        "transfer stalled: nothing from the gateway for {after:?} after {received} of {size} bytes"
+    )]
+    Stalled {
+        after: Duration,
+        received: u64,
+        size: u64,
+    },
+    /// The received file failed verification.
+    #[error("verification failed: {0}")]
+    Integrity(#[from] mqsftp_proto::ReceiveError),
+    /// A local file could not be written.
+    #[error("{path}: {source}")]
+    Local {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The local target is not usable.
+    #[error("bad local path {path}: {reason}")]
+    LocalPath { path: PathBuf, reason: String },
+    /// The broker connection closed.
+    #[error("the broker connection closed: {0}")]
+    Closed(String),
+}

@@ -1,0 +1,183 @@
+//! `mqsftp check` for a gateway config: each step of what the gateway needs, reported separately.
+
+use std::time::Duration;
+
+use mqsftp_mqtt::{probe_tls, LinkOptions, MqttLink};
+use mqsftp_proto::Topic;
+use tokio::io::AsyncWriteExt;
+
+use crate::config::{GatewayConfig, DEVICE_PLACEHOLDER};
+use crate::store::{self, StoreError};
+
+/// One line of a check report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckLine {
+    /// What was checked.
+    pub name: &'static str,
+    /// `Ok(detail)` or `Err(reason)`.
+    pub result: Result<String, String>,
+}
+
+/// Runs every check against the broker and the store named in `cfg`. Later checks that depend on a failed one
+/// are reported as not tried.
+pub async fn check(cfg: &GatewayConfig) -> Vec<CheckLine> {
+    let mut lines = Vec::new();
+    let timeout = Duration::from_secs(10);
+    let broker = cfg.broker.address();
+    let tls = probe_tls(&cfg.broker, timeout).await;
+    let tls_ok = tls.is_ok();
+    lines.push(CheckLine {
+        name: "broker tls",
+        result: tls
+            .map(|_| {
+                format!(
+                    "{broker} presents a certificate signed by {}",
+                    cfg.broker.ca.display()
+                )
+            })
+            .map_err(|e| e.to_string()),
+    });
+    let link = if tls_ok {
+        let r = MqttLink::connect(
+            &cfg.broker,
+            LinkOptions {
+                client_id: format!("mqsftp-check-{:08x}", rand::random::<u32>()),
+                subscriptions: vec![Topic::all_requests_filter()],
+                connect_timeout: timeout,
+                reconnect: false,
+                inflight: 8,
+            },
+        )
+        .await;
+        let line = r.as_ref().map(|_| {
+            format!(
+                "certificate accepted, subscribed to {}",
+                Topic::all_requests_filter()
+            )
+        });
+        lines.push(CheckLine {
+            name: "broker client certificate",
+            result: line.map_err(|e| e.to_string()),
+        });
+        r.ok()
+    } else {
+        lines.push(CheckLine {
+            name: "broker client certificate",
+            result: Err("not tried: broker TLS failed".into()),
+        });
+        None
+    };
+    drop(link);
+
+    let sftp = cfg.sftp.host.clone() + ":" + &cfg.sftp.port.to_string();
+    match store::connect(&cfg.sftp).await {
+        Ok(session) => {
+            lines.push(CheckLine {
+                name: "sftp host key",
+                result: Ok(format!(
+                    "{sftp} host key is pinned in {}",
+                    cfg.sftp.known_hosts.display()
+                )),
+            });
+            lines.push(CheckLine {
+                name: "sftp key auth",
+                result: Ok(format!(
+                    "logged in as {} with {}",
+                    cfg.sftp.user,
+                    cfg.sftp.key.display()
+                )),
+            });
+            lines.push(CheckLine {
+                name: "sftp write+remove",
+                result: probe_write(cfg, &session).await,
+            });
+        }
+        Err(e) => {
+            let host_key_failed = matches!(
+                e,
+                StoreError::UnknownHostKey { .. }
+                    | StoreError::ChangedHostKey { .. }
+                    | StoreError::KnownHosts { .. }
+            );
+            let auth_failed = matches!(e, StoreError::AuthRefused { .. } | StoreError::Key { .. });
+            if host_key_failed || !auth_failed {
+                lines.push(CheckLine {
+                    name: "sftp host key",
+                    result: Err(e.to_string()),
+                });
+                lines.push(CheckLine {
+                    name: "sftp key auth",
+                    result: Err("not tried".into()),
+                });
+            } else {
+                lines.push(CheckLine {
+                    name: "sftp host key",
+                    result: Ok(format!("{sftp} host key is pinned")),
+                });
+                lines.push(CheckLine {
+                    name: "sftp key auth",
+                    result: Err(e.to_string()),
+                });
+            }
+            lines.push(CheckLine {
+                name: "sftp write+remove",
+                result: Err("not tried".into()),
+            });
+        }
+    }
+    lines
+}
+
+/// Writes and removes a probe file in the directory that holds the device roots.
+async fn probe_write(cfg: &GatewayConfig, session: &store::StoreSession) -> Result<String, String> {
+    let root = &cfg.store.device_root;
+    let base = root
+        .split(DEVICE_PLACEHOLDER)
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/');
+    let base = if base.is_empty() { "." } else { base };
+    let probe = format!("{base}/.mqsftp-check-{:08x}", rand::random::<u32>());
+    // A fresh store may not have the directory of device roots yet; the gateway creates it when needed, and so does
+    // the check.
+    let mut created = Vec::new();
+    if base != "." && !session.try_exists(base).await.unwrap_or(false) {
+        let mut prefix = String::new();
+        for name in base.split('/') {
+            if !prefix.is_empty() || base.starts_with('/') {
+                prefix.push('/');
+            }
+            prefix.push_str(name);
+            if name.is_empty() || session.try_exists(prefix.as_str()).await.unwrap_or(false) {
+                continue;
+            }
+            session
+                .create_dir(prefix.as_str())
+                .await
+                .map_err(|e| format!("cannot create directory {prefix}: {e}"))?;
+            created.push(prefix.clone());
+        }
+    }
+    let mut f = session
+        .create(probe.as_str())
+        .await
+        .map_err(|e| format!("cannot create {probe}: {e}"))?;
+    f.write_all(b"mqsftp check\n")
+        .await
+        .map_err(|e| format!("cannot write {probe}: {e}"))?;
+    f.shutdown()
+        .await
+        .map_err(|e| format!("cannot close {probe}: {e}"))?;
+    session
+        .remove_file(probe.as_str())
+        .await
+        .map_err(|e| format!("cannot remove {probe}: {e}"))?;
+    if created.is_empty() {
+        Ok(format!("wrote and removed {probe}"))
+    } else {
+        Ok(format!(
+            "created {}; wrote and removed {probe}",
+            created.join(", ")
+        ))
+    }
+}

@@ -1,0 +1,299 @@
+//! `gateway.toml`: parsed into types that cannot hold a bad value, with relative paths resolved against the
+//! directory of the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mqsftp_mqtt::BrokerConfig;
+use mqsftp_proto::{DeviceId, RelPath};
+use serde::Deserialize;
+
+/// Placeholder for the device id in [`StoreConfig::device_root`].
+pub const DEVICE_PLACEHOLDER: &str = "{device}";
+
+/// Why a gateway config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a wrong key or value.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of range.
+    #[error("{path}: {key} = {value}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The whole `gateway.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The MQTT broker.
+    pub broker: BrokerConfig,
+    /// The SFTP store.
+    pub sftp: SftpConfig,
+    /// Where device files live on the store.
+    pub store: StoreConfig,
+    /// Transfer tuning.
+    #[serde(default)]
+    pub transfer: TransferConfig,
+}
+
+/// The `[sftp]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftpConfig {
+    /// Server host name or IP (as listed in known_hosts).
+    pub host: String,
+    /// Server port.
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// Login user.
+    pub user: String,
+    /// OpenSSH private key file.
+    pub key: PathBuf,
+    /// known_hosts file that must list the server's host key.
+    pub known_hosts: PathBuf,
+    /// Connect + authenticate time limit.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+/// The `[store]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Root of each device on the server, with `{device}` standing for the device id.
+    pub device_root: String,
+}
+
+impl StoreConfig {
+    /// The store path of `rel` inside `device`'s root.
+    pub fn path_of(&self, device: &DeviceId, rel: &RelPath) -> String {
+        let root = self.root_of(device);
+        if rel.is_root() {
+            root
+        } else if root.ends_with('/') {
+            format!("{root}{}", rel.as_str())
+        } else {
+            format!("{root}/{}", rel.as_str())
+        }
+    }
+
+    /// `device`'s root on the store.
+    pub fn root_of(&self, device: &DeviceId) -> String {
+        self.device_root
+            .replace(DEVICE_PLACEHOLDER, device.as_str())
+    }
+}
+
+/// The `[transfer]` section.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    /// Data bytes per chunk.
+    pub chunk_size: u32,
+    /// Chunks in flight per transfer before waiting for the device's acknowledgement.
+    pub window: u32,
+    /// Resend the window when it has not moved for this long.
+    #[serde(with = "humantime_serde")]
+    pub retransmit_after: Duration,
+    /// Abandon a transfer when the device has not acknowledged anything for this long.
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+    /// Concurrent transfers over all devices.
+    pub max_transfers: usize,
+    /// Concurrent transfers per device.
+    pub max_transfers_per_device: usize,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        let p = mqsftp_proto::GetParams::default();
+        Self {
+            chunk_size: p.chunk_size,
+            window: p.window,
+            retransmit_after: p.retransmit_after,
+            give_up_after: p.give_up_after,
+            max_transfers: 256,
+            max_transfers_per_device: 4,
+        }
+    }
+}
+
+/// Mosquitto's default `max_inflight_messages`: more QoS 1 chunks than this in flight only queue in the broker.
+pub const BROKER_INFLIGHT: u32 = 20;
+
+impl GatewayConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut cfg: GatewayConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Makes relative file paths relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        self.broker.resolve_paths(base);
+        for p in [&mut self.sftp.key, &mut self.sftp.known_hosts] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, value: String, reason: &str| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            value,
+            reason: reason.into(),
+        };
+        let root = &self.store.device_root;
+        if !root.contains(DEVICE_PLACEHOLDER) {
+            return Err(invalid(
+                "store.device_root",
+                root.clone(),
+                "must contain {device}, or all devices would share one root",
+            ));
+        }
+        if root.split('/').any(|n| n == "..") {
+            return Err(invalid(
+                "store.device_root",
+                root.clone(),
+                "must not contain '..'",
+            ));
+        }
+        let t = &self.transfer;
+        if !(1024..=mqsftp_proto::chunk::MAX_CHUNK_DATA as u32).contains(&t.chunk_size) {
+            return Err(invalid(
+                "transfer.chunk_size",
+                t.chunk_size.to_string(),
+                &format!(
+                    "must be between 1024 and {}",
+                    mqsftp_proto::chunk::MAX_CHUNK_DATA
+                ),
+            ));
+        }
+        if !(1..=BROKER_INFLIGHT).contains(&t.window) {
+            return Err(invalid(
+                "transfer.window",
+                t.window.to_string(),
+                &format!("must be between 1 and {BROKER_INFLIGHT} (the broker's in-flight limit)"),
+            ));
+        }
+        if t.max_transfers == 0 || t.max_transfers_per_device == 0 {
+            return Err(invalid(
+                "transfer.max_transfers",
+                "0".into(),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const GOOD: &str = r#"
+[broker]
+host = "localhost"
+port = 8883
+ca = "ca.crt"
+cert = "gateway.crt"
+key = "gateway.key"
+
+[sftp]
+host = "localhost"
+port = 2222
+user = "mqsftp"
+key = "gateway_ed25519"
+known_hosts = "/etc/mqsftp/known_hosts"
+
+[store]
+device_root = "devices/{device}"
+"#;
+
+    fn load(text: &str) -> Result<GatewayConfig, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("mqsftp-gw-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let r = GatewayConfig::load(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        r
+    }
+
+    #[test]
+    fn loads_and_resolves_paths() {
+        let cfg = load(GOOD).unwrap();
+        assert!(cfg.broker.ca.is_absolute());
+        assert!(cfg.sftp.key.ends_with("gateway_ed25519") && cfg.sftp.key.is_absolute());
+        assert_eq!(
+            cfg.sftp.known_hosts,
+            PathBuf::from("/etc/mqsftp/known_hosts")
+        );
+        assert_eq!(cfg.transfer.chunk_size, 65536);
+        let d = DeviceId::new("d1").unwrap();
+        assert_eq!(
+            cfg.store
+                .path_of(&d, &mqsftp_proto::confine("a/b").unwrap()),
+            "devices/d1/a/b"
+        );
+        assert_eq!(
+            cfg.store.path_of(&d, &mqsftp_proto::confine("").unwrap()),
+            "devices/d1"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = load(&GOOD.replace("devices/{device}", "shared"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("store.device_root") && e.contains("{device}"),
+            "{e}"
+        );
+        let e = load(&format!("{GOOD}\n[transfer]\nwindow = 50\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("transfer.window = 50"), "{e}");
+        let e = load(&GOOD.replace("port = 2222", "port = \"x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
+        let e = load(&GOOD.replace("[store]", "[store]\nbogus = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

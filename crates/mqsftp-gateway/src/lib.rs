@@ -1,0 +1,19 @@
+//! The mqsftp gateway: serves devices' file requests arriving over MQTT from an SFTP store.
+//!
+//! - `config.rs`: `gateway.toml`, validated at load.
+//! - `store.rs`: the SFTP connection (pinned host key from known_hosts, public-key auth), shared by all
+//!   transfers and reopened when it breaks.
+//! - `server.rs`: [`Gateway`]: subscribes to `mqsftp/v1/+/req`, takes the device id from the topic, confines
+//!   paths to the device's root, and runs one task per transfer that drives the sans-io
+//!   [`mqsftp_proto::GetSender`].
+//!
+//! The protocol itself (messages, chunk frames, windows) is in `mqsftp-proto`; nothing here encodes bytes.
+
+pub mod check;
+pub mod config;
+pub mod server;
+pub mod store;
+
+pub use config::{ConfigError, GatewayConfig};
+pub use server::{Gateway, GatewayError};
+pub use store::{Store, StoreError, StoreSession};

@@ -1,0 +1,297 @@
+//! The SFTP store: one SSH connection with a pinned host key and public-key auth, kept open and shared by all
+//! transfers, and reopened when it breaks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqsftp_proto::ErrorCode;
+use russh::client::{self, AuthResult};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh_sftp::client::SftpSession;
+use russh_sftp::protocol::StatusCode;
+use tokio::sync::Mutex;
+
+use crate::config::SftpConfig;
+
+/// What went wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The private key could not be loaded.
+    #[error("cannot load the SSH key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    /// The server's host key is not in known_hosts.
+    #[error("host key of {host} ({fingerprint}) is not in {known_hosts}; refusing to connect")]
+    UnknownHostKey {
+        host: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+    },
+    /// The server's host key differs from the one in known_hosts.
+    #[error("host key of {host} changed: server offers {fingerprint}, {known_hosts} line {line} lists another key; refusing to connect (possible man-in-the-middle)")]
+    ChangedHostKey {
+        host: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+        line: usize,
+    },
+    /// known_hosts could not be read.
+    #[error("cannot read known_hosts {path}: {reason}")]
+    KnownHosts { path: PathBuf, reason: String },
+    /// The server refused our key.
+    #[error("the SFTP server {host} refused public-key authentication for user {user}")]
+    AuthRefused { host: String, user: String },
+    /// TCP/SSH failure.
+    #[error("SSH connection to {host} failed: {reason}")]
+    Ssh { host: String, reason: String },
+    /// Connect + auth took too long.
+    #[error("SSH connection to {host} timed out after {after:?}")]
+    Timeout { host: String, after: Duration },
+    /// An SFTP operation failed.
+    #[error("{op} {path}: {source}")]
+    Sftp {
+        op: &'static str,
+        path: String,
+        source: russh_sftp::client::error::Error,
+    },
+}
+
+impl StoreError {
+    /// The wire code to report to a device.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::Sftp {
+                source: russh_sftp::client::error::Error::Status(s),
+                ..
+            } => match s.status_code {
+                StatusCode::NoSuchFile => ErrorCode::NotFound,
+                StatusCode::PermissionDenied => ErrorCode::PermissionDenied,
+                _ => ErrorCode::Internal,
+            },
+            StoreError::Sftp { .. } => ErrorCode::Internal,
+            _ => ErrorCode::Unavailable,
+        }
+    }
+
+    /// Whether the SSH connection should be dropped and reopened.
+    fn is_connection_failure(&self) -> bool {
+        match self {
+            StoreError::Sftp { source, .. } => {
+                !matches!(source, russh_sftp::client::error::Error::Status(_))
+            }
+            _ => true,
+        }
+    }
+
+    /// A message for the device: names the device-relative path, never the server layout.
+    pub fn device_message(&self, rel: &str) -> String {
+        match self.code() {
+            ErrorCode::NotFound => format!("no such file: {rel}"),
+            ErrorCode::PermissionDenied => format!("permission denied: {rel}"),
+            ErrorCode::Unavailable => "the file store is unavailable".to_string(),
+            _ => format!("store error on {rel}"),
+        }
+    }
+}
+
+/// Checks host keys against a known_hosts file; never accepts an unknown key.
+pub struct PinnedHostKey {
+    host: String,
+    port: u16,
+    known_hosts: PathBuf,
+    verdict: Arc<std::sync::Mutex<Option<StoreError>>>,
+}
+
+impl client::Handler for PinnedHostKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        offered: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        // Host certificates are not trusted on their own: the plain key must be pinned in known_hosts.
+        let key = match offered {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            PublicKeyOrCertificate::Certificate(cert) => PublicKey::from(cert.public_key().clone()),
+        };
+        let key = &key;
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let verdict = match check_known_host(&self.host, self.port, key, &self.known_hosts) {
+            Ok(true) => return Ok(true),
+            Ok(false) => StoreError::UnknownHostKey {
+                host: host_port(&self.host, self.port),
+                fingerprint,
+                known_hosts: self.known_hosts.clone(),
+            },
+            Err(KnownHostsError::Changed(line)) => StoreError::ChangedHostKey {
+                host: host_port(&self.host, self.port),
+                fingerprint,
+                known_hosts: self.known_hosts.clone(),
+                line,
+            },
+            Err(KnownHostsError::Read(reason)) => StoreError::KnownHosts {
+                path: self.known_hosts.clone(),
+                reason,
+            },
+        };
+        if let Ok(mut v) = self.verdict.lock() {
+            *v = Some(verdict);
+        }
+        Ok(false)
+    }
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+enum KnownHostsError {
+    Changed(usize),
+    Read(String),
+}
+
+/// Whether `key` is listed for host:port in `path`. A listed key of the same algorithm that differs is a change.
+fn check_known_host(
+    host: &str,
+    port: u16,
+    key: &PublicKey,
+    path: &Path,
+) -> Result<bool, KnownHostsError> {
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(KnownHostsError::Read(e.to_string()));
+    }
+    match russh::keys::check_known_hosts_path(host, port, key, path) {
+        Ok(found) => Ok(found),
+        Err(russh::keys::Error::KeyChanged { line }) => Err(KnownHostsError::Changed(line)),
+        Err(e) => Err(KnownHostsError::Read(e.to_string())),
+    }
+}
+
+/// An authenticated SFTP session and the SSH connection under it.
+pub struct StoreSession {
+    /// The SFTP client.
+    pub sftp: SftpSession,
+    _ssh: client::Handle<PinnedHostKey>,
+}
+
+impl std::ops::Deref for StoreSession {
+    type Target = SftpSession;
+    fn deref(&self) -> &SftpSession {
+        &self.sftp
+    }
+}
+
+/// Opens an authenticated SFTP session according to `cfg`.
+pub async fn connect(cfg: &SftpConfig) -> Result<StoreSession, StoreError> {
+    let host = host_port(&cfg.host, cfg.port);
+    let fut = connect_inner(cfg, host.clone());
+    match tokio::time::timeout(cfg.connect_timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Timeout {
+            host,
+            after: cfg.connect_timeout,
+        }),
+    }
+}
+
+async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, StoreError> {
+    let key = russh::keys::load_secret_key(&cfg.key, None).map_err(|e| StoreError::Key {
+        path: cfg.key.clone(),
+        reason: e.to_string(),
+    })?;
+    let config = client::Config {
+        nodelay: true,
+        window_size: 16 * 1024 * 1024,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 3,
+        ..Default::default()
+    };
+    let verdict = Arc::new(std::sync::Mutex::new(None));
+    let handler = PinnedHostKey {
+        host: cfg.host.clone(),
+        port: cfg.port,
+        known_hosts: cfg.known_hosts.clone(),
+        verdict: verdict.clone(),
+    };
+    let ssh_err = |e: russh::Error| {
+        if let Some(v) = verdict.lock().ok().and_then(|mut v| v.take()) {
+            return v;
+        }
+        StoreError::Ssh {
+            host: host.clone(),
+            reason: e.to_string(),
+        }
+    };
+    let mut session = client::connect(Arc::new(config), (cfg.host.as_str(), cfg.port), handler)
+        .await
+        .map_err(ssh_err)?;
+    let hash = session
+        .best_supported_rsa_hash()
+        .await
+        .map_err(ssh_err)?
+        .flatten();
+    let auth = session
+        .authenticate_publickey(&cfg.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+        .await
+        .map_err(ssh_err)?;
+    if !matches!(auth, AuthResult::Success) {
+        return Err(StoreError::AuthRefused {
+            host,
+            user: cfg.user.clone(),
+        });
+    }
+    let channel = session.channel_open_session().await.map_err(ssh_err)?;
+    channel
+        .request_subsystem(true, "sftp")
+        .await
+        .map_err(ssh_err)?;
+    let sftp = SftpSession::new(channel.into_stream())
+        .await
+        .map_err(|e| StoreError::Sftp {
+            op: "start sftp on",
+            path: host.clone(),
+            source: e,
+        })?;
+    Ok(StoreSession {
+        sftp,
+        _ssh: session,
+    })
+}
+
+/// A shared, lazily (re)connected SFTP session.
+pub struct Store {
+    cfg: SftpConfig,
+    session: Mutex<Option<Arc<StoreSession>>>,
+}
+
+impl Store {
+    /// A store that connects on first use.
+    pub fn new(cfg: SftpConfig) -> Self {
+        Self {
+            cfg,
+            session: Mutex::new(None),
+        }
+    }
+
+    /// The open session, connecting if needed.
+    pub async fn session(&self) -> Result<Arc<StoreSession>, StoreError> {
+        let mut guard = self.session.lock().await;
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(connect(&self.cfg).await?);
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Reports an error seen on the session; connection failures make the next use reconnect.
+    pub async fn note_error(&self, err: &StoreError) {
+        if err.is_connection_failure() {
+            *self.session.lock().await = None;
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! MQTT over mutual TLS for mqsftp, shared by the gateway and the device library.
+//!
+//! - [`BrokerConfig`]: the `[broker]` section of `gateway.toml` and `device.toml`.
+//! - [`tls_config`]: a rustls client configuration that trusts only the deployment's CA and presents the client
+//!   certificate. There is no "insecure" mode.
+//! - [`MqttLink::connect`]: connects with rumqttc, subscribes, checks that the broker granted every subscription,
+//!   and then runs the event loop on its own task, forwarding incoming publishes on a channel. Publishing from the
+//!   task that polls the event loop can deadlock rumqttc, so nothing here does that.
+//!
+//! Errors are classified ([`MqttError`]) so that callers can tell a bad certificate from a broker that is down.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS,
+    SubscribeReasonCode, Transport,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+
+pub use rumqttc;
+
+/// Largest MQTT packet sent or accepted: a 1 MiB chunk plus headers.
+pub const MAX_PACKET_SIZE: usize = (1 << 20) + 1024;
+
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// How to reach the broker (the `[broker]` section of a config file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Host name or IP; must match a SAN of the broker's certificate.
+    pub host: String,
+    /// TLS port.
+    pub port: u16,
+    /// The CA certificate (PEM) the broker's certificate must chain to.
+    pub ca: PathBuf,
+    /// This client's certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// MQTT client id; a default is derived by the caller when absent.
+    pub client_id: Option<String>,
+    /// MQTT keep-alive interval.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+impl BrokerConfig {
+    /// Makes relative file paths relative to `base` (the directory of the config file).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.ca);
+        if let Some(p) = self.cert.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.key.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// `host:port`, for messages.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// What went wrong talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// A certificate or key file could not be read or parsed.
+    #[error("cannot load {what} from {path}: {reason}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The client certificate is given without its key or the other way round.
+    #[error("broker config gives {0} but not the other of cert/key")]
+    HalfIdentity(&'static str),
+    /// rustls refused the configuration (e.g. key does not match the certificate).
+    #[error("invalid TLS configuration: {0}")]
+    TlsConfig(#[source] rustls::Error),
+    /// The TLS handshake failed: the broker's certificate is not trusted, or the broker refused ours.
+    #[error("TLS with the broker at {broker} failed: {reason}")]
+    Tls { broker: String, reason: String },
+    /// The broker answered CONNECT with a refusal.
+    #[error("the broker at {broker} refused the connection: {code:?}")]
+    Refused {
+        broker: String,
+        code: ConnectReturnCode,
+    },
+    /// The broker refused a subscription (its ACL does not allow this client the topic).
+    #[error(
+        "the broker at {broker} refused the subscription to {topic} (not authorised by its ACL)"
+    )]
+    SubscriptionRefused { broker: String, topic: String },
+    /// Could not reach the broker or the connection broke.
+    #[error("connection to the broker at {broker} failed: {reason}")]
+    Connection { broker: String, reason: String },
+    /// The broker did not complete the handshake in time.
+    #[error("the broker at {broker} did not answer within {after:?}")]
+    Timeout { broker: String, after: Duration },
+    /// The event loop has stopped.
+    #[error("the MQTT connection to {0} is closed")]
+    Closed(String),
+}
+
+impl MqttError {
+    /// Whether the error is about certificates (ours or the broker's), as opposed to reachability.
+    pub fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            MqttError::Tls { .. }
+                | MqttError::Pem { .. }
+                | MqttError::TlsConfig(_)
+                | MqttError::HalfIdentity(_)
+        )
+    }
+}
+
+fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttError> {
+    let err = |reason: String| MqttError::Pem {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// Builds the rustls client configuration: trusts only `cfg.ca`, presents `cfg.cert`/`cfg.key` when given.
+pub fn tls_config(cfg: &BrokerConfig) -> Result<Arc<rustls::ClientConfig>, MqttError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs("the CA certificate", &cfg.ca)? {
+        roots.add(cert).map_err(|e| MqttError::Pem {
+            what: "the CA certificate",
+            path: cfg.ca.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(MqttError::TlsConfig)?
+        .with_root_certificates(roots);
+    let config = match (&cfg.cert, &cfg.key) {
+        (Some(cert), Some(key)) => {
+            let chain = load_certs("the client certificate", cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| MqttError::Pem {
+                what: "the client private key",
+                path: key.clone(),
+                reason: e.to_string(),
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(MqttError::TlsConfig)?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        (Some(_), None) => return Err(MqttError::HalfIdentity("cert")),
+        (None, Some(_)) => return Err(MqttError::HalfIdentity("key")),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Finds a rustls error anywhere in an error's source chain.
+fn rustls_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return Some(t.to_string());
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(t) = inner.downcast_ref::<rustls::Error>() {
+                    return Some(t.to_string());
+                }
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// Classifies a rumqttc connection error.
+pub fn classify(broker: &str, err: &rumqttc::ConnectionError) -> MqttError {
+    let broker = broker.to_string();
+    if let rumqttc::ConnectionError::ConnectionRefused(code) = err {
+        return MqttError::Refused {
+            broker,
+            code: *code,
+        };
+    }
+    if let Some(reason) = rustls_cause(err) {
+        return MqttError::Tls { broker, reason };
+    }
+    if let rumqttc::ConnectionError::Tls(e) = err {
+        return MqttError::Tls {
+            broker,
+            reason: e.to_string(),
+        };
+    }
+    MqttError::Connection {
+        broker,
+        reason: err.to_string(),
+    }
+}
+
+/// Options for [`MqttLink::connect`].
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// Client id sent in CONNECT.
+    pub client_id: String,
+    /// Topic filters to subscribe (QoS 1) on every connection.
+    pub subscriptions: Vec<String>,
+    /// How long the first connection and subscription may take.
+    pub connect_timeout: Duration,
+    /// After the first connection: reconnect (gateway) or stop at the first error (device CLI).
+    pub reconnect: bool,
+    /// QoS 1 messages this client keeps in flight towards the broker.
+    pub inflight: u16,
+}
+
+/// State of a running link, observable by its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    /// Connected and subscribed; the counter increases on every new connection.
+    Up(u64),
+    /// Disconnected; the reason is kept. The link retries when `reconnect` was set.
+    Down(String),
+    /// The event loop has stopped for good.
+    Closed(String),
+}
+
+/// A connected MQTT client with its event loop running on a task.
+pub struct MqttLink {
+    /// Publishes and subscribes.
+    pub client: AsyncClient,
+    /// Incoming publishes, in the order the broker sent them.
+    pub incoming: mpsc::UnboundedReceiver<rumqttc::Publish>,
+    /// Connection state.
+    pub state: watch::Receiver<LinkState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MqttLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MqttLink {
+    /// Connects, subscribes and checks every subscription was granted, then leaves the event loop running.
+    pub async fn connect(cfg: &BrokerConfig, opts: LinkOptions) -> Result<MqttLink, MqttError> {
+        let broker = cfg.address();
+        let tls = tls_config(cfg)?;
+        let mut mqtt = MqttOptions::new(opts.client_id.clone(), cfg.host.clone(), cfg.port);
+        mqtt.set_keep_alive(cfg.keep_alive)
+            .set_clean_session(true)
+            .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE)
+            .set_inflight(opts.inflight.max(1))
+            .set_transport(Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        let (client, mut eventloop) = AsyncClient::new(mqtt, 256);
+        // Without TCP_NODELAY, small acks wait for Nagle + delayed ACK (40 ms each) and a get crawls at ~10 MB/s.
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        net.set_connection_timeout(opts.connect_timeout.as_secs().max(1));
+        eventloop.set_network_options(net);
+        let (tx, incoming) = mpsc::unbounded_channel();
+
+        let first = first_connect(&client, &mut eventloop, &opts, &broker, &tx);
+        match tokio::time::timeout(opts.connect_timeout, first).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(MqttError::Timeout {
+                    broker,
+                    after: opts.connect_timeout,
+                })
+            }
+        }
+        let (state_tx, state) = watch::channel(LinkState::Up(1));
+        let task = tokio::spawn(run_eventloop(
+            client.clone(),
+            eventloop,
+            opts,
+            broker,
+            tx,
+            state_tx,
+        ));
+        Ok(MqttLink {
+            client,
+            incoming,
+            state,
+            task,
+        })
+    }
+
+    /// Waits until the link is closed for good and returns why.
+    pub async fn closed(&mut self) -> String {
+        loop {
+            if let LinkState::Closed(why) = &*self.state.borrow_and_update() {
+                return why.clone();
+            }
+            if self.state.changed().await.is_err() {
+                return "event loop stopped".into();
+            }
+        }
+    }
+}
+
+async fn first_connect(
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    opts: &LinkOptions,
+    broker: &str,
+    tx: &mpsc::UnboundedSender<rumqttc::Publish>,
+) -> Result<(), MqttError> {
+    let mut pending = opts.subscriptions.len();
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                if ack.code != ConnectReturnCode::Success {
+                    return Err(MqttError::Refused {
+                        broker: broker.into(),
+                        code: ack.code,
+                    });
+                }
+                if pending == 0 {
+                    return Ok(());
+                }
+                for topic in &opts.subscriptions {
+                    client
+                        .try_subscribe(topic.clone(), QoS::AtLeastOnce)
+                        .map_err(|e| MqttError::Connection {
+                            broker: broker.into(),
+                            reason: e.to_string(),
+                        })?;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                // Subscriptions were sent one per SUBSCRIBE, in order; SUBACKs come back in the same order.
+                let index = opts.subscriptions.len() - pending;
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    let topic = opts.subscriptions.get(index).cloned().unwrap_or_default();
+                    return Err(MqttError::SubscriptionRefused {
+                        broker: broker.into(),
+                        topic,
+                    });
+                }
+                pending = pending.saturating_sub(1);
+                if pending == 0 {
+                    return Ok(());
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let _ = tx.send(p);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(classify(broker, &e)),
+        }
+    }
+}
+
+async fn run_eventloop(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    opts: LinkOptions,
+    broker: String,
+    tx: mpsc::UnboundedSender<rumqttc::Publish>,
+    state: watch::Sender<LinkState>,
+) {
+    let mut generation = 1u64;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send(p).is_err() {
+                    let _ = state.send(LinkState::Closed("owner dropped the link".into()));
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
+                generation += 1;
+                backoff = Duration::from_millis(100);
+                tracing::info!(%broker, generation, "reconnected to the broker");
+                // Subscribe from another task: awaiting the request channel here could deadlock the event loop.
+                let client = client.clone();
+                let topics = opts.subscriptions.clone();
+                let state = state.clone();
+                tokio::spawn(async move {
+                    for t in topics {
+                        if let Err(e) = client.subscribe(t.clone(), QoS::AtLeastOnce).await {
+                            tracing::warn!(topic = %t, error = %e, "resubscribe failed");
+                        }
+                    }
+                    let _ = state.send(LinkState::Up(generation));
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let err = classify(&broker, &e);
+                tracing::warn!(%broker, error = %err, "MQTT connection lost");
+                if !opts.reconnect || matches!(e, rumqttc::ConnectionError::RequestsDone) {
+                    let _ = state.send(LinkState::Closed(err.to_string()));
+                    return;
+                }
+                let _ = state.send(LinkState::Down(err.to_string()));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Opens a TCP connection to the broker and completes a TLS handshake, verifying the broker's certificate against
+/// the CA. Used by `mqsftp check` to tell "the broker's certificate is wrong" apart from "the broker refused ours"
+/// (with TLS 1.3 the broker judges the client certificate only after the client's handshake has finished).
+pub async fn probe_tls(cfg: &BrokerConfig, timeout: Duration) -> Result<(), MqttError> {
+    let broker = cfg.address();
+    let tls = tls_config(cfg)?;
+    let server_name =
+        rustls::pki_types::ServerName::try_from(cfg.host.clone()).map_err(|e| MqttError::Tls {
+            broker: broker.clone(),
+            reason: format!("{:?} is not a valid server name: {e}", cfg.host),
+        })?;
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((cfg.host.as_str(), cfg.port))
+            .await
+            .map_err(|e| MqttError::Connection {
+                broker: broker.clone(),
+                reason: e.to_string(),
+            })?;
+        tokio_rustls::TlsConnector::from(tls)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| MqttError::Tls {
+                broker: broker.clone(),
+                reason: rustls_cause(&e).unwrap_or(e.to_string()),
+            })?;
+        Ok(())
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| MqttError::Timeout {
+            broker: broker.clone(),
+            after: timeout,
+        })?
+}

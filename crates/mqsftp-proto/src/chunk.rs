@@ -1,0 +1,192 @@
+//! The binary chunk frame carried on `down` topics.
+//!
+//! ```text
+//! offset size field
+//!  0     1    version   = 1
+//!  1     1    kind      = 1 (data)
+//!  2     2    reserved  = 0
+//!  4     8    transfer  u64, big endian
+//! 12     8    offset    u64, big endian: where the data starts in the file
+//! 20     4    crc32c    of the data, big endian
+//! 24     n    data      (n = payload length - 24, at most MAX_CHUNK_DATA)
+//! ```
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::TransferId;
+
+/// Bytes before the data.
+pub const HEADER_LEN: usize = 24;
+/// Frame version this crate writes and reads.
+pub const VERSION: u8 = 1;
+/// Kind byte of a data chunk.
+pub const KIND_DATA: u8 = 1;
+/// Largest data part of one chunk (1 MiB); gateways use far less (64 KiB by default).
+pub const MAX_CHUNK_DATA: usize = 1 << 20;
+
+/// Why a chunk frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    /// Shorter than the header.
+    #[error("chunk frame is {0} bytes; the header alone is {HEADER_LEN}")]
+    Truncated(usize),
+    /// Unknown version byte.
+    #[error("chunk frame version {0} is not supported (expected {VERSION})")]
+    Version(u8),
+    /// Unknown kind byte.
+    #[error("chunk kind {0} is not supported")]
+    Kind(u8),
+    /// Data longer than [`MAX_CHUNK_DATA`].
+    #[error("chunk carries {0} bytes; the limit is {MAX_CHUNK_DATA}")]
+    TooLarge(usize),
+    /// `offset + len` overflows.
+    #[error("chunk at offset {offset} with {len} bytes overflows a 64-bit file size")]
+    Overflow { offset: u64, len: usize },
+    /// CRC32C does not match the data.
+    #[error("chunk at offset {offset} of transfer {transfer} fails its crc32c check (header {expected:08x}, data {actual:08x})")]
+    Crc {
+        transfer: TransferId,
+        offset: u64,
+        expected: u32,
+        actual: u32,
+    },
+}
+
+/// One piece of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The transfer this chunk belongs to.
+    pub transfer: TransferId,
+    /// Offset of `data` in the file.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+impl Chunk {
+    /// End offset (exclusive).
+    pub fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+
+    /// Encodes the frame.
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + self.data.len());
+        buf.put_u8(VERSION);
+        buf.put_u8(KIND_DATA);
+        buf.put_u16(0);
+        buf.put_u64(self.transfer);
+        buf.put_u64(self.offset);
+        buf.put_u32(crc32c::crc32c(&self.data));
+        buf.extend_from_slice(&self.data);
+        buf.freeze()
+    }
+
+    /// Decodes and checks a frame. The data is a zero-copy slice of `frame`.
+    pub fn decode(frame: Bytes) -> Result<Chunk, ChunkError> {
+        if frame.len() < HEADER_LEN {
+            return Err(ChunkError::Truncated(frame.len()));
+        }
+        let h = &frame[..HEADER_LEN];
+        if h[0] != VERSION {
+            return Err(ChunkError::Version(h[0]));
+        }
+        if h[1] != KIND_DATA {
+            return Err(ChunkError::Kind(h[1]));
+        }
+        let be64 = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        let transfer = be64(4);
+        let offset = be64(12);
+        let expected = u32::from_be_bytes([h[20], h[21], h[22], h[23]]);
+        let len = frame.len() - HEADER_LEN;
+        if len > MAX_CHUNK_DATA {
+            return Err(ChunkError::TooLarge(len));
+        }
+        if offset.checked_add(len as u64).is_none() {
+            return Err(ChunkError::Overflow { offset, len });
+        }
+        let data = frame.slice(HEADER_LEN..);
+        let actual = crc32c::crc32c(&data);
+        if actual != expected {
+            return Err(ChunkError::Crc {
+                transfer,
+                offset,
+                expected,
+                actual,
+            });
+        }
+        Ok(Chunk {
+            transfer,
+            offset,
+            data,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn round_trip(transfer in any::<u64>(), offset in 0u64..u64::MAX / 2, data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let c = Chunk { transfer, offset, data: Bytes::from(data) };
+            prop_assert_eq!(Chunk::decode(c.encode()).unwrap(), c);
+        }
+
+        #[test]
+        fn decode_never_panics(frame in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = Chunk::decode(Bytes::from(frame));
+        }
+
+        #[test]
+        fn any_flipped_bit_is_caught(data in proptest::collection::vec(any::<u8>(), 1..256), bit in any::<usize>()) {
+            let frame = Chunk { transfer: 7, offset: 0, data: Bytes::from(data) }.encode().to_vec();
+            let mut bad = frame.clone();
+            let i = HEADER_LEN * 8 + bit % ((frame.len() - HEADER_LEN) * 8);
+            bad[i / 8] ^= 1 << (i % 8);
+            prop_assert!(
+                matches!(Chunk::decode(Bytes::from(bad)), Err(ChunkError::Crc { .. })),
+                "flipped data bit not detected"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_bad_frames() {
+        assert_eq!(
+            Chunk::decode(Bytes::from_static(&[1; 10])),
+            Err(ChunkError::Truncated(10))
+        );
+        let mut f = Chunk {
+            transfer: 1,
+            offset: 0,
+            data: Bytes::from_static(b"x"),
+        }
+        .encode()
+        .to_vec();
+        f[0] = 9;
+        assert_eq!(
+            Chunk::decode(Bytes::from(f.clone())),
+            Err(ChunkError::Version(9))
+        );
+        f[0] = 1;
+        f[1] = 5;
+        assert_eq!(Chunk::decode(Bytes::from(f)), Err(ChunkError::Kind(5)));
+        let c = Chunk {
+            transfer: 1,
+            offset: u64::MAX,
+            data: Bytes::from_static(b"x"),
+        };
+        assert!(matches!(
+            Chunk::decode(c.encode()),
+            Err(ChunkError::Overflow { .. })
+        ));
+    }
+}

@@ -1,0 +1,371 @@
+//! JSON messages on `req` (device → gateway) and `res/{session}` (gateway → device) topics.
+//!
+//! Every message is one JSON object. Requests are tagged by `"op"`, responses by `"type"`. Unknown fields are
+//! ignored so that later versions can add fields; unknown `op`s are answered with `bad_request`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{SessionId, TransferId};
+
+/// Largest JSON request accepted, in bytes.
+pub const MAX_REQUEST_LEN: usize = 16 * 1024;
+/// Longest request id, in bytes.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+/// Protocol version spoken by this crate (sent in `pong`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A request from a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Liveness check; the gateway answers [`Response::Pong`].
+    Ping {
+        /// Chosen by the device, echoed in the answer.
+        id: String,
+        /// Where to answer.
+        session: SessionId,
+    },
+    /// Download `path` (relative to the device root).
+    Get {
+        /// Chosen by the device, echoed in the answer.
+        id: String,
+        /// Where to answer and send chunks.
+        session: SessionId,
+        /// File path relative to the device root.
+        path: String,
+    },
+    /// Everything below `next` of `transfer` has been received and stored.
+    Ack {
+        /// The transfer being acknowledged.
+        transfer: TransferId,
+        /// Offset of the first byte not yet received.
+        next: u64,
+    },
+    /// The device gives up on `transfer`.
+    Cancel {
+        /// The transfer to stop.
+        transfer: TransferId,
+    },
+}
+
+/// Error codes carried in [`Response::Error`]. Stable strings on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request could not be parsed or is invalid.
+    BadRequest,
+    /// No such file or directory.
+    NotFound,
+    /// The path is outside the device root, or the store refused access.
+    PermissionDenied,
+    /// The path names a directory where a file was expected.
+    IsDirectory,
+    /// The gateway is at its limit of concurrent transfers.
+    Busy,
+    /// The device stopped acknowledging and the transfer was abandoned.
+    Timeout,
+    /// The SFTP store cannot be reached.
+    Unavailable,
+    /// Anything else; the message says what.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire string, e.g. `not_found`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::IsDirectory => "is_directory",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A message from the gateway to one device session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Ping`].
+    Pong {
+        /// The request id.
+        id: String,
+        /// Protocol version of the gateway.
+        version: u32,
+    },
+    /// A get was accepted; chunks follow on the session's `down` topic.
+    GetAccepted {
+        /// The request id.
+        id: String,
+        /// Id carried by every chunk of this transfer.
+        transfer: TransferId,
+        /// File size in bytes.
+        size: u64,
+        /// Data bytes per chunk (the last one may be shorter).
+        chunk_size: u32,
+        /// Chunks the gateway sends before waiting for an acknowledgement.
+        window: u32,
+    },
+    /// All chunks of a get have been sent; the hash lets the device verify what it wrote.
+    GetDone {
+        /// The transfer.
+        transfer: TransferId,
+        /// File size in bytes.
+        size: u64,
+        /// SHA-256 of the whole file, lowercase hex.
+        sha256: String,
+    },
+    /// A request or transfer failed.
+    Error {
+        /// The request id, when the failure answers a request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// The transfer, when the failure ends one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transfer: Option<TransferId>,
+        /// What went wrong.
+        code: ErrorCode,
+        /// Human-readable detail naming the offending value.
+        message: String,
+    },
+}
+
+/// A request that could not be decoded, with whatever could be salvaged to answer it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad request: {reason}")]
+pub struct BadRequest {
+    /// The request id, if one could be read.
+    pub id: Option<String>,
+    /// The session to answer, if one could be read.
+    pub session: Option<SessionId>,
+    /// What is wrong, naming the field or limit.
+    pub reason: String,
+}
+
+impl Request {
+    /// Encodes the request as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising these plain types into a Vec cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and validates a request payload.
+    pub fn decode(payload: &[u8]) -> Result<Request, BadRequest> {
+        if payload.len() > MAX_REQUEST_LEN {
+            return Err(BadRequest {
+                id: None,
+                session: None,
+                reason: format!(
+                    "request is {} bytes; the limit is {MAX_REQUEST_LEN}",
+                    payload.len()
+                ),
+            });
+        }
+        let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| BadRequest {
+            id: None,
+            session: None,
+            reason: format!("not valid JSON: {e}"),
+        })?;
+        // Salvage id and session first so that even a malformed request gets an answer.
+        let id = value.get("id").and_then(|v| v.as_str()).map(str::to_string);
+        let session = value
+            .get("session")
+            .and_then(|v| v.as_str())
+            .and_then(|s| SessionId::new(s).ok());
+        let bad = |reason: String| BadRequest {
+            id: id.clone(),
+            session: session.clone(),
+            reason,
+        };
+        if let Some(id) = &id {
+            if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
+                return Err(bad(format!(
+                    "field id must be 1-{MAX_REQUEST_ID_LEN} bytes, got {}",
+                    id.len()
+                )));
+            }
+        }
+        let req: Request = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        Ok(req)
+    }
+}
+
+impl Response {
+    /// Encodes the response as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes a response payload.
+    pub fn decode(payload: &[u8]) -> Result<Response, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+
+    /// An error answering request `id`.
+    pub fn error(id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            id,
+            transfer: None,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn session() -> impl Strategy<Value = SessionId> {
+        "[a-z0-9]{1,32}".prop_map(|s| SessionId::new(s).unwrap())
+    }
+    fn req_id() -> impl Strategy<Value = String> {
+        "[ -~]{1,64}"
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (req_id(), session()).prop_map(|(id, session)| Request::Ping { id, session }),
+            (req_id(), session(), any::<String>()).prop_map(|(id, session, path)| Request::Get {
+                id,
+                session,
+                path
+            }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(transfer, next)| Request::Ack { transfer, next }),
+            any::<u64>().prop_map(|transfer| Request::Cancel { transfer }),
+        ]
+    }
+
+    fn code() -> impl Strategy<Value = ErrorCode> {
+        prop_oneof![
+            Just(ErrorCode::BadRequest),
+            Just(ErrorCode::NotFound),
+            Just(ErrorCode::PermissionDenied),
+            Just(ErrorCode::IsDirectory),
+            Just(ErrorCode::Busy),
+            Just(ErrorCode::Timeout),
+            Just(ErrorCode::Unavailable),
+            Just(ErrorCode::Internal),
+        ]
+    }
+
+    fn response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            (any::<String>(), any::<u32>())
+                .prop_map(|(id, version)| Response::Pong { id, version }),
+            (
+                any::<String>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>()
+            )
+                .prop_map(|(id, transfer, size, chunk_size, window)| {
+                    Response::GetAccepted {
+                        id,
+                        transfer,
+                        size,
+                        chunk_size,
+                        window,
+                    }
+                }),
+            (any::<u64>(), any::<u64>(), "[0-9a-f]{64}").prop_map(|(transfer, size, sha256)| {
+                Response::GetDone {
+                    transfer,
+                    size,
+                    sha256,
+                }
+            }),
+            (
+                proptest::option::of(any::<String>()),
+                proptest::option::of(any::<u64>()),
+                code(),
+                any::<String>()
+            )
+                .prop_map(|(id, transfer, code, message)| Response::Error {
+                    id,
+                    transfer,
+                    code,
+                    message
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(r in request()) {
+            prop_assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        }
+
+        #[test]
+        fn responses_round_trip(r in response()) {
+            prop_assert_eq!(Response::decode(&r.encode()).unwrap(), r);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Request::decode(&bytes);
+            let _ = Response::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn wire_format_is_stable() {
+        let r = Request::decode(
+            br#"{"op":"get","id":"r1","session":"abc","path":"a/b.txt","extra":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::Get {
+                id: "r1".into(),
+                session: SessionId::new("abc").unwrap(),
+                path: "a/b.txt".into()
+            }
+        );
+        let e = Response::error(Some("r1".into()), ErrorCode::NotFound, "no such file: a");
+        assert_eq!(
+            String::from_utf8(e.encode()).unwrap(),
+            r#"{"type":"error","id":"r1","code":"not_found","message":"no such file: a"}"#
+        );
+    }
+
+    #[test]
+    fn bad_requests_keep_what_can_answer_them() {
+        let e = Request::decode(br#"{"op":"frobnicate","id":"r9","session":"s1"}"#).unwrap_err();
+        assert_eq!(e.id.as_deref(), Some("r9"));
+        assert_eq!(e.session, Some(SessionId::new("s1").unwrap()));
+        assert!(e.reason.contains("frobnicate"), "{}", e.reason);
+
+        let e = Request::decode(br#"{"op":"get","id":"r9","session":"s1"}"#).unwrap_err();
+        assert!(e.reason.contains("path"), "{}", e.reason);
+
+        let e = Request::decode(br#"{"op":"ack","transfer":1,"next":-5}"#).unwrap_err();
+        assert!(e.reason.contains("-5"), "{}", e.reason);
+
+        let e = Request::decode(b"{nope").unwrap_err();
+        assert!(e.reason.starts_with("not valid JSON"), "{}", e.reason);
+
+        let big = vec![b' '; MAX_REQUEST_LEN + 1];
+        assert!(Request::decode(&big).unwrap_err().reason.contains("limit"));
+
+        let long_id = format!(r#"{{"op":"ping","id":"{}","session":"s"}}"#, "x".repeat(65));
+        assert!(Request::decode(long_id.as_bytes())
+            .unwrap_err()
+            .reason
+            .contains("field id"));
+    }
+}

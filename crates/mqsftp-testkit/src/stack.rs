@@ -1,0 +1,614 @@
+//! [`Stack`]: Mosquitto and sshd with their PKI in one temp dir.
+
+use std::fs::{self, DirBuilder, Permissions};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use mqsftp_pki::{files, DeviceOptions, InitOptions};
+use russh::keys::{HashAlg, PublicKey};
+use tempfile::TempDir;
+
+use crate::config::{self, GatewayTest, SshdConfig, HOST};
+use crate::process::Server;
+use crate::sys::{self, Program};
+use crate::TestkitError;
+
+/// How many ports a server tries when it finds its port taken.
+const PORT_ATTEMPTS: u32 = 5;
+/// Lifetime of the certificates of a stack: tests are short.
+const CERT_DAYS: u32 = 7;
+
+/// The Mosquitto config written next to the generated `mosquitto.conf`.
+const MOSQUITTO_TEST_CONF: &str = "mosquitto-test.conf";
+/// The gateway config written next to the generated `gateway.toml`.
+const GATEWAY_TEST_TOML: &str = "gateway-test.toml";
+/// The `known_hosts` with this stack's sshd, next to the generated (placeholder) `known_hosts`.
+const KNOWN_HOSTS_TEST: &str = "known_hosts-test";
+
+/// A running Mosquitto (mutual TLS) and OpenSSH sshd (SFTP) on loopback, with certificates, keys
+/// and config files generated for this stack only. See the [crate docs](crate) for the layout.
+///
+/// Dropping it kills (SIGKILL) and reaps both servers, then removes the temp dir.
+#[derive(Debug)]
+pub struct Stack {
+    broker: Server,
+    sshd: Server,
+    /// Absolute root of everything below; owned by `tmp`.
+    root: PathBuf,
+    pki_dir: PathBuf,
+    store_dir: PathBuf,
+    gateway_config: PathBuf,
+    known_hosts: PathBuf,
+    host_key_fingerprint: String,
+    user: String,
+    /// The second CA of [`Stack::foreign_device`], made on first use.
+    foreign_pki: Mutex<Option<PathBuf>>,
+    /// A copy of this stack's CA for [`Stack::certless_device`], made on first use.
+    certless_pki: Mutex<Option<PathBuf>>,
+    /// Numbers the files of [`Stack::wrong_known_hosts`].
+    counter: AtomicU32,
+    /// Declared last: removed after the servers are gone.
+    tmp: TempDir,
+}
+
+impl Stack {
+    /// Generates PKI in a fresh temp dir, starts Mosquitto and sshd on free loopback ports and
+    /// waits (at most 10 s each) until both accept TCP connections.
+    ///
+    /// On failure the temp dir is left in place, so that the logs and config files the error
+    /// names can be read.
+    pub fn start() -> Result<Stack, TestkitError> {
+        let mosquitto = Program::MOSQUITTO.find()?;
+        let sshd = Program::SSHD.find()?;
+        let user = sys::current_user()?;
+        let root_user = sys::is_root()?;
+
+        let tmp = tempfile::Builder::new()
+            .prefix("mqsftp-testkit-")
+            .tempdir()
+            .map_err(|e| TestkitError::io("create a temp dir in", std::env::temp_dir(), e))?;
+        let root = std::path::absolute(tmp.path())
+            .map_err(|e| TestkitError::io("resolve", tmp.path(), e))?;
+        match Started::start(&root, mosquitto, sshd, &user, root_user) {
+            Ok(s) => {
+                tracing::info!(
+                    dir = %root.display(),
+                    mqtt_port = s.broker.port,
+                    sftp_port = s.sshd.port,
+                    "test stack started"
+                );
+                Ok(Stack {
+                    broker: s.broker,
+                    sshd: s.sshd,
+                    pki_dir: s.pki_dir,
+                    store_dir: s.store_dir,
+                    gateway_config: s.gateway_config,
+                    known_hosts: s.known_hosts,
+                    host_key_fingerprint: s.host_key_fingerprint,
+                    root,
+                    user,
+                    foreign_pki: Mutex::new(None),
+                    certless_pki: Mutex::new(None),
+                    counter: AtomicU32::new(0),
+                    tmp,
+                })
+            }
+            Err(e) => {
+                // The servers are already stopped (dropped inside); keep their logs.
+                let kept = tmp.keep();
+                tracing::warn!(dir = %kept.display(), error = %e, "test stack failed to start; its dir is kept");
+                Err(e)
+            }
+        }
+    }
+
+    /// The directory `mqsftp-pki init` wrote (plus this crate's `*-test` files).
+    pub fn pki_dir(&self) -> &Path {
+        &self.pki_dir
+    }
+
+    /// The temp dir holding everything of this stack.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// Port of the broker's mutual-TLS listener on 127.0.0.1.
+    pub fn mqtt_port(&self) -> u16 {
+        self.broker.port
+    }
+
+    /// Port of sshd on 127.0.0.1.
+    pub fn sftp_port(&self) -> u16 {
+        self.sshd.port
+    }
+
+    /// `127.0.0.1:mqtt_port`.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.broker.port))
+    }
+
+    /// `127.0.0.1:sftp_port`.
+    pub fn sftp_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.sshd.port))
+    }
+
+    /// The SFTP account: the user running the tests (`id -un`), also `[sftp] user` of
+    /// [`Stack::gateway_config`].
+    pub fn sftp_user(&self) -> &str {
+        &self.user
+    }
+
+    /// Absolute dir that the SFTP login starts in; device roots are `store_dir/devices/{id}`.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// `store_dir/devices/id` (not created).
+    pub fn device_root(&self, id: &str) -> PathBuf {
+        self.store_dir.join("devices").join(id)
+    }
+
+    /// `gateway-test.toml` in [`Stack::pki_dir`]: the `gateway.toml` written by pki init with only
+    /// the broker and SFTP host (127.0.0.1) and ports changed, and `known_hosts` pointing at
+    /// [`Stack::known_hosts`]. Its relative paths resolve in the pki dir, as the original's do.
+    pub fn gateway_config(&self) -> &Path {
+        &self.gateway_config
+    }
+
+    /// A `known_hosts` file listing this stack's sshd host key for `[127.0.0.1]:sftp_port`.
+    pub fn known_hosts(&self) -> &Path {
+        &self.known_hosts
+    }
+
+    /// The CA certificate that signed the broker's, the gateway's and the devices' certificates.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.pki_dir.join(files::CA_CERT)
+    }
+
+    /// The gateway's MQTT client certificate (CN `gateway`).
+    pub fn gateway_cert(&self) -> PathBuf {
+        self.pki_dir.join(files::GATEWAY_CERT)
+    }
+
+    /// The gateway's MQTT client key.
+    pub fn gateway_key(&self) -> PathBuf {
+        self.pki_dir.join(files::GATEWAY_KEY)
+    }
+
+    /// The gateway's SSH private key, listed in sshd's `authorized_keys`.
+    pub fn gateway_ssh_key(&self) -> PathBuf {
+        self.pki_dir.join(files::GATEWAY_SSH_KEY)
+    }
+
+    /// The sshd host key's SHA256 fingerprint as OpenSSH prints it (`SHA256:…`).
+    pub fn sftp_host_key_fingerprint(&self) -> &str {
+        &self.host_key_fingerprint
+    }
+
+    fn device_options(&self) -> DeviceOptions {
+        DeviceOptions {
+            broker_host: HOST.to_string(),
+            broker_port: self.broker.port,
+            cert_days: CERT_DAYS,
+        }
+    }
+
+    /// Issues device `id` a certificate from this stack's CA (pki `issue_device`, broker
+    /// 127.0.0.1:mqtt_port) and returns its `device.toml`, in `pki_dir/devices/ID/` next to
+    /// `device.crt`, `device.key` and `ca.crt`. Fails if `id` was issued before.
+    pub fn device(&self, id: &str) -> Result<PathBuf, TestkitError> {
+        let device =
+            mqsftp_pki::parse_device_id(id).map_err(|e| TestkitError::pki("issue a device", e))?;
+        let issued = mqsftp_pki::issue_device(&self.pki_dir, &device, &self.device_options())
+            .map_err(|e| {
+                TestkitError::pki(
+                    format!("issue device {id} in {}", self.pki_dir.display()),
+                    e,
+                )
+            })?;
+        Ok(issued.config)
+    }
+
+    /// A device whose certificate comes from another CA (a second pki init, made on first use),
+    /// but whose `ca.crt` is this stack's CA: TLS to the broker is attempted and the broker must
+    /// refuse the client certificate. Returns its `device.toml`.
+    pub fn foreign_device(&self, id: &str) -> Result<PathBuf, TestkitError> {
+        let device =
+            mqsftp_pki::parse_device_id(id).map_err(|e| TestkitError::pki("issue a device", e))?;
+        let mut foreign = self
+            .foreign_pki
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let dir = match foreign.as_ref() {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = self.root.join("foreign-pki");
+                mqsftp_pki::init(&InitOptions {
+                    dir: dir.clone(),
+                    sftp_user: self.user.clone(),
+                    sftp_host: HOST.to_string(),
+                    ca_days: CERT_DAYS,
+                    cert_days: CERT_DAYS,
+                    ..InitOptions::default()
+                })
+                .map_err(|e| {
+                    TestkitError::pki(format!("generate the foreign PKI in {}", dir.display()), e)
+                })?;
+                foreign.insert(dir).clone()
+            }
+        };
+        let issued = mqsftp_pki::issue_device(&dir, &device, &self.device_options())
+            .map_err(|e| TestkitError::pki(format!("issue device {id} in {}", dir.display()), e))?;
+        config::copy(&self.ca_cert(), &issued.ca)?;
+        Ok(issued.config)
+    }
+
+    /// A `device.toml` with no client certificate at all (`[broker] cert` and `key` removed, no
+    /// `device.crt`/`device.key` beside it) that otherwise is a device of this stack: it trusts
+    /// this stack's CA and points at its broker.
+    pub fn certless_device(&self, id: &str) -> Result<PathBuf, TestkitError> {
+        let device =
+            mqsftp_pki::parse_device_id(id).map_err(|e| TestkitError::pki("issue a device", e))?;
+        let mut certless = self
+            .certless_pki
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let dir = match certless.as_ref() {
+            Some(dir) => dir.clone(),
+            None => {
+                // issue_device writes the config the way every device's is written; it needs a CA,
+                // and this stack's own pki dir must stay free for `device(id)`, so it gets a copy.
+                let dir = self.root.join("certless-pki");
+                create_dir(&dir, 0o700)?;
+                config::copy(&self.ca_cert(), &dir.join(files::CA_CERT))?;
+                config::copy(&self.pki_dir.join(files::CA_KEY), &dir.join(files::CA_KEY))?;
+                certless.insert(dir).clone()
+            }
+        };
+        let issued = mqsftp_pki::issue_device(&dir, &device, &self.device_options())
+            .map_err(|e| TestkitError::pki(format!("issue device {id} in {}", dir.display()), e))?;
+        for file in [&issued.cert, &issued.key] {
+            fs::remove_file(file).map_err(|e| TestkitError::io("remove", file, e))?;
+        }
+        config::strip_client_cert(&issued.config)?;
+        Ok(issued.config)
+    }
+
+    /// A new `known_hosts` file that lists a different (freshly generated) key for this sshd's
+    /// `[127.0.0.1]:sftp_port`: a client using it must refuse the server.
+    pub fn wrong_known_hosts(&self) -> Result<PathBuf, TestkitError> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let dir = self.root.join(format!("wrong-known-hosts-{n}"));
+        create_dir(&dir, 0o700)?;
+        let key = dir.join("not_the_host_key");
+        let public = mqsftp_pki::generate_ssh_key(&key, "not-the-sshd-host-key")
+            .map_err(|e| TestkitError::pki(format!("generate {}", key.display()), e))?;
+        let path = dir.join("known_hosts");
+        let line = mqsftp_pki::known_hosts_line(HOST, self.sshd.port, &public)
+            .map_err(|e| TestkitError::pki(format!("write {}", path.display()), e))?;
+        config::write(&path, &format!("{line}\n"))?;
+        Ok(path)
+    }
+
+    /// Process id of the broker, while it runs.
+    pub fn broker_pid(&self) -> Option<u32> {
+        self.broker.pid()
+    }
+
+    /// Process id of sshd (the listener), while it runs.
+    pub fn sshd_pid(&self) -> Option<u32> {
+        self.sshd.pid()
+    }
+
+    /// Kills the broker with SIGKILL and reaps it. Fails if it is not running.
+    pub fn kill_broker(&mut self) -> Result<(), TestkitError> {
+        kill(&mut self.broker)
+    }
+
+    /// Starts the broker again on the same port and config, and waits until it accepts
+    /// connections. Fails if it is running.
+    pub fn start_broker(&mut self) -> Result<(), TestkitError> {
+        self.broker.start()
+    }
+
+    /// Kills sshd's listener with SIGKILL and reaps it. Sessions that are open keep running (they
+    /// are sshd's children, not ours) until their client disconnects.
+    pub fn kill_sshd(&mut self) -> Result<(), TestkitError> {
+        kill(&mut self.sshd)
+    }
+
+    /// Starts sshd again on the same port, host key and config, and waits until it accepts
+    /// connections. Fails if it is running.
+    pub fn start_sshd(&mut self) -> Result<(), TestkitError> {
+        self.sshd.start()
+    }
+
+    /// Everything the broker logged, across restarts.
+    pub fn broker_log(&self) -> String {
+        self.broker.log()
+    }
+
+    /// Everything sshd logged (`LogLevel VERBOSE`), across restarts.
+    pub fn sshd_log(&self) -> String {
+        self.sshd.log()
+    }
+
+    /// Waits (polling, at most `timeout`) until the broker's log contains `needle`, e.g. the
+    /// reason it refused a client, which it may write after the client has already given up.
+    pub fn wait_for_broker_log(&self, needle: &str, timeout: Duration) -> Result<(), TestkitError> {
+        self.broker.wait_for_log(needle, timeout)
+    }
+
+    /// Waits (polling, at most `timeout`) until sshd's log contains `needle`.
+    pub fn wait_for_sshd_log(&self, needle: &str, timeout: Duration) -> Result<(), TestkitError> {
+        self.sshd.wait_for_log(needle, timeout)
+    }
+
+    /// The broker's log file.
+    pub fn broker_log_path(&self) -> &Path {
+        self.broker.log_path()
+    }
+
+    /// sshd's log file.
+    pub fn sshd_log_path(&self) -> &Path {
+        self.sshd.log_path()
+    }
+}
+
+impl Drop for Stack {
+    /// Kills and reaps the two servers this stack spawned (by their `Child` handles, nothing
+    /// else), before the temp dir is removed.
+    fn drop(&mut self) {
+        for server in [&mut self.sshd, &mut self.broker] {
+            if let Err(e) = server.stop() {
+                tracing::warn!(server = server.name, error = %e, "cannot stop server");
+            }
+        }
+        tracing::debug!(dir = %self.tmp.path().display(), "removing test stack");
+    }
+}
+
+/// What [`Stack::start`] sets up in the temp dir, before it becomes a [`Stack`].
+struct Started {
+    broker: Server,
+    sshd: Server,
+    pki_dir: PathBuf,
+    store_dir: PathBuf,
+    gateway_config: PathBuf,
+    known_hosts: PathBuf,
+    host_key_fingerprint: String,
+}
+
+impl Started {
+    fn start(
+        root: &Path,
+        mosquitto: PathBuf,
+        sshd: PathBuf,
+        user: &str,
+        root_user: bool,
+    ) -> Result<Self, TestkitError> {
+        let pki_dir = root.join("pki");
+        let store_dir = root.join("store");
+        let sshd_dir = root.join("sshd");
+
+        mqsftp_pki::init(&InitOptions {
+            dir: pki_dir.clone(),
+            sftp_user: user.to_string(),
+            sftp_host: HOST.to_string(),
+            ca_days: CERT_DAYS,
+            cert_days: CERT_DAYS,
+            ..InitOptions::default()
+        })
+        .map_err(|e| TestkitError::pki(format!("generate the PKI in {}", pki_dir.display()), e))?;
+        if root_user {
+            prepare_for_mosquitto_user(root, &pki_dir)?;
+        }
+        create_dir(&store_dir, 0o755)?;
+        create_dir(&sshd_dir, 0o700)?;
+        let host_key = sshd_dir.join("ssh_host_ed25519_key");
+        let host_pub =
+            mqsftp_pki::generate_ssh_key(&host_key, "mqsftp-testkit-sshd").map_err(|e| {
+                TestkitError::pki(
+                    format!("generate the sshd host key {}", host_key.display()),
+                    e,
+                )
+            })?;
+        let host_key_fingerprint = PublicKey::from_openssh(&host_pub)
+            .map_err(|source| TestkitError::HostKey {
+                path: mqsftp_pki::public_key_path(&host_key),
+                source,
+            })?
+            .fingerprint(HashAlg::Sha256)
+            .to_string();
+        if root_user {
+            prepare_for_root_sshd()?;
+        }
+
+        // The broker.
+        let mut broker = Server::new(
+            "mosquitto",
+            mosquitto,
+            root.join("mosquitto.log"),
+            mosquitto_ready,
+        );
+        let generated_conf = pki_dir.join(files::MOSQUITTO_CONF);
+        let original_conf = config::read(&generated_conf)?;
+        let test_conf = pki_dir.join(MOSQUITTO_TEST_CONF);
+        start_on_free_port(&mut broker, |port| {
+            config::write(
+                &test_conf,
+                &config::mosquitto_test_conf(&generated_conf, &original_conf, port)?,
+            )?;
+            Ok(vec!["-c".into(), test_conf.clone().into()])
+        })?;
+
+        // The SFTP server.
+        let mut sshd = Server::new("sshd", sshd, root.join("sshd.log"), sshd_ready);
+        let sshd_config = sshd_dir.join("sshd_config");
+        let authorized_keys = pki_dir.join(files::AUTHORIZED_KEYS);
+        let pid_file = sshd_dir.join("sshd.pid");
+        start_on_free_port(&mut sshd, |port| {
+            let text = config::sshd_config(&SshdConfig {
+                port,
+                host_key: &host_key,
+                pid_file: &pid_file,
+                authorized_keys: &authorized_keys,
+                user,
+                store_dir: &store_dir,
+            })?;
+            config::write(&sshd_config, &text)?;
+            // -D: stay in the foreground (our child); -e: log to stderr (our log file).
+            Ok(vec![
+                "-D".into(),
+                "-e".into(),
+                "-f".into(),
+                sshd_config.clone().into(),
+            ])
+        })?;
+
+        // The gateway's view of the two.
+        let known_hosts = pki_dir.join(KNOWN_HOSTS_TEST);
+        let line = mqsftp_pki::known_hosts_line(HOST, sshd.port, &host_pub)
+            .map_err(|e| TestkitError::pki(format!("write {}", known_hosts.display()), e))?;
+        config::write(&known_hosts, &format!("{line}\n"))?;
+        let gateway_config = pki_dir.join(GATEWAY_TEST_TOML);
+        config::write_gateway_test(
+            &pki_dir.join(files::GATEWAY_TOML),
+            &gateway_config,
+            &GatewayTest {
+                mqtt_port: broker.port,
+                sftp_port: sshd.port,
+                known_hosts: KNOWN_HOSTS_TEST,
+            },
+        )?;
+        Ok(Started {
+            broker,
+            sshd,
+            pki_dir,
+            store_dir,
+            gateway_config,
+            known_hosts,
+            host_key_fingerprint,
+        })
+    }
+}
+
+/// Starts `server` on a free port, with the arguments `configure` returns after writing the
+/// config for that port; tries another port when the chosen one was taken in the meantime.
+fn start_on_free_port(
+    server: &mut Server,
+    mut configure: impl FnMut(u16) -> Result<Vec<std::ffi::OsString>, TestkitError>,
+) -> Result<(), TestkitError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = sys::free_port()?;
+        let args = configure(port)?;
+        server.configure(args, port);
+        match server.start() {
+            Err(TestkitError::PortInUse {
+                server: name,
+                port,
+                log,
+                tail,
+                ..
+            }) if attempt >= PORT_ATTEMPTS => {
+                return Err(TestkitError::PortInUse {
+                    server: name,
+                    port,
+                    attempts: attempt,
+                    log,
+                    tail,
+                });
+            }
+            Err(TestkitError::PortInUse { .. }) => {
+                tracing::debug!(
+                    server = server.name,
+                    port,
+                    attempt,
+                    "port taken, trying another"
+                );
+            }
+            other => return other,
+        }
+    }
+}
+
+fn kill(server: &mut Server) -> Result<(), TestkitError> {
+    if server.stop()? {
+        Ok(())
+    } else {
+        Err(TestkitError::NotRunning {
+            server: server.name,
+            port: server.port,
+        })
+    }
+}
+
+/// Mosquitto is ready once it logs "mosquitto version 2.0.11 running", after it has opened the
+/// listener and loaded the certificates, the key and the ACL.
+fn mosquitto_ready(line: &str, _port: u16) -> bool {
+    line.contains("mosquitto version ") && line.trim_end().ends_with(" running")
+}
+
+/// sshd is ready once it logs "Server listening on 127.0.0.1 port PORT.".
+fn sshd_ready(line: &str, port: u16) -> bool {
+    line.trim_end() == format!("Server listening on {HOST} port {port}.")
+}
+
+/// Creates a directory with `mode` (exactly: the umask does not narrow it).
+fn create_dir(dir: &Path, mode: u32) -> Result<(), TestkitError> {
+    DirBuilder::new()
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| TestkitError::io("create directory", dir, e))?;
+    set_mode(dir, mode)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), TestkitError> {
+    fs::set_permissions(path, Permissions::from_mode(mode))
+        .map_err(|e| TestkitError::io("change the mode of", path, e))
+}
+
+/// Lets Mosquitto started as root read its files.
+///
+/// Mosquitto 2.0.11 started as root switches to the `mosquitto` user right after opening the
+/// listening socket, and only then loads `cafile`, `certfile`, `keyfile` and `acl_file` (found by
+/// trying, root running `mosquitto -c` on a pki dir):
+/// * with the temp dir and pki dir at 0700 (as tempfile and pki init make them) it fails with
+///   `Error: Unable to open acl_file ".../pki/acl"`: the `mosquitto` user needs search (x)
+///   permission on every directory on the way. 0711 is enough (no listing needed). The temp
+///   dir's parents (`/tmp`, or `$TMPDIR`) must allow that too: a `TMPDIR` inside `/root` does not.
+/// * then it fails with `Unable to load server key file ".../pki/broker.key"` (Permission
+///   denied): the key is 0600 root. Chowning `broker.key` to the `mosquitto` user and group fixes
+///   that; it stays 0600, so nobody else can read it.
+/// * `ca.crt`, `broker.crt` and `acl` are 0644 already and need nothing.
+///
+/// As a normal user Mosquitto keeps running as that user (it only switches when root), which owns
+/// every file, so none of this is done.
+fn prepare_for_mosquitto_user(root: &Path, pki_dir: &Path) -> Result<(), TestkitError> {
+    let (uid, gid) = sys::user_ids("mosquitto")?;
+    set_mode(root, 0o711)?;
+    set_mode(pki_dir, 0o711)?;
+    let key = pki_dir.join(files::BROKER_KEY);
+    std::os::unix::fs::chown(&key, Some(uid), Some(gid))
+        .map_err(|e| TestkitError::io("chown to mosquitto", &key, e))
+}
+
+/// sshd started as root needs its privilege separation directory (compiled in as `/run/sshd` on
+/// Debian) and fails with "Missing privilege separation directory: /run/sshd" without it. It is
+/// normally made by the service unit, which a test machine may never have run. It must be owned
+/// by root and not writable by others, like the 0755 root directory made here. As a normal user
+/// sshd neither uses nor checks it.
+fn prepare_for_root_sshd() -> Result<(), TestkitError> {
+    let dir = Path::new("/run/sshd");
+    match DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(TestkitError::io("create directory", dir, e)),
+    }
+}

@@ -1,0 +1,22 @@
+//! End-to-end tests of the `mqsftp` binary and libraries against real Mosquitto and OpenSSH sshd, started per test
+//! by `mqsftp-testkit` on loopback ports it picks, with PKI generated per run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "e2e/support.rs"]
+mod support;
+
+/// get of files of every edge size, compared by SHA-256.
+#[path = "e2e/get.rs"]
+mod get;
+
+/// Paths outside the device root, missing files, directories.
+#[path = "e2e/confinement.rs"]
+mod confinement;
+
+/// Certificates and host keys: what the broker and the gateway refuse.
+#[path = "e2e/trust.rs"]
+mod trust;
+
+/// The CLI: exit codes, `check`, `pki`.
+#[path = "e2e/cli.rs"]
+mod cli;

@@ -1,0 +1,84 @@
+use mqsftp_device::{DeviceError, ErrorCode};
+
+use crate::support::*;
+
+fn code(e: DeviceError) -> ErrorCode {
+    match e {
+        DeviceError::Remote { code, .. } => code,
+        other => panic!("expected a remote error, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_file_is_not_found_and_leaves_nothing() {
+    let (_stack, gw, cfg) = setup("nf").await;
+    let mut client = connect(&cfg).await;
+    let out = tempfile::tempdir().unwrap();
+    let err = client
+        .get("no/such/file", &out.path().join("x"), |_| {})
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(code(err), ErrorCode::NotFound);
+    assert!(
+        msg.contains("no/such/file"),
+        "message names the path: {msg}"
+    );
+    assert!(
+        !msg.contains("devices/"),
+        "message must not reveal the store layout: {msg}"
+    );
+    assert!(
+        entries(out.path()).is_empty(),
+        "no partial file: {:?}",
+        entries(out.path())
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escapes_are_denied_even_when_the_target_exists() {
+    let (stack, gw, cfg) = setup("jail").await;
+    // Another device's file and a file beside the device roots: both exist, neither may be read.
+    put_on_store(&stack, "other", "secret.txt", b"not yours");
+    std::fs::write(stack.store_dir().join("top.txt"), b"not yours either").unwrap();
+    let mut client = connect(&cfg).await;
+    let out = tempfile::tempdir().unwrap();
+    let other_abs = stack.device_root("other").join("secret.txt");
+    for path in [
+        "../other/secret.txt",
+        "../../top.txt",
+        "a/../../other/secret.txt",
+        "/etc/passwd",
+        other_abs.to_str().unwrap(),
+    ] {
+        let err = client
+            .get(path, &out.path().join("x"), |_| {})
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(code(err), ErrorCode::PermissionDenied, "{path}: {msg}");
+    }
+    for path in ["bad\0name", "bad\nname"] {
+        let err = client
+            .get(path, &out.path().join("x"), |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(code(err), ErrorCode::BadRequest, "{path:?}");
+    }
+    std::fs::create_dir_all(stack.device_root("jail").join("subdir")).unwrap();
+    let err = client
+        .get("subdir", &out.path().join("x"), |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), ErrorCode::IsDirectory);
+    assert!(entries(out.path()).is_empty());
+    // A path that stays inside the root after normalising is fine.
+    put_on_store(&stack, "jail", "ok.txt", b"fine");
+    client
+        .get("x/../ok.txt", &out.path().join("ok"), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(out.path().join("ok")).unwrap(), b"fine");
+    gw.stop().await;
+}
