@@ -36,6 +36,9 @@ pub enum ChunkError {
     /// Unknown kind byte.
     #[error("chunk kind {0} is not supported")]
     Kind(u8),
+    /// The reserved bytes are not zero.
+    #[error("chunk reserved field is {0:#06x}; it must be 0")]
+    Reserved(u16),
     /// Data longer than [`MAX_CHUNK_DATA`].
     #[error("chunk carries {0} bytes; the limit is {MAX_CHUNK_DATA}")]
     TooLarge(usize),
@@ -93,6 +96,10 @@ impl Chunk {
         }
         if h[1] != KIND_DATA {
             return Err(ChunkError::Kind(h[1]));
+        }
+        let reserved = u16::from_be_bytes([h[2], h[3]]);
+        if reserved != 0 {
+            return Err(ChunkError::Reserved(reserved));
         }
         let be64 = |i: usize| {
             let mut b = [0u8; 8];
@@ -178,7 +185,13 @@ mod tests {
         );
         f[0] = 1;
         f[1] = 5;
-        assert_eq!(Chunk::decode(Bytes::from(f)), Err(ChunkError::Kind(5)));
+        assert_eq!(
+            Chunk::decode(Bytes::from(f.clone())),
+            Err(ChunkError::Kind(5))
+        );
+        f[1] = 1;
+        f[3] = 7;
+        assert_eq!(Chunk::decode(Bytes::from(f)), Err(ChunkError::Reserved(7)));
         let c = Chunk {
             transfer: 1,
             offset: u64::MAX,

@@ -19,6 +19,8 @@ use crate::TestkitError;
 
 /// How many ports a server tries when it finds its port taken.
 const PORT_ATTEMPTS: u32 = 5;
+/// Pause before a restart tries its taken port again.
+const RESTART_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// Lifetime of the certificates of a stack: tests are short.
 const CERT_DAYS: u32 = 7;
 
@@ -304,27 +306,30 @@ impl Stack {
         self.sshd.pid()
     }
 
-    /// Kills the broker with SIGKILL and reaps it. Fails if it is not running.
+    /// Kills the broker with SIGKILL, reaps it and waits until its port refuses connections.
+    /// Fails if it is not running.
     pub fn kill_broker(&mut self) -> Result<(), TestkitError> {
         kill(&mut self.broker)
     }
 
     /// Starts the broker again on the same port and config, and waits until it accepts
-    /// connections. Fails if it is running.
+    /// connections. Fails if it is running, or with [`TestkitError::PortInUse`] if the port stays
+    /// taken over 5 tries 100 ms apart.
     pub fn start_broker(&mut self) -> Result<(), TestkitError> {
-        self.broker.start()
+        restart(&mut self.broker)
     }
 
-    /// Kills sshd's listener with SIGKILL and reaps it. Sessions that are open keep running (they
-    /// are sshd's children, not ours) until their client disconnects.
+    /// Kills sshd's listener with SIGKILL, reaps it and waits until its port refuses connections.
+    /// Sessions that are open keep running (they are sshd's children, not ours) until their
+    /// client disconnects. Fails if it is not running.
     pub fn kill_sshd(&mut self) -> Result<(), TestkitError> {
         kill(&mut self.sshd)
     }
 
     /// Starts sshd again on the same port, host key and config, and waits until it accepts
-    /// connections. Fails if it is running.
+    /// connections. Fails like [`Stack::start_broker`].
     pub fn start_sshd(&mut self) -> Result<(), TestkitError> {
-        self.sshd.start()
+        restart(&mut self.sshd)
     }
 
     /// Everything the broker logged, across restarts.
@@ -532,6 +537,44 @@ fn start_on_free_port(
                     attempt,
                     "port taken, trying another"
                 );
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Starts a stopped server on its old port, which its clients are configured with. When the port
+/// is taken, tries again a little later, [`PORT_ATTEMPTS`] times in all: under parallel tests the
+/// holder is usually fleeting (seen: "Address already in use" with nothing on the port a moment
+/// later, most likely another process's probe of a "free" port).
+fn restart(server: &mut Server) -> Result<(), TestkitError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match server.start() {
+            Err(TestkitError::PortInUse {
+                server: name,
+                port,
+                log,
+                tail,
+                ..
+            }) if attempt >= PORT_ATTEMPTS => {
+                return Err(TestkitError::PortInUse {
+                    server: name,
+                    port,
+                    attempts: attempt,
+                    log,
+                    tail,
+                });
+            }
+            Err(TestkitError::PortInUse { .. }) => {
+                tracing::debug!(
+                    server = server.name,
+                    port = server.port,
+                    attempt,
+                    "port taken, retrying"
+                );
+                std::thread::sleep(RESTART_RETRY_INTERVAL);
             }
             other => return other,
         }
