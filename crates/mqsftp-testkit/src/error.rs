@@ -65,6 +65,14 @@ pub enum TestkitError {
         /// What it printed on stderr.
         stderr: String,
     },
+    /// A helper command printed something unexpected.
+    #[error("`{command}` printed {output:?}, not a number")]
+    CommandOutput {
+        /// The command line.
+        command: String,
+        /// What it printed.
+        output: String,
+    },
     /// No free port could be obtained from the kernel.
     #[error("cannot bind 127.0.0.1:0 to pick a free port")]
     FreePort(#[source] std::io::Error),

@@ -77,7 +77,8 @@ impl Program {
             if let Some(value) = std::env::var_os(var).filter(|v| !v.is_empty()) {
                 let path = PathBuf::from(&value);
                 return if path.is_file() {
-                    Ok(path)
+                    // sshd re-executes itself by its own path for every connection: make it absolute.
+                    Ok(std::path::absolute(&path).unwrap_or(path))
                 } else {
                     Err(self.missing(format!("{var}={}", path.display())))
                 };
@@ -92,7 +93,6 @@ impl Program {
             .map(|dir| dir.join(self.name))
             .find(|candidate| candidate.is_file())
         {
-            // sshd re-executes itself by its own path for every connection, so it must be absolute.
             return Ok(std::path::absolute(&found).unwrap_or(found));
         }
         let mut looked = String::new();
@@ -134,10 +134,10 @@ fn id(args: &[&str]) -> Result<String, TestkitError> {
 
 /// Parses the number `id -u`/`id -g` printed.
 fn id_number(args: &[&str]) -> Result<u32, TestkitError> {
-    let text = id(args)?;
-    text.parse().map_err(|_| TestkitError::UnexpectedFile {
-        path: PathBuf::from(format!("(output of `id {}`)", args.join(" "))),
-        reason: format!("{text:?} is not a number"),
+    let output = id(args)?;
+    output.parse().map_err(|_| TestkitError::CommandOutput {
+        command: format!("id {}", args.join(" ")),
+        output,
     })
 }
 

@@ -493,6 +493,7 @@ fn mosquitto_conf_and_acl_contents() {
         settings,
         [
             "per_listener_settings false".to_string(),
+            "set_tcp_nodelay true".to_string(),
             "allow_anonymous false".into(),
             format!("acl_file {abs}/acl"),
             "listener 8883".into(),
