@@ -61,12 +61,31 @@ impl Shared {
         }
     }
 
-    fn transfers_of(&self, device: &DeviceId) -> (usize, usize) {
-        let t = self
+    /// Checks the concurrency limits and registers a new transfer under one lock, so that simultaneous requests
+    /// cannot overshoot them. Returns the new transfer id, or why the gateway is busy.
+    fn register(
+        &self,
+        device: &DeviceId,
+        tx: mpsc::UnboundedSender<Ctl>,
+    ) -> Result<TransferId, String> {
+        let limits = self.cfg.transfer;
+        let mut t = self
             .transfers
             .lock()
-            .map(|t| (t.len(), t.values().filter(|(d, _)| d == device).count()));
-        t.unwrap_or((0, 0))
+            .map_err(|_| "transfer table unavailable".to_string())?;
+        let (all, mine) = (t.len(), t.values().filter(|(d, _)| d == device).count());
+        if all >= limits.max_transfers || mine >= limits.max_transfers_per_device {
+            return Err(format!(
+                "too many transfers in progress ({mine} for this device, limit {}; {all} in all, limit {})",
+                limits.max_transfers_per_device, limits.max_transfers
+            ));
+        }
+        let mut transfer = rand::random::<u64>() & MAX_TRANSFER_ID;
+        while t.contains_key(&transfer) {
+            transfer = rand::random::<u64>() & MAX_TRANSFER_ID;
+        }
+        t.insert(transfer, (device.clone(), tx));
+        Ok(transfer)
     }
 }
 
@@ -242,25 +261,18 @@ async fn start_get(
                 .await;
         }
     };
-    let limits = shared.cfg.transfer;
-    let (all, mine) = shared.transfers_of(&device);
-    if all >= limits.max_transfers || mine >= limits.max_transfers_per_device {
-        let msg = format!(
-            "too many transfers in progress ({mine} for this device, limit {}; {all} in all, limit {})",
-            limits.max_transfers_per_device, limits.max_transfers
-        );
-        return shared
-            .respond(&device, &session, &fail(ErrorCode::Busy, msg))
-            .await;
-    }
     let store_path = shared.cfg.store.path_of(&device, &rel);
-    let transfer = rand::random::<u64>() & MAX_TRANSFER_ID;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let transfer = match shared.register(&device, tx) {
+        Ok(t) => t,
+        Err(msg) => {
+            return shared
+                .respond(&device, &session, &fail(ErrorCode::Busy, msg))
+                .await
+        }
+    };
     let span = info_span!("get", %device, transfer, path = %rel.as_str());
     async move {
-        let (tx, rx) = mpsc::unbounded_channel();
-        if let Ok(mut t) = shared.transfers.lock() {
-            t.insert(transfer, (device.clone(), tx));
-        }
         let _registration = Registration {
             shared: &shared,
             transfer,

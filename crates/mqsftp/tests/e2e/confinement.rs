@@ -82,3 +82,76 @@ async fn escapes_are_denied_even_when_the_target_exists() {
     assert_eq!(std::fs::read(out.path().join("ok")).unwrap(), b"fine");
     gw.stop().await;
 }
+
+/// A device over its concurrent-transfer limit gets `busy`; the transfer in progress is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_per_device_limit_is_busy() {
+    use mqsftp_mqtt::{rumqttc::QoS, LinkOptions, MqttLink};
+    use mqsftp_proto::{Request, Response, SessionId, Topic};
+
+    let stack = mqsftp_testkit::Stack::start().unwrap();
+    // One transfer per device.
+    let path = stack.gateway_config();
+    let mut t: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+    let transfer = t
+        .entry("transfer")
+        .or_insert(toml::Table::new().into())
+        .as_table_mut()
+        .unwrap();
+    transfer.insert("max_transfers_per_device".into(), 1.into());
+    std::fs::write(path, toml::to_string(&t).unwrap()).unwrap();
+    let gw = RunningGateway::start(&stack).await;
+    let cfg = mqsftp_device::DeviceConfig::load(&stack.device("busy").unwrap()).unwrap();
+    put_on_store(&stack, "busy", "big.bin", &content(4 * 1024 * 1024, 9));
+
+    // A raw client that asks for the file and never acknowledges: its transfer stays open.
+    let session = SessionId::new("hold").unwrap();
+    let device = cfg.device_id.clone();
+    let mut raw = MqttLink::connect(
+        &cfg.broker,
+        LinkOptions {
+            client_id: "busy-raw".into(),
+            subscriptions: vec![Topic::response(&device, &session)],
+            connect_timeout: LIMIT,
+            reconnect: false,
+            inflight: 8,
+        },
+    )
+    .await
+    .unwrap();
+    let get = Request::Get {
+        id: "hold-1".into(),
+        session: session.clone(),
+        path: "big.bin".into(),
+    };
+    raw.client
+        .publish(
+            Topic::request(&device),
+            QoS::AtLeastOnce,
+            false,
+            get.encode(),
+        )
+        .await
+        .unwrap();
+    loop {
+        let p = tokio::time::timeout(LIMIT, raw.incoming.recv())
+            .await
+            .expect("answer in time")
+            .unwrap();
+        if let Ok(Response::GetAccepted { .. }) = Response::decode(&p.payload) {
+            break;
+        }
+    }
+
+    let mut client = connect(&cfg).await;
+    let out = tempfile::tempdir().unwrap();
+    let err = client
+        .get("big.bin", &out.path().join("x"), |_| {})
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(code(err), ErrorCode::Busy, "{msg}");
+    assert!(msg.contains("limit 1"), "names the limit: {msg}");
+    assert!(entries(out.path()).is_empty());
+    gw.stop().await;
+}
