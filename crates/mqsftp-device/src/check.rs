@@ -1,37 +1,16 @@
 //! `mqsftp check` for a device config.
 
-use std::time::Duration;
-
-use mqsftp_mqtt::probe_tls;
+use mqsftp_mqtt::check_broker_tls;
+pub use mqsftp_mqtt::CheckLine;
 
 use crate::{Client, DeviceConfig};
-
-/// One line of a check report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckLine {
-    /// What was checked.
-    pub name: &'static str,
-    /// `Ok(detail)` or `Err(reason)`.
-    pub result: Result<String, String>,
-}
 
 /// Broker TLS, client certificate accepted with this device's topics, and a gateway answering on them.
 pub async fn check(cfg: &DeviceConfig) -> Vec<CheckLine> {
     let mut lines = Vec::new();
-    let broker = cfg.broker.address();
-    let tls = probe_tls(&cfg.broker, Duration::from_secs(10)).await;
-    let tls_ok = tls.is_ok();
-    lines.push(CheckLine {
-        name: "broker tls",
-        result: tls
-            .map(|_| {
-                format!(
-                    "{broker} presents a certificate signed by {}",
-                    cfg.broker.ca.display()
-                )
-            })
-            .map_err(|e| e.to_string()),
-    });
+    let tls = check_broker_tls(&cfg.broker).await;
+    let tls_ok = tls.result.is_ok();
+    lines.push(tls);
     if !tls_ok {
         lines.push(CheckLine {
             name: "client certificate",

@@ -2,41 +2,22 @@
 
 use std::time::Duration;
 
-use mqsftp_mqtt::{probe_tls, LinkOptions, MqttLink};
+pub use mqsftp_mqtt::CheckLine;
+use mqsftp_mqtt::{check_broker_tls, LinkOptions, MqttLink};
 use mqsftp_proto::Topic;
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{GatewayConfig, DEVICE_PLACEHOLDER};
 use crate::store::{self, StoreError};
 
-/// One line of a check report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckLine {
-    /// What was checked.
-    pub name: &'static str,
-    /// `Ok(detail)` or `Err(reason)`.
-    pub result: Result<String, String>,
-}
-
 /// Runs every check against the broker and the store named in `cfg`. Later checks that depend on a failed one
 /// are reported as not tried.
 pub async fn check(cfg: &GatewayConfig) -> Vec<CheckLine> {
     let mut lines = Vec::new();
     let timeout = Duration::from_secs(10);
-    let broker = cfg.broker.address();
-    let tls = probe_tls(&cfg.broker, timeout).await;
-    let tls_ok = tls.is_ok();
-    lines.push(CheckLine {
-        name: "broker tls",
-        result: tls
-            .map(|_| {
-                format!(
-                    "{broker} presents a certificate signed by {}",
-                    cfg.broker.ca.display()
-                )
-            })
-            .map_err(|e| e.to_string()),
-    });
+    let tls = check_broker_tls(&cfg.broker).await;
+    let tls_ok = tls.result.is_ok();
+    lines.push(tls);
     let link = if tls_ok {
         let r = MqttLink::connect(
             &cfg.broker,

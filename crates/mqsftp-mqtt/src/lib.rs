@@ -469,3 +469,30 @@ pub async fn probe_tls(cfg: &BrokerConfig, timeout: Duration) -> Result<(), Mqtt
             after: timeout,
         })?
 }
+
+/// One line of a `mqsftp check` report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckLine {
+    /// What was checked.
+    pub name: &'static str,
+    /// `Ok(detail)` or `Err(reason)`.
+    pub result: Result<String, String>,
+}
+
+/// The first line of every check report: TCP + TLS to the broker, its certificate verified against the CA.
+pub async fn check_broker_tls(cfg: &BrokerConfig) -> CheckLine {
+    let result = probe_tls(cfg, Duration::from_secs(10))
+        .await
+        .map(|_| {
+            format!(
+                "{} presents a certificate signed by {}",
+                cfg.address(),
+                cfg.ca.display()
+            )
+        })
+        .map_err(|e| e.to_string());
+    CheckLine {
+        name: "broker tls",
+        result,
+    }
+}
