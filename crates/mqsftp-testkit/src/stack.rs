@@ -508,39 +508,12 @@ fn start_on_free_port(
     server: &mut Server,
     mut configure: impl FnMut(u16) -> Result<Vec<std::ffi::OsString>, TestkitError>,
 ) -> Result<(), TestkitError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
+    retry_port_in_use(server, |server, _| {
         let port = sys::free_port()?;
         let args = configure(port)?;
         server.configure(args, port);
-        match server.start() {
-            Err(TestkitError::PortInUse {
-                server: name,
-                port,
-                log,
-                tail,
-                ..
-            }) if attempt >= PORT_ATTEMPTS => {
-                return Err(TestkitError::PortInUse {
-                    server: name,
-                    port,
-                    attempts: attempt,
-                    log,
-                    tail,
-                });
-            }
-            Err(TestkitError::PortInUse { .. }) => {
-                tracing::debug!(
-                    server = server.name,
-                    port,
-                    attempt,
-                    "port taken, trying another"
-                );
-            }
-            other => return other,
-        }
-    }
+        Ok(())
+    })
 }
 
 /// Starts a stopped server on its old port, which its clients are configured with. When the port
@@ -548,9 +521,24 @@ fn start_on_free_port(
 /// holder is usually fleeting (seen: "Address already in use" with nothing on the port a moment
 /// later, most likely another process's probe of a "free" port).
 fn restart(server: &mut Server) -> Result<(), TestkitError> {
+    retry_port_in_use(server, |_, attempt| {
+        if attempt > 1 {
+            std::thread::sleep(RESTART_RETRY_INTERVAL);
+        }
+        Ok(())
+    })
+}
+
+/// Calls `prepare` and starts `server`, up to [`PORT_ATTEMPTS`] times while the start fails
+/// because the port is taken; the last such failure is returned with the number of attempts.
+fn retry_port_in_use(
+    server: &mut Server,
+    mut prepare: impl FnMut(&mut Server, u32) -> Result<(), TestkitError>,
+) -> Result<(), TestkitError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
+        prepare(server, attempt)?;
         match server.start() {
             Err(TestkitError::PortInUse {
                 server: name,
@@ -572,9 +560,8 @@ fn restart(server: &mut Server) -> Result<(), TestkitError> {
                     server = server.name,
                     port = server.port,
                     attempt,
-                    "port taken, retrying"
+                    "port taken, trying again"
                 );
-                std::thread::sleep(RESTART_RETRY_INTERVAL);
             }
             other => return other,
         }
