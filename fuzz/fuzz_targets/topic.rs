@@ -10,6 +10,7 @@ fuzz_target!(|data: &[u8]| {
             TopicKind::Request => Topic::request(&t.device),
             TopicKind::Response(sess) => Topic::response(&t.device, sess),
             TopicKind::Down(sess) => Topic::down(&t.device, sess),
+            TopicKind::Up => Topic::up(&t.device),
         };
         assert_eq!(back, s);
     }

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use mqsftp_mqtt::rumqttc::{AsyncClient, QoS};
 use mqsftp_mqtt::{LinkOptions, MqttLink};
 use mqsftp_proto::{
-    Chunk, DeviceId, GetReceiver, Received, Request, Response, SessionId, Topic, TopicKind,
-    TransferId,
+    Chunk, DeviceId, Entry, ErrorCode, Received, Receiver, Request, Response, Sender, SessionId, StreamParams, Topic,
+    TopicKind, TransferId,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
 use crate::{DeviceConfig, DeviceError};
@@ -34,6 +34,19 @@ pub struct GetOutcome {
     pub sha256: String,
 }
 
+/// The result of a committed upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The remote path, as given.
+    pub path: String,
+    /// Its size.
+    pub size: u64,
+    /// Its SHA-256, lowercase hex.
+    pub sha256: String,
+    /// Whether the store confirmed an fsync before the rename.
+    pub durable: bool,
+}
+
 /// A connected device client.
 pub struct Client {
     device: DeviceId,
@@ -54,32 +67,19 @@ impl Client {
     pub async fn connect(cfg: &DeviceConfig) -> Result<Client, DeviceError> {
         let session = SessionId::from_random(rand::random());
         let device = cfg.device_id.clone();
-        let client_id = cfg
-            .broker
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("mqsftp-{device}-{session}"));
+        let client_id = cfg.broker.client_id.clone().unwrap_or_else(|| format!("mqsftp-{device}-{session}"));
         let link = MqttLink::connect(
             &cfg.broker,
             LinkOptions {
                 client_id,
-                subscriptions: vec![
-                    Topic::response(&device, &session),
-                    Topic::down(&device, &session),
-                ],
+                subscriptions: vec![Topic::response(&device, &session), Topic::down(&device, &session)],
                 connect_timeout: cfg.transfer.timeout,
                 reconnect: false,
                 inflight: 32,
             },
         )
         .await?;
-        Ok(Client {
-            device,
-            session,
-            link,
-            timeout: cfg.transfer.timeout,
-            next_id: 0,
-        })
+        Ok(Client { device, session, link, timeout: cfg.transfer.timeout, next_id: 0 })
     }
 
     /// This client's device id.
@@ -98,12 +98,7 @@ impl Client {
 
     async fn send(&self, req: &Request) -> Result<(), DeviceError> {
         self.mqtt()
-            .publish(
-                Topic::request(&self.device),
-                QoS::AtLeastOnce,
-                false,
-                req.encode(),
-            )
+            .publish(Topic::request(&self.device), QoS::AtLeastOnce, false, req.encode())
             .await
             .map_err(|e| DeviceError::Closed(e.to_string()))
     }
@@ -118,12 +113,10 @@ impl Client {
                 Ok(Some(p)) => p,
             };
             match Topic::parse(&msg.topic).map(|t| t.kind) {
-                Some(TopicKind::Response(s)) if s == self.session => {
-                    match Response::decode(&msg.payload) {
-                        Ok(r) => return Ok(Some(Incoming::Response(r))),
-                        Err(e) => debug!(error = %e, "ignoring an undecodable response"),
-                    }
-                }
+                Some(TopicKind::Response(s)) if s == self.session => match Response::decode(&msg.payload) {
+                    Ok(r) => return Ok(Some(Incoming::Response(r))),
+                    Err(e) => debug!(error = %e, "ignoring an undecodable response"),
+                },
                 Some(TopicKind::Down(s)) if s == self.session => match Chunk::decode(msg.payload) {
                     Ok(c) => return Ok(Some(Incoming::Chunk(c))),
                     // A corrupt chunk is dropped; the gateway resends what is not acknowledged.
@@ -134,31 +127,195 @@ impl Client {
         }
     }
 
+    /// Sends the request `make` builds (given a fresh request id and this session) and waits for the response that
+    /// answers it. An `error` answer becomes [`DeviceError::Remote`]; no answer within the timeout is
+    /// [`DeviceError::NoGateway`].
+    async fn call(&mut self, make: impl FnOnce(String, SessionId) -> Request) -> Result<Response, DeviceError> {
+        let id = self.request_id();
+        self.send(&make(id.clone(), self.session.clone())).await?;
+        loop {
+            match self.next(self.timeout).await? {
+                None => return Err(DeviceError::NoGateway { after: self.timeout }),
+                Some(Incoming::Response(r)) if r.request_id() == Some(id.as_str()) => {
+                    return match r {
+                        Response::Error { code, message, .. } => Err(DeviceError::Remote { code, message }),
+                        r => Ok(r),
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// One page of the listing of `path` (relative to the device root; `""` for the root), starting at entry
+    /// `offset`. Returns the entries and the offset of the next page, if any.
+    pub async fn list_page(
+        &mut self,
+        path: &str,
+        offset: u64,
+        limit: Option<u32>,
+    ) -> Result<(Vec<Entry>, Option<u64>), DeviceError> {
+        let path = path.to_string();
+        match self.call(|id, session| Request::List { id, session, path, offset, limit }).await? {
+            Response::Listing { entries, next, .. } => Ok((entries, next)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The whole listing of `path`, fetched page by page.
+    pub async fn list(&mut self, path: &str) -> Result<Vec<Entry>, DeviceError> {
+        let mut all = Vec::new();
+        let mut offset = 0;
+        loop {
+            let (mut page, next) = self.list_page(path, offset, None).await?;
+            all.append(&mut page);
+            match next {
+                Some(n) if n > offset => offset = n,
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// Size, modification time and type of `path`.
+    pub async fn stat(&mut self, path: &str) -> Result<Entry, DeviceError> {
+        let path = path.to_string();
+        match self.call(|id, session| Request::Stat { id, session, path }).await? {
+            Response::Stat { entry, .. } => Ok(entry),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes a file or an empty directory.
+    pub async fn remove(&mut self, path: &str) -> Result<(), DeviceError> {
+        let path = path.to_string();
+        self.call_done(|id, session| Request::Remove { id, session, path }).await
+    }
+
+    /// Creates a directory; its parent must exist.
+    pub async fn mkdir(&mut self, path: &str) -> Result<(), DeviceError> {
+        let path = path.to_string();
+        self.call_done(|id, session| Request::Mkdir { id, session, path }).await
+    }
+
+    /// Renames `from` to `to`; an existing `to` is replaced only with `overwrite`.
+    pub async fn rename(&mut self, from: &str, to: &str, overwrite: bool) -> Result<(), DeviceError> {
+        let (from, to) = (from.to_string(), to.to_string());
+        self.call_done(|id, session| Request::Rename { id, session, from, to, overwrite }).await
+    }
+
+    async fn call_done(&mut self, make: impl FnOnce(String, SessionId) -> Request) -> Result<(), DeviceError> {
+        match self.call(make).await? {
+            Response::Done { .. } => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Uploads `local` to `remote` (relative to the device root). The gateway writes a temporary file and renames
+    /// it into place only after size and SHA-256 match; an existing `remote` is replaced only with `overwrite`.
+    pub async fn put(
+        &mut self,
+        local: &Path,
+        remote: &str,
+        overwrite: bool,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<PutOutcome, DeviceError> {
+        let local_err = |source| DeviceError::Local { path: local.to_path_buf(), source };
+        let (size, sha256) = hash_file(local).await.map_err(local_err)?;
+        let path = remote.to_string();
+        let sha = sha256.clone();
+        let accepted =
+            self.call(|id, session| Request::Put { id, session, path, size, sha256: sha, overwrite }).await?;
+        let Response::PutAccepted { transfer, chunk_size, window, .. } = accepted else {
+            return Err(unexpected(&accepted));
+        };
+        let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
+        let params = StreamParams {
+            chunk_size: chunk_size.clamp(1, mqsftp_proto::chunk::MAX_CHUNK_DATA as u32),
+            window: window.max(1),
+            retransmit_after: StreamParams::default().retransmit_after,
+            give_up_after: self.timeout,
+        };
+        let mut sender = Sender::new(transfer, size, params, Instant::now());
+        let up = Topic::up(&self.device);
+        progress(Progress { done: 0, total: size });
+        while !sender.is_complete() {
+            while let Some(read) = sender.poll_read() {
+                let mut buf = vec![0u8; read.len as usize];
+                file.read_exact(&mut buf).await.map_err(local_err)?;
+                sender
+                    .handle_read(buf.into())
+                    .map_err(|e| DeviceError::LocalChanged { path: local.to_path_buf(), reason: e.to_string() })?;
+            }
+            while let Some(chunk) = sender.poll_transmit() {
+                self.mqtt()
+                    .publish_bytes(up.clone(), QoS::AtLeastOnce, false, chunk.encode())
+                    .await
+                    .map_err(|e| DeviceError::Closed(e.to_string()))?;
+            }
+            if let Some((_, sent_sha)) = sender.poll_done() {
+                if hex::encode(sent_sha) != sha256 {
+                    let _ = self.send(&Request::Cancel { transfer }).await;
+                    return Err(DeviceError::LocalChanged {
+                        path: local.to_path_buf(),
+                        reason: "its content changed while it was being uploaded".into(),
+                    });
+                }
+            }
+            if sender.is_complete() {
+                break;
+            }
+            let wait =
+                sender.poll_timeout().map(|t| t.saturating_duration_since(Instant::now())).unwrap_or(self.timeout);
+            match self.next(wait).await? {
+                Some(Incoming::Response(Response::PutAck { transfer: t, next })) if t == transfer => {
+                    sender.handle_ack(next, Instant::now()).map_err(|e| DeviceError::Remote {
+                        code: ErrorCode::Internal,
+                        message: format!("gateway acknowledged more than was sent: {e}"),
+                    })?;
+                    progress(Progress { done: sender.acked(), total: size });
+                }
+                Some(Incoming::Response(Response::Error { transfer: Some(t), code, message, .. })) if t == transfer => {
+                    return Err(DeviceError::Remote { code, message });
+                }
+                Some(_) => {}
+                None => {
+                    if let Err(e) = sender.handle_timeout(Instant::now()) {
+                        let _ = self.send(&Request::Cancel { transfer }).await;
+                        let _ = e;
+                        return Err(DeviceError::Stalled { after: self.timeout, received: sender.acked(), size });
+                    }
+                }
+            }
+        }
+        // Commit is idempotent on the gateway: a lost answer is recovered by asking again.
+        let mut last = None;
+        for _ in 0..3 {
+            match self.call(|id, session| Request::Commit { id, session, transfer }).await {
+                Ok(Response::Committed { size, sha256, durable, .. }) => {
+                    return Ok(PutOutcome { path: remote.to_string(), size, sha256, durable })
+                }
+                Ok(other) => return Err(unexpected(&other)),
+                Err(e @ DeviceError::NoGateway { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(DeviceError::NoGateway { after: self.timeout }))
+    }
+
     /// Asks a gateway to answer; returns the round-trip time and the gateway's protocol version.
     pub async fn ping(&mut self) -> Result<(Duration, u32), DeviceError> {
         let id = self.request_id();
         let started = Instant::now();
-        self.send(&Request::Ping {
-            id: id.clone(),
-            session: self.session.clone(),
-        })
-        .await?;
+        self.send(&Request::Ping { id: id.clone(), session: self.session.clone() }).await?;
         loop {
             match self.next(self.timeout).await? {
-                None => {
-                    return Err(DeviceError::NoGateway {
-                        after: self.timeout,
-                    })
-                }
+                None => return Err(DeviceError::NoGateway { after: self.timeout }),
                 Some(Incoming::Response(Response::Pong { id: got, version })) if got == id => {
                     return Ok((started.elapsed(), version))
                 }
-                Some(Incoming::Response(Response::Error {
-                    id: Some(got),
-                    code,
-                    message,
-                    ..
-                })) if got == id => return Err(DeviceError::Remote { code, message }),
+                Some(Incoming::Response(Response::Error { id: Some(got), code, message, .. })) if got == id => {
+                    return Err(DeviceError::Remote { code, message })
+                }
                 Some(_) => {}
             }
         }
@@ -174,31 +331,16 @@ impl Client {
     ) -> Result<GetOutcome, DeviceError> {
         let target = local_target(remote, local)?;
         let id = self.request_id();
-        self.send(&Request::Get {
-            id: id.clone(),
-            session: self.session.clone(),
-            path: remote.to_string(),
-        })
-        .await?;
+        self.send(&Request::Get { id: id.clone(), session: self.session.clone(), path: remote.to_string() }).await?;
         let (transfer, size) = loop {
             match self.next(self.timeout).await? {
-                None => {
-                    return Err(DeviceError::NoGateway {
-                        after: self.timeout,
-                    })
+                None => return Err(DeviceError::NoGateway { after: self.timeout }),
+                Some(Incoming::Response(Response::GetAccepted { id: got, transfer, size, .. })) if got == id => {
+                    break (transfer, size)
                 }
-                Some(Incoming::Response(Response::GetAccepted {
-                    id: got,
-                    transfer,
-                    size,
-                    ..
-                })) if got == id => break (transfer, size),
-                Some(Incoming::Response(Response::Error {
-                    id: Some(got),
-                    code,
-                    message,
-                    ..
-                })) if got == id => return Err(DeviceError::Remote { code, message }),
+                Some(Incoming::Response(Response::Error { id: Some(got), code, message, .. })) if got == id => {
+                    return Err(DeviceError::Remote { code, message })
+                }
                 Some(_) => {}
             }
         };
@@ -206,11 +348,7 @@ impl Client {
         match self.receive(transfer, size, &part, &mut progress).await {
             Ok(sha256) => {
                 part.commit(&target).await?;
-                Ok(GetOutcome {
-                    path: target,
-                    size,
-                    sha256,
-                })
+                Ok(GetOutcome { path: target, size, sha256 })
             }
             Err(e) => {
                 part.discard().await;
@@ -228,12 +366,9 @@ impl Client {
         part: &PartFile,
         progress: &mut impl FnMut(Progress),
     ) -> Result<String, DeviceError> {
-        let mut rx = GetReceiver::new(transfer, size);
+        let mut rx = Receiver::new(transfer, size);
         let mut file = part.open().await?;
-        progress(Progress {
-            done: 0,
-            total: size,
-        });
+        progress(Progress { done: 0, total: size });
         loop {
             if let Some(result) = rx.poll_finished() {
                 let sha = result?;
@@ -242,44 +377,24 @@ impl Client {
                 return Ok(hex::encode(sha));
             }
             let Some(msg) = self.next(self.timeout).await? else {
-                return Err(DeviceError::Stalled {
-                    after: self.timeout,
-                    received: rx.received(),
-                    size,
-                });
+                return Err(DeviceError::Stalled { after: self.timeout, received: rx.received(), size });
             };
             match msg {
                 Incoming::Chunk(c) if c.transfer == transfer => {
                     let ack = match rx.handle_chunk(c)? {
                         Received::Write { data, ack, .. } => {
                             file.write_all(&data).await.map_err(|e| part.err(e))?;
-                            progress(Progress {
-                                done: ack,
-                                total: size,
-                            });
+                            progress(Progress { done: ack, total: size });
                             ack
                         }
                         Received::Reack { ack } => ack,
                     };
-                    self.send(&Request::Ack {
-                        transfer,
-                        next: ack,
-                    })
-                    .await?;
+                    self.send(&Request::Ack { transfer, next: ack }).await?;
                 }
-                Incoming::Response(Response::GetDone {
-                    transfer: t,
-                    size: done_size,
-                    sha256,
-                }) if t == transfer => {
+                Incoming::Response(Response::GetDone { transfer: t, size: done_size, sha256 }) if t == transfer => {
                     rx.handle_done(done_size, &sha256)?;
                 }
-                Incoming::Response(Response::Error {
-                    transfer: Some(t),
-                    code,
-                    message,
-                    ..
-                }) if t == transfer => {
+                Incoming::Response(Response::Error { transfer: Some(t), code, message, .. }) if t == transfer => {
                     return Err(DeviceError::Remote { code, message });
                 }
                 _ => {}
@@ -288,11 +403,31 @@ impl Client {
     }
 }
 
+/// A response of a type the request does not call for.
+fn unexpected(r: &Response) -> DeviceError {
+    DeviceError::Remote { code: ErrorCode::Internal, message: format!("unexpected answer from the gateway: {r:?}") }
+}
+
+/// Size and SHA-256 (hex) of a local file, in one pass.
+async fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    use sha2::Digest;
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((size, hex::encode(h.finalize())));
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+}
+
 /// Where `get remote local` writes: `local`, or `local/<remote file name>` when `local` is a directory.
 fn local_target(remote: &str, local: &Path) -> Result<PathBuf, DeviceError> {
-    let name = remote
-        .rsplit('/')
-        .find(|n| !n.is_empty() && *n != "." && *n != "..");
+    let name = remote.rsplit('/').find(|n| !n.is_empty() && *n != "." && *n != "..");
     if local.is_dir() {
         let name = name.ok_or_else(|| DeviceError::LocalPath {
             path: local.into(),
@@ -301,10 +436,7 @@ fn local_target(remote: &str, local: &Path) -> Result<PathBuf, DeviceError> {
         return Ok(local.join(name));
     }
     if local.file_name().is_none() {
-        return Err(DeviceError::LocalPath {
-            path: local.into(),
-            reason: "no file name".into(),
-        });
+        return Err(DeviceError::LocalPath { path: local.into(), reason: "no file name".into() });
     }
     Ok(local.to_path_buf())
 }
@@ -316,50 +448,31 @@ struct PartFile {
 
 impl PartFile {
     async fn create(target: &Path) -> Result<PartFile, DeviceError> {
-        let dir = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let path = dir.join(format!(".{name}.{:08x}.mqsftp-part", rand::random::<u32>()));
         tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
             .await
-            .map_err(|source| DeviceError::Local {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| DeviceError::Local { path: path.clone(), source })?;
         Ok(PartFile { path })
     }
 
     async fn open(&self) -> Result<tokio::io::BufWriter<tokio::fs::File>, DeviceError> {
-        let f = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.path)
-            .await
-            .map_err(|e| self.err(e))?;
+        let f = tokio::fs::OpenOptions::new().write(true).open(&self.path).await.map_err(|e| self.err(e))?;
         Ok(tokio::io::BufWriter::with_capacity(256 * 1024, f))
     }
 
     fn err(&self, source: std::io::Error) -> DeviceError {
-        DeviceError::Local {
-            path: self.path.clone(),
-            source,
-        }
+        DeviceError::Local { path: self.path.clone(), source }
     }
 
     async fn commit(self, target: &Path) -> Result<(), DeviceError> {
         if let Err(source) = tokio::fs::rename(&self.path, target).await {
             let _ = tokio::fs::remove_file(&self.path).await;
-            return Err(DeviceError::Local {
-                path: target.into(),
-                source,
-            });
+            return Err(DeviceError::Local { path: target.into(), source });
         }
         // Make the rename itself durable.
         if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty()) {

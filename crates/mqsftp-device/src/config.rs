@@ -33,33 +33,21 @@ pub struct DeviceTransferConfig {
 
 impl Default for DeviceTransferConfig {
     fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(15),
-        }
+        Self { timeout: Duration::from_secs(15) }
     }
 }
 
 impl DeviceConfig {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<DeviceConfig, DeviceError> {
-        let text = std::fs::read_to_string(path).map_err(|e| DeviceError::Config {
-            path: path.into(),
-            message: format!("cannot read: {e}"),
-        })?;
-        let mut cfg: DeviceConfig = toml::from_str(&text).map_err(|e| DeviceError::Config {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        let base = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| DeviceError::Config { path: path.into(), message: format!("cannot read: {e}") })?;
+        let mut cfg: DeviceConfig =
+            toml::from_str(&text).map_err(|e| DeviceError::Config { path: path.into(), message: e.to_string() })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         cfg.broker.resolve_paths(&base);
         if cfg.transfer.timeout.is_zero() {
-            return Err(DeviceError::Config {
-                path: path.into(),
-                message: "transfer.timeout must be above 0".into(),
-            });
+            return Err(DeviceError::Config { path: path.into(), message: "transfer.timeout must be above 0".into() });
         }
         Ok(cfg)
     }

@@ -2,7 +2,7 @@
 //!
 //! [`Client::connect`] opens one MQTT connection (mutual TLS) and subscribes to this client's own response and
 //! download topics; [`Client::get`] downloads a file into a temporary file beside the target and renames it into
-//! place only after size and SHA-256 match. The protocol logic is `mqsftp_proto::GetReceiver`; this crate does the
+//! place only after size and SHA-256 match. The protocol logic is `mqsftp_proto::Receiver`; this crate does the
 //! I/O around it.
 //!
 //! Layout: `config.rs` (`device.toml`), `client.rs` (the client), this file (errors).
@@ -14,10 +14,10 @@ mod config;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::{Client, GetOutcome, Progress};
+pub use client::{Client, GetOutcome, Progress, PutOutcome};
 pub use config::{DeviceConfig, DeviceTransferConfig};
 pub use mqsftp_mqtt::MqttError;
-pub use mqsftp_proto::ErrorCode;
+pub use mqsftp_proto::{Entry, EntryKind, ErrorCode};
 
 /// What went wrong on the device side.
 #[derive(Debug, thiserror::Error)]
@@ -35,23 +35,17 @@ pub enum DeviceError {
     #[error("{code}: {message}")]
     Remote { code: ErrorCode, message: String },
     /// The gateway stopped sending in the middle of a transfer.
-    #[error(
-        "transfer stalled: nothing from the gateway for {after:?} after {received} of {size} bytes"
-    )]
-    Stalled {
-        after: Duration,
-        received: u64,
-        size: u64,
-    },
+    #[error("transfer stalled: nothing from the gateway for {after:?} after {received} of {size} bytes")]
+    Stalled { after: Duration, received: u64, size: u64 },
     /// The received file failed verification.
     #[error("verification failed: {0}")]
     Integrity(#[from] mqsftp_proto::ReceiveError),
     /// A local file could not be written.
     #[error("{path}: {source}")]
-    Local {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Local { path: PathBuf, source: std::io::Error },
+    /// The local file changed while it was being uploaded.
+    #[error("{path}: {reason}")]
+    LocalChanged { path: PathBuf, reason: String },
     /// The local target is not usable.
     #[error("bad local path {path}: {reason}")]
     LocalPath { path: PathBuf, reason: String },

@@ -30,22 +30,11 @@ pub async fn check(cfg: &GatewayConfig) -> Vec<CheckLine> {
             },
         )
         .await;
-        let line = r.as_ref().map(|_| {
-            format!(
-                "certificate accepted, subscribed to {}",
-                Topic::all_requests_filter()
-            )
-        });
-        lines.push(CheckLine {
-            name: "broker client certificate",
-            result: line.map_err(|e| e.to_string()),
-        });
+        let line = r.as_ref().map(|_| format!("certificate accepted, subscribed to {}", Topic::all_requests_filter()));
+        lines.push(CheckLine { name: "broker client certificate", result: line.map_err(|e| e.to_string()) });
         r.ok()
     } else {
-        lines.push(CheckLine {
-            name: "broker client certificate",
-            result: Err("not tried: broker TLS failed".into()),
-        });
+        lines.push(CheckLine { name: "broker client certificate", result: Err("not tried: broker TLS failed".into()) });
         None
     };
     drop(link);
@@ -55,55 +44,28 @@ pub async fn check(cfg: &GatewayConfig) -> Vec<CheckLine> {
         Ok(session) => {
             lines.push(CheckLine {
                 name: "sftp host key",
-                result: Ok(format!(
-                    "{sftp} host key is pinned in {}",
-                    cfg.sftp.known_hosts.display()
-                )),
+                result: Ok(format!("{sftp} host key is pinned in {}", cfg.sftp.known_hosts.display())),
             });
             lines.push(CheckLine {
                 name: "sftp key auth",
-                result: Ok(format!(
-                    "logged in as {} with {}",
-                    cfg.sftp.user,
-                    cfg.sftp.key.display()
-                )),
+                result: Ok(format!("logged in as {} with {}", cfg.sftp.user, cfg.sftp.key.display())),
             });
-            lines.push(CheckLine {
-                name: "sftp write+remove",
-                result: probe_write(cfg, &session).await,
-            });
+            lines.push(CheckLine { name: "sftp write+remove", result: probe_write(cfg, &session).await });
         }
         Err(e) => {
             let host_key_failed = matches!(
                 e,
-                StoreError::UnknownHostKey { .. }
-                    | StoreError::ChangedHostKey { .. }
-                    | StoreError::KnownHosts { .. }
+                StoreError::UnknownHostKey { .. } | StoreError::ChangedHostKey { .. } | StoreError::KnownHosts { .. }
             );
             let auth_failed = matches!(e, StoreError::AuthRefused { .. } | StoreError::Key { .. });
             if host_key_failed || !auth_failed {
-                lines.push(CheckLine {
-                    name: "sftp host key",
-                    result: Err(e.to_string()),
-                });
-                lines.push(CheckLine {
-                    name: "sftp key auth",
-                    result: Err("not tried".into()),
-                });
+                lines.push(CheckLine { name: "sftp host key", result: Err(e.to_string()) });
+                lines.push(CheckLine { name: "sftp key auth", result: Err("not tried".into()) });
             } else {
-                lines.push(CheckLine {
-                    name: "sftp host key",
-                    result: Ok(format!("{sftp} host key is pinned")),
-                });
-                lines.push(CheckLine {
-                    name: "sftp key auth",
-                    result: Err(e.to_string()),
-                });
+                lines.push(CheckLine { name: "sftp host key", result: Ok(format!("{sftp} host key is pinned")) });
+                lines.push(CheckLine { name: "sftp key auth", result: Err(e.to_string()) });
             }
-            lines.push(CheckLine {
-                name: "sftp write+remove",
-                result: Err("not tried".into()),
-            });
+            lines.push(CheckLine { name: "sftp write+remove", result: Err("not tried".into()) });
         }
     }
     lines
@@ -112,11 +74,7 @@ pub async fn check(cfg: &GatewayConfig) -> Vec<CheckLine> {
 /// Writes and removes a probe file in the directory that holds the device roots.
 async fn probe_write(cfg: &GatewayConfig, session: &store::StoreSession) -> Result<String, String> {
     let root = &cfg.store.device_root;
-    let base = root
-        .split(DEVICE_PLACEHOLDER)
-        .next()
-        .unwrap_or("")
-        .trim_end_matches('/');
+    let base = root.split(DEVICE_PLACEHOLDER).next().unwrap_or("").trim_end_matches('/');
     let base = if base.is_empty() { "." } else { base };
     let probe = format!("{base}/.mqsftp-check-{:08x}", rand::random::<u32>());
     // A fresh store may not have the directory of device roots yet; the gateway creates it when needed, and so does
@@ -132,33 +90,17 @@ async fn probe_write(cfg: &GatewayConfig, session: &store::StoreSession) -> Resu
             if name.is_empty() || session.try_exists(prefix.as_str()).await.unwrap_or(false) {
                 continue;
             }
-            session
-                .create_dir(prefix.as_str())
-                .await
-                .map_err(|e| format!("cannot create directory {prefix}: {e}"))?;
+            session.create_dir(prefix.as_str()).await.map_err(|e| format!("cannot create directory {prefix}: {e}"))?;
             created.push(prefix.clone());
         }
     }
-    let mut f = session
-        .create(probe.as_str())
-        .await
-        .map_err(|e| format!("cannot create {probe}: {e}"))?;
-    f.write_all(b"mqsftp check\n")
-        .await
-        .map_err(|e| format!("cannot write {probe}: {e}"))?;
-    f.shutdown()
-        .await
-        .map_err(|e| format!("cannot close {probe}: {e}"))?;
-    session
-        .remove_file(probe.as_str())
-        .await
-        .map_err(|e| format!("cannot remove {probe}: {e}"))?;
+    let mut f = session.create(probe.as_str()).await.map_err(|e| format!("cannot create {probe}: {e}"))?;
+    f.write_all(b"mqsftp check\n").await.map_err(|e| format!("cannot write {probe}: {e}"))?;
+    f.shutdown().await.map_err(|e| format!("cannot close {probe}: {e}"))?;
+    session.remove_file(probe.as_str()).await.map_err(|e| format!("cannot remove {probe}: {e}"))?;
     if created.is_empty() {
         Ok(format!("wrote and removed {probe}"))
     } else {
-        Ok(format!(
-            "created {}; wrote and removed {probe}",
-            created.join(", ")
-        ))
+        Ok(format!("created {}; wrote and removed {probe}", created.join(", ")))
     }
 }

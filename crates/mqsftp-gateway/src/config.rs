@@ -16,21 +16,13 @@ pub const DEVICE_PLACEHOLDER: &str = "{device}";
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// The file is not valid TOML or has a wrong key or value.
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     /// A value is out of range.
     #[error("{path}: {key} = {value}: {reason}")]
-    Invalid {
-        path: PathBuf,
-        key: &'static str,
-        value: String,
-        reason: String,
-    },
+    Invalid { path: PathBuf, key: &'static str, value: String, reason: String },
 }
 
 /// The whole `gateway.toml`.
@@ -98,8 +90,7 @@ impl StoreConfig {
 
     /// `device`'s root on the store.
     pub fn root_of(&self, device: &DeviceId) -> String {
-        self.device_root
-            .replace(DEVICE_PLACEHOLDER, device.as_str())
+        self.device_root.replace(DEVICE_PLACEHOLDER, device.as_str())
     }
 }
 
@@ -121,11 +112,16 @@ pub struct TransferConfig {
     pub max_transfers: usize,
     /// Concurrent transfers per device.
     pub max_transfers_per_device: usize,
+    /// Largest file a device may upload, in bytes.
+    pub max_file_size: u64,
+    /// An upload that receives nothing for this long is abandoned and its temporary file removed.
+    #[serde(with = "humantime_serde")]
+    pub upload_expiry: Duration,
 }
 
 impl Default for TransferConfig {
     fn default() -> Self {
-        let p = mqsftp_proto::GetParams::default();
+        let p = mqsftp_proto::StreamParams::default();
         Self {
             chunk_size: p.chunk_size,
             window: p.window,
@@ -133,6 +129,8 @@ impl Default for TransferConfig {
             give_up_after: p.give_up_after,
             max_transfers: 256,
             max_transfers_per_device: 4,
+            max_file_size: 16 << 30,
+            upload_expiry: Duration::from_secs(600),
         }
     }
 }
@@ -143,14 +141,9 @@ pub const BROKER_INFLIGHT: u32 = 20;
 impl GatewayConfig {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let mut cfg: GatewayConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut cfg: GatewayConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
         cfg.validate(path)?;
@@ -183,21 +176,14 @@ impl GatewayConfig {
             ));
         }
         if root.split('/').any(|n| n == "..") {
-            return Err(invalid(
-                "store.device_root",
-                root.clone(),
-                "must not contain '..'",
-            ));
+            return Err(invalid("store.device_root", root.clone(), "must not contain '..'"));
         }
         let t = &self.transfer;
         if !(1024..=mqsftp_proto::chunk::MAX_CHUNK_DATA as u32).contains(&t.chunk_size) {
             return Err(invalid(
                 "transfer.chunk_size",
                 t.chunk_size.to_string(),
-                &format!(
-                    "must be between 1024 and {}",
-                    mqsftp_proto::chunk::MAX_CHUNK_DATA
-                ),
+                &format!("must be between 1024 and {}", mqsftp_proto::chunk::MAX_CHUNK_DATA),
             ));
         }
         if !(1..=BROKER_INFLIGHT).contains(&t.window) {
@@ -208,11 +194,7 @@ impl GatewayConfig {
             ));
         }
         if t.max_transfers == 0 || t.max_transfers_per_device == 0 {
-            return Err(invalid(
-                "transfer.max_transfers",
-                "0".into(),
-                "must be at least 1",
-            ));
+            return Err(invalid("transfer.max_transfers", "0".into(), "must be at least 1"));
         }
         Ok(())
     }
@@ -257,43 +239,22 @@ device_root = "devices/{device}"
         let cfg = load(GOOD).unwrap();
         assert!(cfg.broker.ca.is_absolute());
         assert!(cfg.sftp.key.ends_with("gateway_ed25519") && cfg.sftp.key.is_absolute());
-        assert_eq!(
-            cfg.sftp.known_hosts,
-            PathBuf::from("/etc/mqsftp/known_hosts")
-        );
+        assert_eq!(cfg.sftp.known_hosts, PathBuf::from("/etc/mqsftp/known_hosts"));
         assert_eq!(cfg.transfer.chunk_size, 65536);
         let d = DeviceId::new("d1").unwrap();
-        assert_eq!(
-            cfg.store
-                .path_of(&d, &mqsftp_proto::confine("a/b").unwrap()),
-            "devices/d1/a/b"
-        );
-        assert_eq!(
-            cfg.store.path_of(&d, &mqsftp_proto::confine("").unwrap()),
-            "devices/d1"
-        );
+        assert_eq!(cfg.store.path_of(&d, &mqsftp_proto::confine("a/b").unwrap()), "devices/d1/a/b");
+        assert_eq!(cfg.store.path_of(&d, &mqsftp_proto::confine("").unwrap()), "devices/d1");
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = load(&GOOD.replace("devices/{device}", "shared"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("store.device_root") && e.contains("{device}"),
-            "{e}"
-        );
-        let e = load(&format!("{GOOD}\n[transfer]\nwindow = 50\n"))
-            .unwrap_err()
-            .to_string();
+        let e = load(&GOOD.replace("devices/{device}", "shared")).unwrap_err().to_string();
+        assert!(e.contains("store.device_root") && e.contains("{device}"), "{e}");
+        let e = load(&format!("{GOOD}\n[transfer]\nwindow = 50\n")).unwrap_err().to_string();
         assert!(e.contains("transfer.window = 50"), "{e}");
-        let e = load(&GOOD.replace("port = 2222", "port = \"x\""))
-            .unwrap_err()
-            .to_string();
+        let e = load(&GOOD.replace("port = 2222", "port = \"x\"")).unwrap_err().to_string();
         assert!(e.contains("port"), "{e}");
-        let e = load(&GOOD.replace("[store]", "[store]\nbogus = 1"))
-            .unwrap_err()
-            .to_string();
+        let e = load(&GOOD.replace("[store]", "[store]\nbogus = 1")).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
     }
 }

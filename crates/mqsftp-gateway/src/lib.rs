@@ -5,12 +5,15 @@
 //!   transfers and reopened when it breaks.
 //! - `server.rs`: [`Gateway`]: subscribes to `mqsftp/v1/+/req`, takes the device id from the topic, confines
 //!   paths to the device's root, and runs one task per transfer that drives the sans-io
-//!   [`mqsftp_proto::GetSender`].
+//!   [`mqsftp_proto::Sender`].
 //!
 //! The protocol itself (messages, chunk frames, windows) is in `mqsftp-proto`; nothing here encodes bytes.
 
 pub mod check;
 pub mod config;
+mod get;
+mod ops;
+mod put;
 pub mod server;
 pub mod store;
 

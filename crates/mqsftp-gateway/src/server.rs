@@ -6,18 +6,16 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use bytes::Bytes;
 use mqsftp_mqtt::rumqttc::{AsyncClient, QoS};
 use mqsftp_mqtt::{LinkOptions, MqttError, MqttLink};
 use mqsftp_proto::{
-    confine, DeviceId, ErrorCode, GetParams, GetSender, Request, Response, SessionId, Topic,
-    TopicKind, TransferId, MAX_TRANSFER_ID, PROTOCOL_VERSION,
+    confine, Chunk, DeviceId, ErrorCode, PathError, RelPath, Request, Response, SessionId, Topic, TopicKind,
+    TransferId, MAX_TRANSFER_ID, PROTOCOL_VERSION,
 };
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, warn};
 
 use crate::config::GatewayConfig;
 use crate::store::{Store, StoreError};
@@ -36,43 +34,40 @@ pub enum GatewayError {
     LinkClosed(String),
 }
 
-/// Control messages for a running transfer.
-enum Ctl {
+/// Control messages for a running transfer, routed to it only from the device that owns it.
+pub(crate) enum Ctl {
+    /// A download acknowledgement.
     Ack(u64),
+    /// The device gives up.
     Cancel,
+    /// An upload chunk.
+    Chunk(Chunk),
+    /// Commit an upload; answer request `id` on `session`.
+    Commit { id: String, session: SessionId },
 }
 
-struct Shared {
-    client: AsyncClient,
-    store: Store,
-    cfg: GatewayConfig,
+pub(crate) struct Shared {
+    pub(crate) client: AsyncClient,
+    pub(crate) store: Store,
+    pub(crate) cfg: GatewayConfig,
+    /// Uploads committed lately, so that a commit sent again gets the same answer.
+    pub(crate) committed: Mutex<Committed>,
     transfers: Mutex<HashMap<TransferId, (DeviceId, mpsc::UnboundedSender<Ctl>)>>,
 }
 
 impl Shared {
-    async fn respond(&self, device: &DeviceId, session: &SessionId, resp: &Response) {
+    pub(crate) async fn respond(&self, device: &DeviceId, session: &SessionId, resp: &Response) {
         let topic = Topic::response(device, session);
-        if let Err(e) = self
-            .client
-            .publish(topic, QoS::AtLeastOnce, false, resp.encode())
-            .await
-        {
+        if let Err(e) = self.client.publish(topic, QoS::AtLeastOnce, false, resp.encode()).await {
             warn!(%device, error = %e, "could not queue a response");
         }
     }
 
     /// Checks the concurrency limits and registers a new transfer under one lock, so that simultaneous requests
     /// cannot overshoot them. Returns the new transfer id, or why the gateway is busy.
-    fn register(
-        &self,
-        device: &DeviceId,
-        tx: mpsc::UnboundedSender<Ctl>,
-    ) -> Result<TransferId, String> {
+    pub(crate) fn register(&self, device: &DeviceId, tx: mpsc::UnboundedSender<Ctl>) -> Result<TransferId, String> {
         let limits = self.cfg.transfer;
-        let mut t = self
-            .transfers
-            .lock()
-            .map_err(|_| "transfer table unavailable".to_string())?;
+        let mut t = self.transfers.lock().map_err(|_| "transfer table unavailable".to_string())?;
         let (all, mine) = (t.len(), t.values().filter(|(d, _)| d == device).count());
         if all >= limits.max_transfers || mine >= limits.max_transfers_per_device {
             return Err(format!(
@@ -101,16 +96,13 @@ impl Gateway {
     pub async fn connect(cfg: GatewayConfig) -> Result<Gateway, GatewayError> {
         let store = Store::new(cfg.sftp.clone());
         store.session().await?;
-        let client_id = cfg
-            .broker
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("mqsftp-gateway-{:08x}", rand::random::<u32>()));
+        let client_id =
+            cfg.broker.client_id.clone().unwrap_or_else(|| format!("mqsftp-gateway-{:08x}", rand::random::<u32>()));
         let link = MqttLink::connect(
             &cfg.broker,
             LinkOptions {
                 client_id,
-                subscriptions: vec![Topic::all_requests_filter()],
+                subscriptions: vec![Topic::all_requests_filter(), Topic::all_uploads_filter()],
                 connect_timeout: std::time::Duration::from_secs(15),
                 reconnect: true,
                 inflight: 64,
@@ -123,6 +115,7 @@ impl Gateway {
             store,
             cfg,
             transfers: Mutex::new(HashMap::new()),
+            committed: Mutex::new(Committed::default()),
         });
         Ok(Gateway { shared, link })
     }
@@ -150,16 +143,22 @@ impl Gateway {
 }
 
 fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
-    let Some(Topic {
-        device,
-        kind: TopicKind::Request,
-    }) = Topic::parse(topic)
-    else {
-        debug!(
-            topic,
-            "ignoring a message on a topic that is not a device request topic"
-        );
-        return;
+    let device = match Topic::parse(topic) {
+        Some(Topic { device, kind: TopicKind::Request }) => device,
+        Some(Topic { device, kind: TopicKind::Up }) => {
+            match Chunk::decode(payload) {
+                Ok(chunk) => {
+                    let _ = route(shared, &device, chunk.transfer, Ctl::Chunk(chunk));
+                }
+                // A corrupt chunk is dropped: the device resends what is not acknowledged.
+                Err(e) => debug!(%device, error = %e, "dropping a bad upload chunk"),
+            }
+            return;
+        }
+        _ => {
+            debug!(topic, "ignoring a message on a topic that is not a device request or upload topic");
+            return;
+        }
     };
     let request = match Request::decode(&payload) {
         Ok(r) => r,
@@ -179,45 +178,126 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
         Request::Ping { id, session } => {
             let shared = shared.clone();
             tokio::spawn(async move {
-                shared
-                    .respond(
-                        &device,
-                        &session,
-                        &Response::Pong {
-                            id,
-                            version: PROTOCOL_VERSION,
-                        },
-                    )
-                    .await;
+                shared.respond(&device, &session, &Response::Pong { id, version: PROTOCOL_VERSION }).await;
             });
         }
         Request::Get { id, session, path } => {
-            let shared = shared.clone();
-            tokio::spawn(async move { start_get(shared, device, session, id, path).await });
+            tokio::spawn(crate::get::start_get(shared.clone(), device, session, id, path));
         }
-        Request::Ack { transfer, next } => route(shared, &device, transfer, Ctl::Ack(next)),
-        Request::Cancel { transfer } => route(shared, &device, transfer, Ctl::Cancel),
+        Request::Put { id, session, path, size, sha256, overwrite } => {
+            let put = crate::put::PutRequest { id, session, path, size, sha256, overwrite };
+            tokio::spawn(crate::put::start_put(shared.clone(), device, put));
+        }
+        Request::Commit { id, session, transfer } => {
+            if let Err(ctl) = route(shared, &device, transfer, Ctl::Commit { id, session }) {
+                if let Ctl::Commit { id, session } = ctl {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { answer_stale_commit(&shared, &device, &session, transfer, id).await });
+                }
+            }
+        }
+        Request::List { id, session, path, offset, limit } => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let r = crate::ops::list(&shared, &device, &path, offset, limit).await;
+                shared.respond(&device, &session, &answer(id, r)).await;
+            });
+        }
+        Request::Stat { id, session, path } => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let r = crate::ops::stat(&shared, &device, &path).await;
+                shared.respond(&device, &session, &answer(id, r)).await;
+            });
+        }
+        Request::Remove { id, session, path } => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let r = crate::ops::remove(&shared, &device, &path).await;
+                shared.respond(&device, &session, &answer(id, r)).await;
+            });
+        }
+        Request::Mkdir { id, session, path } => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let r = crate::ops::mkdir(&shared, &device, &path).await;
+                shared.respond(&device, &session, &answer(id, r)).await;
+            });
+        }
+        Request::Rename { id, session, from, to, overwrite } => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let r = crate::ops::rename(&shared, &device, &from, &to, overwrite).await;
+                shared.respond(&device, &session, &answer(id, r)).await;
+            });
+        }
+        Request::Ack { transfer, next } => {
+            let _ = route(shared, &device, transfer, Ctl::Ack(next));
+        }
+        Request::Cancel { transfer } => {
+            let _ = route(shared, &device, transfer, Ctl::Cancel);
+        }
     }
 }
 
-fn route(shared: &Shared, device: &DeviceId, transfer: TransferId, ctl: Ctl) {
+/// Hands `ctl` to `transfer` if `device` owns it; gives it back when there is no such transfer of this device.
+fn route(shared: &Shared, device: &DeviceId, transfer: TransferId, ctl: Ctl) -> Result<(), Ctl> {
     let Ok(transfers) = shared.transfers.lock() else {
-        return;
+        return Err(ctl);
     };
     match transfers.get(&transfer) {
         // A device can only steer its own transfers.
-        Some((owner, tx)) if owner == device => {
-            let _ = tx.send(ctl);
+        Some((owner, tx)) if owner == device => tx.send(ctl).map_err(|e| e.0),
+        Some(_) => {
+            warn!(%device, transfer, "device addressed another device's transfer; ignored");
+            Err(ctl)
         }
-        Some(_) => warn!(%device, transfer, "device addressed another device's transfer; ignored"),
-        None => debug!(%device, transfer, "message for an unknown or finished transfer; ignored"),
+        None => {
+            debug!(%device, transfer, "message for an unknown or finished transfer; ignored");
+            Err(ctl)
+        }
     }
 }
 
-/// Removes the transfer from the table when dropped, however the task ends.
-struct Registration<'a> {
-    shared: &'a Shared,
+/// A commit for a transfer that is no longer running: the remembered answer if it was committed, else an error.
+async fn answer_stale_commit(
+    shared: &Shared,
+    device: &DeviceId,
+    session: &SessionId,
     transfer: TransferId,
+    id: String,
+) {
+    let remembered = shared.committed.lock().ok().and_then(|c| c.answer(device, transfer, &id));
+    let resp = remembered.unwrap_or_else(|| {
+        Response::error(Some(id), ErrorCode::BadRequest, format!("no upload {transfer} in progress or committed here"))
+    });
+    shared.respond(device, session, &resp).await;
+}
+
+/// The response to a simple request: its result, or an error naming the request.
+fn answer(id: String, result: Result<OpResult, Failure>) -> Response {
+    match result {
+        Ok(OpResult::Listing { entries, next }) => Response::Listing { id, entries, next },
+        Ok(OpResult::Stat(entry)) => Response::Stat { id, entry },
+        Ok(OpResult::Done) => Response::Done { id },
+        Err((code, message)) => Response::error(Some(id), code, message),
+    }
+}
+
+/// What a simple (non-transfer) operation produced.
+pub(crate) enum OpResult {
+    /// A page of a listing.
+    Listing { entries: Vec<mqsftp_proto::Entry>, next: Option<u64> },
+    /// A stat.
+    Stat(mqsftp_proto::Entry),
+    /// Done, nothing to report.
+    Done,
+}
+
+/// Removes the transfer from the table when dropped, however the task ends.
+pub(crate) struct Registration<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) transfer: TransferId,
 }
 
 impl Drop for Registration<'_> {
@@ -228,273 +308,67 @@ impl Drop for Registration<'_> {
     }
 }
 
-async fn start_get(
-    shared: Arc<Shared>,
-    device: DeviceId,
-    session: SessionId,
-    id: String,
-    path: String,
-) {
-    let fail = |code: ErrorCode, message: String| Response::error(Some(id.clone()), code, message);
-    let rel = match confine(&path) {
-        Ok(rel) if rel.is_root() => {
-            return shared
-                .respond(
-                    &device,
-                    &session,
-                    &fail(
-                        ErrorCode::IsDirectory,
-                        "the device root is a directory".into(),
-                    ),
-                )
-                .await
-        }
-        Ok(rel) => rel,
-        Err(e) => {
-            let code = if e.is_denial() {
-                ErrorCode::PermissionDenied
-            } else {
-                ErrorCode::BadRequest
-            };
-            return shared
-                .respond(&device, &session, &fail(code, e.to_string()))
-                .await;
-        }
-    };
-    let store_path = shared.cfg.store.path_of(&device, &rel);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let transfer = match shared.register(&device, tx) {
-        Ok(t) => t,
-        Err(msg) => {
-            return shared
-                .respond(&device, &session, &fail(ErrorCode::Busy, msg))
-                .await
-        }
-    };
-    let span = info_span!("get", %device, transfer, path = %rel.as_str());
-    async move {
-        let _registration = Registration {
-            shared: &shared,
-            transfer,
-        };
-        match serve_get(
-            &shared,
-            &device,
-            &session,
-            &id,
-            transfer,
-            (&store_path, rel.as_str()),
-            rx,
-        )
-        .await
-        {
-            Ok(stats) => info!(size = stats.0, resent = stats.1, "get complete"),
-            Err((code, message)) => {
-                info!(%code, %message, "get failed");
-                let resp = Response::Error {
-                    id: Some(id.clone()),
-                    transfer: Some(transfer),
-                    code,
-                    message,
-                };
-                shared.respond(&device, &session, &resp).await;
-            }
-        }
-    }
-    .instrument(span)
-    .await
-}
+/// A failure to report to the device: its code and a message naming the device-relative path.
+pub(crate) type Failure = (ErrorCode, String);
 
-type Failure = (ErrorCode, String);
-
-async fn serve_get(
-    shared: &Shared,
-    device: &DeviceId,
-    session: &SessionId,
-    id: &str,
-    transfer: TransferId,
-    (store_path, rel): (&str, &str),
-    mut rx: mpsc::UnboundedReceiver<Ctl>,
-) -> Result<(u64, u64), Failure> {
-    // Store errors are logged with the server path and reported with the device-relative one.
-    let fail = |e: StoreError| {
-        warn!(error = %e, "store operation failed");
-        (e.code(), e.device_message(rel), e)
-    };
-    let sftp = shared.store.session().await.map_err(|e| {
-        let (code, msg, _) = fail(e);
-        (code, msg)
-    })?;
-    let sftp_err = |op: &'static str| {
-        move |source| StoreError::Sftp {
-            op,
-            path: store_path.to_string(),
-            source,
-        }
-    };
-    let opened = async {
-        let meta = sftp.metadata(store_path).await.map_err(sftp_err("stat"))?;
-        if meta.is_dir() {
-            return Ok(Err(meta));
-        }
-        let file = sftp.open(store_path).await.map_err(sftp_err("open"))?;
-        Ok(Ok((meta, file)))
-    };
-    let (meta, file) = match opened.await {
-        Ok(Ok(x)) => x,
-        Ok(Err(_)) => return Err((ErrorCode::IsDirectory, format!("is a directory: {rel}"))),
-        Err(e) => {
-            let (code, msg, err) = fail(e);
-            shared.store.note_error(&err).await;
-            return Err((code, msg));
-        }
-    };
-    let t = shared.cfg.transfer;
-    let params = GetParams {
-        chunk_size: t.chunk_size,
-        window: t.window,
-        retransmit_after: t.retransmit_after,
-        give_up_after: t.give_up_after,
-    };
-    let size = meta.len();
-    let mut sender = GetSender::new(transfer, size, params, Instant::now());
-    shared
-        .respond(
-            device,
-            session,
-            &Response::GetAccepted {
-                id: id.to_string(),
-                transfer,
-                size,
-                chunk_size: params.chunk_size,
-                window: params.window,
-            },
-        )
-        .await;
-    let down = Topic::down(device, session);
-    let block =
-        (params.chunk_size as usize * params.window as usize).max(params.chunk_size as usize);
-    let mut reader = ReadAhead::spawn(file, size, block);
-    loop {
-        while let Some(read) = sender.poll_read() {
-            let data = match reader.read(read.len as usize).await {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!(offset = read.offset, error = %e, "read from the store failed");
-                    return Err((
-                        ErrorCode::Internal,
-                        format!("reading from the store failed at offset {}", read.offset),
-                    ));
-                }
-            };
-            sender
-                .handle_read(data)
-                .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
-        }
-        while let Some(chunk) = sender.poll_transmit() {
-            shared
-                .client
-                .publish_bytes(down.clone(), QoS::AtLeastOnce, false, chunk.encode())
-                .await
-                .map_err(|e| (ErrorCode::Internal, format!("broker link failed: {e}")))?;
-        }
-        if let Some((size, sha)) = sender.poll_done() {
-            shared
-                .respond(
-                    device,
-                    session,
-                    &Response::GetDone {
-                        transfer,
-                        size,
-                        sha256: hex::encode(sha),
-                    },
-                )
-                .await;
-        }
-        if sender.is_complete() {
-            return Ok((size, sender.resent_bytes()));
-        }
-        let deadline = sender.poll_timeout().map(tokio::time::Instant::from_std);
-        tokio::select! {
-            ctl = rx.recv() => match ctl {
-                Some(Ctl::Ack(next)) => {
-                    sender.handle_ack(next, Instant::now()).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
-                }
-                Some(Ctl::Cancel) => return Err((ErrorCode::Internal, "cancelled by the device".into())),
-                None => return Err((ErrorCode::Internal, "gateway shutting down".into())),
-            },
-            _ = sleep_until(deadline) => {
-                sender.handle_timeout(Instant::now()).map_err(|e| (ErrorCode::Timeout, e.to_string()))?;
-            }
-        }
+/// Confines a device path that must name something below the root (not the root itself).
+pub(crate) fn confine_file(path: &str) -> Result<RelPath, Failure> {
+    match confine(path) {
+        Ok(rel) if rel.is_root() => Err((ErrorCode::IsDirectory, "the device root is a directory".into())),
+        Ok(rel) => Ok(rel),
+        Err(e) => Err(path_failure(&e)),
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+/// The code for a refused path: escapes are denials, the rest malformed requests.
+pub(crate) fn path_failure(e: &PathError) -> Failure {
+    let code = if e.is_denial() { ErrorCode::PermissionDenied } else { ErrorCode::BadRequest };
+    (code, e.to_string())
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
 
-/// Reads the file sequentially on its own task, one block ahead of the sender, so that SFTP round trips overlap
-/// with waiting for the device's acknowledgements. Holds at most two blocks (one queued, one being cut into
-/// chunks), so memory per transfer stays bounded by `2 × block`.
-struct ReadAhead {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-    current: Bytes,
-    task: tokio::task::JoinHandle<()>,
+/// The answers to the most recent commits, by transfer, so that a commit sent again (after a lost answer or a
+/// reconnect) gets the same answer instead of a second file.
+#[derive(Default)]
+pub(crate) struct Committed {
+    answers: HashMap<TransferId, (DeviceId, Response)>,
+    order: std::collections::VecDeque<TransferId>,
 }
 
-impl ReadAhead {
-    fn spawn(mut file: russh_sftp::client::fs::File, size: u64, block: usize) -> ReadAhead {
-        let (tx, rx) = mpsc::channel(1);
-        let task = tokio::spawn(async move {
-            let mut left = size;
-            while left > 0 {
-                let n = left.min(block as u64) as usize;
-                let mut buf = vec![0u8; n];
-                let r = file.read_exact(&mut buf).await.map(|_| Bytes::from(buf));
-                let failed = r.is_err();
-                if tx.send(r).await.is_err() || failed {
-                    return;
-                }
-                left -= n as u64;
+/// Commits remembered per gateway process.
+const COMMITTED_REMEMBERED: usize = 4096;
+
+impl Committed {
+    pub(crate) fn insert(&mut self, transfer: TransferId, device: DeviceId, answer: Response) {
+        if self.order.len() >= COMMITTED_REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.answers.remove(&old);
             }
-        });
-        ReadAhead {
-            rx,
-            current: Bytes::new(),
-            task,
         }
+        self.order.push_back(transfer);
+        self.answers.insert(transfer, (device, answer));
     }
 
-    /// The next `len` bytes of the file.
-    async fn read(&mut self, len: usize) -> std::io::Result<Bytes> {
-        if self.current.is_empty() {
-            self.current = match self.rx.recv().await {
-                Some(r) => r?,
-                None => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "file ended early",
-                    ))
-                }
-            };
+    /// The answer for `transfer` of `device`, re-addressed to request `id`.
+    fn answer(&self, device: &DeviceId, transfer: TransferId, id: &str) -> Option<Response> {
+        match self.answers.get(&transfer) {
+            Some((owner, Response::Committed { transfer, size, sha256, durable, .. })) if owner == device => {
+                Some(Response::Committed {
+                    id: id.to_string(),
+                    transfer: *transfer,
+                    size: *size,
+                    sha256: sha256.clone(),
+                    durable: *durable,
+                })
+            }
+            _ => None,
         }
-        if self.current.len() < len {
-            // Chunks never straddle blocks: block is a multiple of the chunk size and only the last chunk is short.
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "short block",
-            ));
-        }
-        Ok(self.current.split_to(len))
-    }
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use mqsftp_proto::ErrorCode;
 use russh::client::{self, AuthResult};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
-use russh_sftp::client::SftpSession;
-use russh_sftp::protocol::StatusCode;
+use russh_sftp::client::{RawSftpSession, SftpSession};
+use russh_sftp::protocol::{Packet, StatusCode};
 use tokio::sync::Mutex;
 
 use crate::config::SftpConfig;
@@ -22,19 +22,10 @@ pub enum StoreError {
     Key { path: PathBuf, reason: String },
     /// The server's host key is not in known_hosts.
     #[error("host key of {host} ({fingerprint}) is not in {known_hosts}; refusing to connect")]
-    UnknownHostKey {
-        host: String,
-        fingerprint: String,
-        known_hosts: PathBuf,
-    },
+    UnknownHostKey { host: String, fingerprint: String, known_hosts: PathBuf },
     /// The server's host key differs from the one in known_hosts.
     #[error("host key of {host} changed: server offers {fingerprint}, {known_hosts} line {line} lists another key; refusing to connect (possible man-in-the-middle)")]
-    ChangedHostKey {
-        host: String,
-        fingerprint: String,
-        known_hosts: PathBuf,
-        line: usize,
-    },
+    ChangedHostKey { host: String, fingerprint: String, known_hosts: PathBuf, line: usize },
     /// known_hosts could not be read.
     #[error("cannot read known_hosts {path}: {reason}")]
     KnownHosts { path: PathBuf, reason: String },
@@ -49,21 +40,14 @@ pub enum StoreError {
     Timeout { host: String, after: Duration },
     /// An SFTP operation failed.
     #[error("{op} {path}: {source}")]
-    Sftp {
-        op: &'static str,
-        path: String,
-        source: russh_sftp::client::error::Error,
-    },
+    Sftp { op: &'static str, path: String, source: russh_sftp::client::error::Error },
 }
 
 impl StoreError {
     /// The wire code to report to a device.
     pub fn code(&self) -> ErrorCode {
         match self {
-            StoreError::Sftp {
-                source: russh_sftp::client::error::Error::Status(s),
-                ..
-            } => match s.status_code {
+            StoreError::Sftp { source: russh_sftp::client::error::Error::Status(s), .. } => match s.status_code {
                 StatusCode::NoSuchFile => ErrorCode::NotFound,
                 StatusCode::PermissionDenied => ErrorCode::PermissionDenied,
                 _ => ErrorCode::Internal,
@@ -76,9 +60,7 @@ impl StoreError {
     /// Whether the SSH connection should be dropped and reopened.
     fn is_connection_failure(&self) -> bool {
         match self {
-            StoreError::Sftp { source, .. } => {
-                !matches!(source, russh_sftp::client::error::Error::Status(_))
-            }
+            StoreError::Sftp { source, .. } => !matches!(source, russh_sftp::client::error::Error::Status(_)),
             _ => true,
         }
     }
@@ -105,10 +87,7 @@ pub struct PinnedHostKey {
 impl client::Handler for PinnedHostKey {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        offered: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
+    async fn check_server_key(&mut self, offered: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         // Host certificates are not trusted on their own: the plain key must be pinned in known_hosts.
         let key = match offered {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
@@ -129,10 +108,7 @@ impl client::Handler for PinnedHostKey {
                 known_hosts: self.known_hosts.clone(),
                 line,
             },
-            Err(KnownHostsError::Read(reason)) => StoreError::KnownHosts {
-                path: self.known_hosts.clone(),
-                reason,
-            },
+            Err(KnownHostsError::Read(reason)) => StoreError::KnownHosts { path: self.known_hosts.clone(), reason },
         };
         if let Ok(mut v) = self.verdict.lock() {
             *v = Some(verdict);
@@ -155,12 +131,7 @@ enum KnownHostsError {
 }
 
 /// Whether `key` is listed for host:port in `path`. A listed key of the same algorithm that differs is a change.
-fn check_known_host(
-    host: &str,
-    port: u16,
-    key: &PublicKey,
-    path: &Path,
-) -> Result<bool, KnownHostsError> {
+fn check_known_host(host: &str, port: u16, key: &PublicKey, path: &Path) -> Result<bool, KnownHostsError> {
     if let Err(e) = std::fs::metadata(path) {
         return Err(KnownHostsError::Read(e.to_string()));
     }
@@ -172,11 +143,47 @@ fn check_known_host(
 }
 
 /// An authenticated SFTP session and the SSH connection under it.
+///
+/// russh-sftp's high-level session neither tells which OpenSSH extensions the server offers nor sends
+/// `posix-rename@openssh.com`, so a second SFTP channel on the same connection, driven by the raw session, learns
+/// the extensions at its handshake and carries the atomic replacing rename.
 pub struct StoreSession {
     /// The SFTP client.
     pub sftp: SftpSession,
+    ext: RawSftpSession,
+    /// The server offers `fsync@openssh.com`, so `File::sync_all` really syncs.
+    pub fsync: bool,
+    /// The server offers `posix-rename@openssh.com` (rename that replaces the target atomically).
+    pub posix_rename: bool,
     _ssh: client::Handle<PinnedHostKey>,
 }
+
+impl StoreSession {
+    /// Renames `from` to `to`, atomically replacing `to` if it exists. Fails with `OpUnsupported` when the server
+    /// lacks `posix-rename@openssh.com`.
+    pub async fn rename_replacing(&self, from: &str, to: &str) -> Result<(), russh_sftp::client::error::Error> {
+        if !self.posix_rename {
+            return Err(russh_sftp::client::error::Error::Status(russh_sftp::protocol::Status {
+                id: 0,
+                status_code: StatusCode::OpUnsupported,
+                error_message: "the SFTP server does not offer posix-rename@openssh.com".into(),
+                language_tag: "en".into(),
+            }));
+        }
+        let mut data = Vec::with_capacity(8 + from.len() + to.len());
+        for s in [from, to] {
+            data.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            data.extend_from_slice(s.as_bytes());
+        }
+        match self.ext.extended(POSIX_RENAME, data).await? {
+            Packet::Status(st) if st.status_code == StatusCode::Ok => Ok(()),
+            Packet::Status(st) => Err(st.into()),
+            _ => Err(russh_sftp::client::error::Error::UnexpectedPacket),
+        }
+    }
+}
+
+const POSIX_RENAME: &str = "posix-rename@openssh.com";
 
 impl std::ops::Deref for StoreSession {
     type Target = SftpSession;
@@ -191,18 +198,13 @@ pub async fn connect(cfg: &SftpConfig) -> Result<StoreSession, StoreError> {
     let fut = connect_inner(cfg, host.clone());
     match tokio::time::timeout(cfg.connect_timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(StoreError::Timeout {
-            host,
-            after: cfg.connect_timeout,
-        }),
+        Err(_) => Err(StoreError::Timeout { host, after: cfg.connect_timeout }),
     }
 }
 
 async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, StoreError> {
-    let key = russh::keys::load_secret_key(&cfg.key, None).map_err(|e| StoreError::Key {
-        path: cfg.key.clone(),
-        reason: e.to_string(),
-    })?;
+    let key = russh::keys::load_secret_key(&cfg.key, None)
+        .map_err(|e| StoreError::Key { path: cfg.key.clone(), reason: e.to_string() })?;
     let config = client::Config {
         nodelay: true,
         window_size: 16 * 1024 * 1024,
@@ -221,45 +223,29 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
         if let Some(v) = verdict.lock().ok().and_then(|mut v| v.take()) {
             return v;
         }
-        StoreError::Ssh {
-            host: host.clone(),
-            reason: e.to_string(),
-        }
+        StoreError::Ssh { host: host.clone(), reason: e.to_string() }
     };
-    let mut session = client::connect(Arc::new(config), (cfg.host.as_str(), cfg.port), handler)
-        .await
-        .map_err(ssh_err)?;
-    let hash = session
-        .best_supported_rsa_hash()
-        .await
-        .map_err(ssh_err)?
-        .flatten();
+    let mut session =
+        client::connect(Arc::new(config), (cfg.host.as_str(), cfg.port), handler).await.map_err(ssh_err)?;
+    let hash = session.best_supported_rsa_hash().await.map_err(ssh_err)?.flatten();
     let auth = session
         .authenticate_publickey(&cfg.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
         .await
         .map_err(ssh_err)?;
     if !matches!(auth, AuthResult::Success) {
-        return Err(StoreError::AuthRefused {
-            host,
-            user: cfg.user.clone(),
-        });
+        return Err(StoreError::AuthRefused { host, user: cfg.user.clone() });
     }
     let channel = session.channel_open_session().await.map_err(ssh_err)?;
-    channel
-        .request_subsystem(true, "sftp")
-        .await
-        .map_err(ssh_err)?;
-    let sftp = SftpSession::new(channel.into_stream())
-        .await
-        .map_err(|e| StoreError::Sftp {
-            op: "start sftp on",
-            path: host.clone(),
-            source: e,
-        })?;
-    Ok(StoreSession {
-        sftp,
-        _ssh: session,
-    })
+    channel.request_subsystem(true, "sftp").await.map_err(ssh_err)?;
+    let start_err = |e| StoreError::Sftp { op: "start sftp on", path: host.clone(), source: e };
+    let sftp = SftpSession::new(channel.into_stream()).await.map_err(start_err)?;
+    let channel = session.channel_open_session().await.map_err(ssh_err)?;
+    channel.request_subsystem(true, "sftp").await.map_err(ssh_err)?;
+    let ext = RawSftpSession::new(channel.into_stream());
+    let version = ext.init().await.map_err(start_err)?;
+    let offers = |name: &str| version.extensions.contains_key(name);
+    let (fsync, posix_rename) = (offers("fsync@openssh.com"), offers(POSIX_RENAME));
+    Ok(StoreSession { sftp, ext, fsync, posix_rename, _ssh: session })
 }
 
 /// A shared, lazily (re)connected SFTP session.
@@ -271,10 +257,7 @@ pub struct Store {
 impl Store {
     /// A store that connects on first use.
     pub fn new(cfg: SftpConfig) -> Self {
-        Self {
-            cfg,
-            session: Mutex::new(None),
-        }
+        Self { cfg, session: Mutex::new(None) }
     }
 
     /// The open session, connecting if needed.

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS,
-    SubscribeReasonCode, Transport,
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode, Transport,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -80,11 +79,7 @@ impl BrokerConfig {
 pub enum MqttError {
     /// A certificate or key file could not be read or parsed.
     #[error("cannot load {what} from {path}: {reason}")]
-    Pem {
-        what: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
+    Pem { what: &'static str, path: PathBuf, reason: String },
     /// The client certificate is given without its key or the other way round.
     #[error("broker config gives {0} but not the other of cert/key")]
     HalfIdentity(&'static str),
@@ -96,14 +91,9 @@ pub enum MqttError {
     Tls { broker: String, reason: String },
     /// The broker answered CONNECT with a refusal.
     #[error("the broker at {broker} refused the connection: {code:?}")]
-    Refused {
-        broker: String,
-        code: ConnectReturnCode,
-    },
+    Refused { broker: String, code: ConnectReturnCode },
     /// The broker refused a subscription (its ACL does not allow this client the topic).
-    #[error(
-        "the broker at {broker} refused the subscription to {topic} (not authorised by its ACL)"
-    )]
+    #[error("the broker at {broker} refused the subscription to {topic} (not authorised by its ACL)")]
     SubscriptionRefused { broker: String, topic: String },
     /// Could not reach the broker or the connection broke.
     #[error("connection to the broker at {broker} failed: {reason}")]
@@ -121,20 +111,13 @@ impl MqttError {
     pub fn is_tls(&self) -> bool {
         matches!(
             self,
-            MqttError::Tls { .. }
-                | MqttError::Pem { .. }
-                | MqttError::TlsConfig(_)
-                | MqttError::HalfIdentity(_)
+            MqttError::Tls { .. } | MqttError::Pem { .. } | MqttError::TlsConfig(_) | MqttError::HalfIdentity(_)
         )
     }
 }
 
 fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttError> {
-    let err = |reason: String| MqttError::Pem {
-        what,
-        path: path.to_path_buf(),
-        reason,
-    };
+    let err = |reason: String| MqttError::Pem { what, path: path.to_path_buf(), reason };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -168,9 +151,7 @@ pub fn tls_config(cfg: &BrokerConfig) -> Result<Arc<rustls::ClientConfig>, MqttE
                 path: key.clone(),
                 reason: e.to_string(),
             })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(MqttError::TlsConfig)?
+            builder.with_client_auth_cert(chain, key).map_err(MqttError::TlsConfig)?
         }
         (None, None) => builder.with_no_client_auth(),
         (Some(_), None) => return Err(MqttError::HalfIdentity("cert")),
@@ -202,24 +183,15 @@ fn rustls_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
 pub fn classify(broker: &str, err: &rumqttc::ConnectionError) -> MqttError {
     let broker = broker.to_string();
     if let rumqttc::ConnectionError::ConnectionRefused(code) = err {
-        return MqttError::Refused {
-            broker,
-            code: *code,
-        };
+        return MqttError::Refused { broker, code: *code };
     }
     if let Some(reason) = rustls_cause(err) {
         return MqttError::Tls { broker, reason };
     }
     if let rumqttc::ConnectionError::Tls(e) = err {
-        return MqttError::Tls {
-            broker,
-            reason: e.to_string(),
-        };
+        return MqttError::Tls { broker, reason: e.to_string() };
     }
-    MqttError::Connection {
-        broker,
-        reason: err.to_string(),
-    }
+    MqttError::Connection { broker, reason: err.to_string() }
 }
 
 /// Options for [`MqttLink::connect`].
@@ -275,9 +247,7 @@ impl MqttLink {
             .set_clean_session(true)
             .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE)
             .set_inflight(opts.inflight.max(1))
-            .set_transport(Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(tls),
-            ));
+            .set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
         let (client, mut eventloop) = AsyncClient::new(mqtt, 256);
         // Without TCP_NODELAY, small acks wait for Nagle + delayed ACK (40 ms each) and a get crawls at ~10 MB/s.
         let mut net = rumqttc::NetworkOptions::new();
@@ -290,28 +260,11 @@ impl MqttLink {
         match tokio::time::timeout(opts.connect_timeout, first).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(MqttError::Timeout {
-                    broker,
-                    after: opts.connect_timeout,
-                })
-            }
+            Err(_) => return Err(MqttError::Timeout { broker, after: opts.connect_timeout }),
         }
         let (state_tx, state) = watch::channel(LinkState::Up(1));
-        let task = tokio::spawn(run_eventloop(
-            client.clone(),
-            eventloop,
-            opts,
-            broker,
-            tx,
-            state_tx,
-        ));
-        Ok(MqttLink {
-            client,
-            incoming,
-            state,
-            task,
-        })
+        let task = tokio::spawn(run_eventloop(client.clone(), eventloop, opts, broker, tx, state_tx));
+        Ok(MqttLink { client, incoming, state, task })
     }
 
     /// Waits until the link is closed for good and returns why.
@@ -339,10 +292,7 @@ async fn first_connect(
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 if ack.code != ConnectReturnCode::Success {
-                    return Err(MqttError::Refused {
-                        broker: broker.into(),
-                        code: ack.code,
-                    });
+                    return Err(MqttError::Refused { broker: broker.into(), code: ack.code });
                 }
                 if pending == 0 {
                     return Ok(());
@@ -350,25 +300,15 @@ async fn first_connect(
                 for topic in &opts.subscriptions {
                     client
                         .try_subscribe(topic.clone(), QoS::AtLeastOnce)
-                        .map_err(|e| MqttError::Connection {
-                            broker: broker.into(),
-                            reason: e.to_string(),
-                        })?;
+                        .map_err(|e| MqttError::Connection { broker: broker.into(), reason: e.to_string() })?;
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 // Subscriptions were sent one per SUBSCRIBE, in order; SUBACKs come back in the same order.
                 let index = opts.subscriptions.len() - pending;
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                {
+                if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
                     let topic = opts.subscriptions.get(index).cloned().unwrap_or_default();
-                    return Err(MqttError::SubscriptionRefused {
-                        broker: broker.into(),
-                        topic,
-                    });
+                    return Err(MqttError::SubscriptionRefused { broker: broker.into(), topic });
                 }
                 pending = pending.saturating_sub(1);
                 if pending == 0 {
@@ -441,33 +381,23 @@ async fn run_eventloop(
 pub async fn probe_tls(cfg: &BrokerConfig, timeout: Duration) -> Result<(), MqttError> {
     let broker = cfg.address();
     let tls = tls_config(cfg)?;
-    let server_name =
-        rustls::pki_types::ServerName::try_from(cfg.host.clone()).map_err(|e| MqttError::Tls {
-            broker: broker.clone(),
-            reason: format!("{:?} is not a valid server name: {e}", cfg.host),
-        })?;
+    let server_name = rustls::pki_types::ServerName::try_from(cfg.host.clone()).map_err(|e| MqttError::Tls {
+        broker: broker.clone(),
+        reason: format!("{:?} is not a valid server name: {e}", cfg.host),
+    })?;
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect((cfg.host.as_str(), cfg.port))
             .await
-            .map_err(|e| MqttError::Connection {
-                broker: broker.clone(),
-                reason: e.to_string(),
-            })?;
-        tokio_rustls::TlsConnector::from(tls)
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| MqttError::Tls {
-                broker: broker.clone(),
-                reason: rustls_cause(&e).unwrap_or(e.to_string()),
-            })?;
+            .map_err(|e| MqttError::Connection { broker: broker.clone(), reason: e.to_string() })?;
+        tokio_rustls::TlsConnector::from(tls).connect(server_name, tcp).await.map_err(|e| MqttError::Tls {
+            broker: broker.clone(),
+            reason: rustls_cause(&e).unwrap_or(e.to_string()),
+        })?;
         Ok(())
     };
     tokio::time::timeout(timeout, attempt)
         .await
-        .map_err(|_| MqttError::Timeout {
-            broker: broker.clone(),
-            after: timeout,
-        })?
+        .map_err(|_| MqttError::Timeout { broker: broker.clone(), after: timeout })?
 }
 
 /// One line of a `mqsftp check` report.
@@ -483,16 +413,7 @@ pub struct CheckLine {
 pub async fn check_broker_tls(cfg: &BrokerConfig) -> CheckLine {
     let result = probe_tls(cfg, Duration::from_secs(10))
         .await
-        .map(|_| {
-            format!(
-                "{} presents a certificate signed by {}",
-                cfg.address(),
-                cfg.ca.display()
-            )
-        })
+        .map(|_| format!("{} presents a certificate signed by {}", cfg.address(), cfg.ca.display()))
         .map_err(|e| e.to_string());
-    CheckLine {
-        name: "broker tls",
-        result,
-    }
+    CheckLine { name: "broker tls", result }
 }

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -38,19 +38,14 @@ fn validity(what: &'static str, days: u32) -> Result<(OffsetDateTime, OffsetDate
     }
     let now = OffsetDateTime::now_utc();
     let not_before = now.checked_sub(BACKDATE).ok_or_else(bad)?;
-    let not_after = now
-        .checked_add(Duration::days(i64::from(days)))
-        .filter(|t| t.year() < 9999)
-        .ok_or_else(bad)?;
+    let not_after = now.checked_add(Duration::days(i64::from(days))).filter(|t| t.year() < 9999).ok_or_else(bad)?;
     Ok((not_before, not_after))
 }
 
 /// A random positive serial number of 16 bytes (RFC 5280 allows up to 20).
 fn random_serial() -> Result<SerialNumber, PkiError> {
     let mut bytes = [0u8; 16];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut bytes)
-        .map_err(PkiError::Random)?;
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).map_err(PkiError::Random)?;
     bytes[0] &= 0x7f; // positive
     bytes[0] |= 0x40; // and no leading zero byte, so always 16 bytes long
     Ok(SerialNumber::from_slice(&bytes))
@@ -60,9 +55,7 @@ fn params(what: &'static str, common_name: &str, days: u32) -> Result<Certificat
     let (not_before, not_after) = validity(what, days)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
+    params.distinguished_name.push(DnType::CommonName, common_name);
     params.not_before = not_before;
     params.not_after = not_after;
     params.serial_number = Some(random_serial()?);
@@ -70,10 +63,7 @@ fn params(what: &'static str, common_name: &str, days: u32) -> Result<Certificat
 }
 
 fn new_key(what: &str) -> Result<KeyPair, PkiError> {
-    KeyPair::generate().map_err(|source| PkiError::Certificate {
-        what: format!("the {what} key"),
-        source,
-    })
+    KeyPair::generate().map_err(|source| PkiError::Certificate { what: format!("the {what} key"), source })
 }
 
 /// Creates a self-signed CA (pathlen 0: it signs leaf certificates only).
@@ -84,23 +74,14 @@ pub(crate) fn new_ca(days: u32) -> Result<(Issued, Ca), PkiError> {
     let key = new_key("CA")?;
     let cert = params
         .self_signed(&key)
-        .map_err(|source| PkiError::Certificate {
-            what: "the CA certificate".into(),
-            source,
-        })?;
-    let issued = Issued {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    };
+        .map_err(|source| PkiError::Certificate { what: "the CA certificate".into(), source })?;
+    let issued = Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
     Ok((issued, Issuer::new(params, key)))
 }
 
 /// Creates the broker's server certificate for `hosts` (the first one is also the CN).
 pub(crate) fn server_cert(ca: &Ca, hosts: &[Host], days: u32) -> Result<Issued, PkiError> {
-    let cn = hosts
-        .first()
-        .map(ToString::to_string)
-        .unwrap_or_else(|| "localhost".into());
+    let cn = hosts.first().map(ToString::to_string).unwrap_or_else(|| "localhost".into());
     let mut params = params("broker certificate", &cn, days)?;
     params.subject_alt_names = hosts
         .iter()
@@ -110,10 +91,7 @@ pub(crate) fn server_cert(ca: &Ca, hosts: &[Host], days: u32) -> Result<Issued, 
                 .clone()
                 .try_into()
                 .map(SanType::DnsName)
-                .map_err(|source| PkiError::Certificate {
-                    what: format!("a SAN for {name}"),
-                    source,
-                }),
+                .map_err(|source| PkiError::Certificate { what: format!("a SAN for {name}"), source }),
         })
         .collect::<Result<_, _>>()?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -122,12 +100,7 @@ pub(crate) fn server_cert(ca: &Ca, hosts: &[Host], days: u32) -> Result<Issued, 
 
 /// Creates a client certificate with `common_name` (the MQTT user name under
 /// `use_identity_as_username`).
-pub(crate) fn client_cert(
-    ca: &Ca,
-    common_name: &str,
-    what: &'static str,
-    days: u32,
-) -> Result<Issued, PkiError> {
+pub(crate) fn client_cert(ca: &Ca, common_name: &str, what: &'static str, days: u32) -> Result<Issued, PkiError> {
     let mut params = params(what, common_name, days)?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     leaf(ca, params, common_name)
@@ -140,14 +113,8 @@ fn leaf(ca: &Ca, mut params: CertificateParams, name: &str) -> Result<Issued, Pk
     let key = new_key(name)?;
     let cert = params
         .signed_by(&key, ca)
-        .map_err(|source| PkiError::Certificate {
-            what: format!("the certificate for {name}"),
-            source,
-        })?;
-    Ok(Issued {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+        .map_err(|source| PkiError::Certificate { what: format!("the certificate for {name}"), source })?;
+    Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// Loads the CA from `key_path` and `cert_path`, checking that the certificate is a CA and that
@@ -155,20 +122,13 @@ fn leaf(ca: &Ca, mut params: CertificateParams, name: &str) -> Result<Issued, Pk
 pub(crate) fn load_ca(key_path: &Path, cert_path: &Path) -> Result<(Ca, String), PkiError> {
     let key_pem = read_to_string(key_path, PkiError::MissingCa)?;
     let cert_pem = read_to_string(cert_path, PkiError::MissingCa)?;
-    let key = KeyPair::from_pem(&key_pem).map_err(|source| PkiError::InvalidCaKey {
-        path: key_path.to_path_buf(),
-        source,
-    })?;
+    let key = KeyPair::from_pem(&key_pem)
+        .map_err(|source| PkiError::InvalidCaKey { path: key_path.to_path_buf(), source })?;
 
-    let bad_cert = |reason: String| PkiError::InvalidCaCert {
-        path: cert_path.to_path_buf(),
-        reason,
-    };
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .map_err(|e| bad_cert(format!("not a PEM file ({e})")))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| bad_cert(format!("not an X.509 certificate ({e})")))?;
+    let bad_cert = |reason: String| PkiError::InvalidCaCert { path: cert_path.to_path_buf(), reason };
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| bad_cert(format!("not a PEM file ({e})")))?;
+    let cert = pem.parse_x509().map_err(|e| bad_cert(format!("not an X.509 certificate ({e})")))?;
     let is_ca = cert
         .basic_constraints()
         .map_err(|e| bad_cert(format!("bad basicConstraints ({e})")))?
@@ -177,12 +137,9 @@ pub(crate) fn load_ca(key_path: &Path, cert_path: &Path) -> Result<(Ca, String),
         return Err(bad_cert("it is not a CA certificate".into()));
     }
     if cert.public_key().subject_public_key.data.as_ref() != rcgen::PublicKeyData::der_bytes(&key) {
-        return Err(PkiError::CaKeyMismatch {
-            key: key_path.to_path_buf(),
-            cert: cert_path.to_path_buf(),
-        });
+        return Err(PkiError::CaKeyMismatch { key: key_path.to_path_buf(), cert: cert_path.to_path_buf() });
     }
-    let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
-        .map_err(|e| bad_cert(format!("rcgen cannot use it ({e})")))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad_cert(format!("rcgen cannot use it ({e})")))?;
     Ok((issuer, cert_pem))
 }

@@ -36,11 +36,7 @@ pub struct DeviceOptions {
 
 impl Default for DeviceOptions {
     fn default() -> Self {
-        Self {
-            broker_host: "localhost".to_string(),
-            broker_port: DEFAULT_BROKER_PORT,
-            cert_days: DEFAULT_CERT_DAYS,
-        }
+        Self { broker_host: "localhost".to_string(), broker_port: DEFAULT_BROKER_PORT, cert_days: DEFAULT_CERT_DAYS }
     }
 }
 
@@ -69,11 +65,7 @@ pub fn parse_device_id(id: &str) -> Result<DeviceId, PkiError> {
 /// `device.key` (0600) and `device.toml`.
 ///
 /// Refuses, writing nothing, when the device already has a key or any of its files exists.
-pub fn issue_device(
-    dir: &Path,
-    id: &DeviceId,
-    opts: &DeviceOptions,
-) -> Result<DeviceFiles, PkiError> {
+pub fn issue_device(dir: &Path, id: &DeviceId, opts: &DeviceOptions) -> Result<DeviceFiles, PkiError> {
     let broker_host = Host::parse(&opts.broker_host)?;
     let device_dir = dir.join(files::DEVICES_DIR).join(id.as_str());
     let out = DeviceFiles {

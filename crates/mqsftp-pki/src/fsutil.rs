@@ -99,29 +99,13 @@ pub(crate) fn write_new(path: &Path, contents: &[u8], kind: Kind) -> Result<(), 
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
 
     let (file, temp) = loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let temp_path = parent.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(kind.mode())
-            .open(&temp_path)
-        {
-            Ok(f) => {
-                break (
-                    f,
-                    Temp {
-                        path: temp_path,
-                        done: false,
-                    },
-                )
-            }
+        match OpenOptions::new().write(true).create_new(true).mode(kind.mode()).open(&temp_path) {
+            Ok(f) => break (f, Temp { path: temp_path, done: false }),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(PkiError::io("create", temp_path, e)),
         }
@@ -152,16 +136,11 @@ fn fill(mut file: File, contents: &[u8], kind: Kind) -> io::Result<()> {
 
 /// Makes the directory entries created in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<(), PkiError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| PkiError::io("sync directory", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| PkiError::io("sync directory", dir, e))
 }
 
 /// Reads a whole UTF-8 file; a missing file is reported by `missing`.
-pub(crate) fn read_to_string(
-    path: &Path,
-    missing: impl FnOnce(PathBuf) -> PkiError,
-) -> Result<String, PkiError> {
+pub(crate) fn read_to_string(path: &Path, missing: impl FnOnce(PathBuf) -> PkiError) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => missing(path.to_path_buf()),
         _ => PkiError::io("read", path, e),
@@ -180,20 +159,11 @@ pub(crate) struct Batch {
 impl Batch {
     /// A batch that also removes `created_dir` (if it is then empty) on failure.
     pub(crate) fn new(created_dir: Option<PathBuf>) -> Self {
-        Self {
-            written: Vec::new(),
-            created_dir,
-            committed: false,
-        }
+        Self { written: Vec::new(), created_dir, committed: false }
     }
 
     /// Writes one new file, remembering it for the rollback.
-    pub(crate) fn write(
-        &mut self,
-        path: PathBuf,
-        contents: &[u8],
-        kind: Kind,
-    ) -> Result<(), PkiError> {
+    pub(crate) fn write(&mut self, path: PathBuf, contents: &[u8], kind: Kind) -> Result<(), PkiError> {
         write_new(&path, contents, kind)?;
         self.written.push(path);
         Ok(())
@@ -248,10 +218,8 @@ mod tests {
     use super::*;
 
     fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         names
     }
@@ -261,20 +229,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("k");
         write_new(&path, b"first", Kind::Secret).unwrap();
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let err = write_new(&path, b"second", Kind::Secret).unwrap_err();
-        assert!(
-            matches!(&err, PkiError::ExistingKey(p) if p == &path),
-            "{err:?}"
-        );
+        assert!(matches!(&err, PkiError::ExistingKey(p) if p == &path), "{err:?}");
         let err = write_new(&path, b"second", Kind::Public).unwrap_err();
-        assert!(
-            matches!(&err, PkiError::ExistingFile(p) if p == &path),
-            "{err:?}"
-        );
+        assert!(matches!(&err, PkiError::ExistingFile(p) if p == &path), "{err:?}");
         assert_eq!(fs::read(&path).unwrap(), b"first");
         assert_eq!(names(tmp.path()), ["k"]);
     }
@@ -288,9 +247,7 @@ mod tests {
             let mut batch = Batch::new(create_dir_all(&dir).unwrap());
             batch.write(dir.join("a"), b"a", Kind::Public).unwrap();
             batch.create_dir(&dir.join("sub")).unwrap();
-            batch
-                .write(dir.join("sub").join("b"), b"b", Kind::Secret)
-                .unwrap();
+            batch.write(dir.join("sub").join("b"), b"b", Kind::Secret).unwrap();
             // Dropped without commit, as on an error return.
         }
         assert_eq!(names(tmp.path()), ["theirs"]);

@@ -165,21 +165,13 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
     // Generate in memory.
     let (ca, issuer) = certs::new_ca(opts.ca_days)?;
     let broker = certs::server_cert(&issuer, &sans, opts.cert_days)?;
-    let gateway = certs::client_cert(
-        &issuer,
-        GATEWAY_COMMON_NAME,
-        "gateway certificate",
-        opts.cert_days,
-    )?;
+    let gateway = certs::client_cert(&issuer, GATEWAY_COMMON_NAME, "gateway certificate", opts.cert_days)?;
     let ssh_key_path = opts.dir.join(files::GATEWAY_SSH_KEY);
     let ssh_key = ssh::new_ssh_key(&ssh_key_path, "mqsftp-gateway")?;
 
     let created = fsutil::create_dir_all(&opts.dir)?;
     let mut batch = Batch::new(created);
-    let abs_dir = opts
-        .dir
-        .canonicalize()
-        .map_err(|e| PkiError::io("resolve", &opts.dir, e))?;
+    let abs_dir = opts.dir.canonicalize().map_err(|e| PkiError::io("resolve", &opts.dir, e))?;
     let conf_dir = templates::config_path(&abs_dir, files::MOSQUITTO_CONF)?;
     let gateway_toml = templates::gateway_toml(&GatewayToml {
         broker_host: &broker_host,
@@ -196,32 +188,12 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
         (files::BROKER_CERT, broker.cert_pem, Kind::Public),
         (files::GATEWAY_KEY, gateway.key_pem, Kind::Secret),
         (files::GATEWAY_CERT, gateway.cert_pem, Kind::Public),
-        (
-            files::GATEWAY_SSH_KEY,
-            ssh_key.private_openssh,
-            Kind::Secret,
-        ),
-        (
-            files::GATEWAY_SSH_PUB,
-            format!("{}\n", ssh_key.public_line),
-            Kind::Public,
-        ),
-        (
-            files::MOSQUITTO_CONF,
-            templates::mosquitto_conf(&conf_dir, opts.broker_port),
-            Kind::Public,
-        ),
+        (files::GATEWAY_SSH_KEY, ssh_key.private_openssh, Kind::Secret),
+        (files::GATEWAY_SSH_PUB, format!("{}\n", ssh_key.public_line), Kind::Public),
+        (files::MOSQUITTO_CONF, templates::mosquitto_conf(&conf_dir, opts.broker_port), Kind::Public),
         (files::ACL, templates::acl(), Kind::Public),
-        (
-            files::SSHD_CONFIG,
-            templates::sshd_config_snippet(&opts.sftp_user, SFTP_CHROOT),
-            Kind::Public,
-        ),
-        (
-            files::AUTHORIZED_KEYS,
-            format!("{}\n", ssh::authorized_keys_line(&ssh_key.public_line)),
-            Kind::Public,
-        ),
+        (files::SSHD_CONFIG, templates::sshd_config_snippet(&opts.sftp_user, SFTP_CHROOT), Kind::Public),
+        (files::AUTHORIZED_KEYS, format!("{}\n", ssh::authorized_keys_line(&ssh_key.public_line)), Kind::Public),
         (files::KNOWN_HOSTS, known_hosts, Kind::Public),
         (files::GATEWAY_TOML, gateway_toml, Kind::Public),
     ];
@@ -229,8 +201,5 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
         batch.write(opts.dir.join(name), contents.as_bytes(), kind)?;
     }
     batch.create_dir(&opts.dir.join(files::DEVICES_DIR))?;
-    Ok(InitReport {
-        written: batch.commit(),
-        dir: abs_dir,
-    })
+    Ok(InitReport { written: batch.commit(), dir: abs_dir })
 }

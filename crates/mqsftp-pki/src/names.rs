@@ -18,10 +18,7 @@ pub enum Host {
 impl Host {
     /// Validates `host`.
     pub fn parse(host: &str) -> Result<Self, PkiError> {
-        let bad = |reason: String| PkiError::InvalidHost {
-            host: host.to_string(),
-            reason,
-        };
+        let bad = |reason: String| PkiError::InvalidHost { host: host.to_string(), reason };
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(Host::Ip(ip));
         }
@@ -34,10 +31,7 @@ impl Host {
         if host.len() > 253 {
             return Err(bad("it is longer than 253 bytes".into()));
         }
-        if let Some(ch) = host
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.')))
-        {
+        if let Some(ch) = host.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))) {
             return Err(bad(format!(
                 "it contains {ch:?}; only letters, digits, '-' and '.' are allowed (no wildcards)"
             )));
@@ -53,10 +47,7 @@ impl Host {
                 return Err(bad(format!("label {label:?} starts or ends with '-'")));
             }
         }
-        if host
-            .split('.')
-            .all(|l| l.bytes().all(|b| b.is_ascii_digit()))
-        {
+        if host.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
             return Err(bad("it looks like an IPv4 address but is not one".into()));
         }
         Ok(Host::Dns(host.to_string()))
@@ -75,22 +66,14 @@ impl fmt::Display for Host {
 /// Validates a Unix account name for the SFTP user: 1–32 bytes of `A-Z a-z 0-9 . _ -`, not
 /// starting with '-' (which also keeps it free of sshd pattern characters like `*`, `?`, `!`, `,`).
 pub(crate) fn validate_user(user: &str) -> Result<(), PkiError> {
-    let bad = |reason| {
-        Err(PkiError::InvalidUser {
-            user: user.to_string(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(PkiError::InvalidUser { user: user.to_string(), reason });
     if user.is_empty() {
         return bad("it is empty");
     }
     if user.len() > 32 {
         return bad("it is longer than 32 bytes");
     }
-    if !user
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
+    if !user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
         return bad("only letters, digits, '.', '_' and '-' are allowed");
     }
     if user.starts_with('-') {
@@ -122,26 +105,10 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(
-            Host::parse("127.0.0.1").unwrap(),
-            Host::Ip([127, 0, 0, 1].into())
-        );
+        assert_eq!(Host::parse("127.0.0.1").unwrap(), Host::Ip([127, 0, 0, 1].into()));
         assert!(matches!(Host::parse("::1").unwrap(), Host::Ip(_)));
-        assert_eq!(
-            Host::parse("broker.example.com").unwrap(),
-            Host::Dns("broker.example.com".into())
-        );
-        for bad in [
-            "",
-            "*.example.com",
-            "a b",
-            "[::1]",
-            "a..b",
-            "-a.b",
-            "1.2.3",
-            "a,b",
-            "h\n",
-        ] {
+        assert_eq!(Host::parse("broker.example.com").unwrap(), Host::Dns("broker.example.com".into()));
+        for bad in ["", "*.example.com", "a b", "[::1]", "a..b", "-a.b", "1.2.3", "a,b", "h\n"] {
             let err = Host::parse(bad).unwrap_err().to_string();
             assert!(err.contains(&format!("{bad:?}")), "{err}");
         }

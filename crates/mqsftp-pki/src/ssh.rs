@@ -25,22 +25,14 @@ pub(crate) fn new_ssh_key(path: &Path, comment: &str) -> Result<SshKeyPair, PkiE
         return Err(PkiError::InvalidComment(comment.to_string()));
     }
     let mut seed = [0u8; 32];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut seed)
-        .map_err(PkiError::Random)?;
+    rand::rngs::OsRng.try_fill_bytes(&mut seed).map_err(PkiError::Random)?;
     let keypair = KeypairData::from(Ed25519Keypair::from_seed(&seed));
     seed.fill(0);
     let encode_err = |e| PkiError::SshKey(path.to_path_buf(), e);
     let key = PrivateKey::new(keypair, comment).map_err(encode_err)?;
-    let private_openssh = key
-        .to_openssh(LineEnding::LF)
-        .map_err(encode_err)?
-        .to_string();
+    let private_openssh = key.to_openssh(LineEnding::LF).map_err(encode_err)?.to_string();
     let public_line = key.public_key().to_openssh().map_err(encode_err)?;
-    Ok(SshKeyPair {
-        private_openssh,
-        public_line,
-    })
+    Ok(SshKeyPair { private_openssh, public_line })
 }
 
 /// The path of the public half of the key at `private_path`: the same name plus `.pub`.
@@ -61,16 +53,8 @@ pub fn generate_ssh_key(private_path: &Path, comment: &str) -> Result<String, Pk
     fsutil::ensure_absent(&public_path, Kind::Public)?;
     let key = new_ssh_key(private_path, comment)?;
     let mut batch = fsutil::Batch::new(None);
-    batch.write(
-        private_path.to_path_buf(),
-        key.private_openssh.as_bytes(),
-        Kind::Secret,
-    )?;
-    batch.write(
-        public_path,
-        format!("{}\n", key.public_line).as_bytes(),
-        Kind::Public,
-    )?;
+    batch.write(private_path.to_path_buf(), key.private_openssh.as_bytes(), Kind::Secret)?;
+    batch.write(public_path, format!("{}\n", key.public_line).as_bytes(), Kind::Public)?;
     batch.commit();
     Ok(key.public_line)
 }
@@ -78,10 +62,7 @@ pub fn generate_ssh_key(private_path: &Path, comment: &str) -> Result<String, Pk
 /// Parses one OpenSSH public key line (`ssh-ed25519 AAAA… [comment]`); `what` describes where it
 /// came from for the error.
 fn parse_public_key(text: &str, what: impl FnOnce() -> String) -> Result<PublicKey, PkiError> {
-    PublicKey::from_openssh(text.trim()).map_err(|source| PkiError::InvalidPublicKey {
-        what: what(),
-        source,
-    })
+    PublicKey::from_openssh(text.trim()).map_err(|source| PkiError::InvalidPublicKey { what: what(), source })
 }
 
 /// Shortens `text` for an error message.
@@ -98,11 +79,7 @@ fn excerpt(text: &str) -> String {
 ///
 /// Port 22 gives `host ssh-ed25519 AAAA…`, any other port `[host]:port ssh-ed25519 AAAA…`, the
 /// forms OpenSSH and russh look up. The host must be a plain name or IP literal: never a pattern.
-pub fn known_hosts_line(
-    host: &str,
-    port: u16,
-    public_key_openssh: &str,
-) -> Result<String, PkiError> {
+pub fn known_hosts_line(host: &str, port: u16, public_key_openssh: &str) -> Result<String, PkiError> {
     let host = Host::parse(host)?;
     let key = parse_public_key(public_key_openssh, || excerpt(public_key_openssh))?;
     known_hosts_entry(&host, port, &key, || excerpt(public_key_openssh))
@@ -110,14 +87,9 @@ pub fn known_hosts_line(
 
 /// Like [`known_hosts_line`], with the key read from a `.pub` file such as
 /// `/etc/ssh/ssh_host_ed25519_key.pub`.
-pub fn known_hosts_line_from_file(
-    host: &str,
-    port: u16,
-    public_key_file: &Path,
-) -> Result<String, PkiError> {
+pub fn known_hosts_line_from_file(host: &str, port: u16, public_key_file: &Path) -> Result<String, PkiError> {
     let host = Host::parse(host)?;
-    let text = std::fs::read_to_string(public_key_file)
-        .map_err(|e| PkiError::io("read", public_key_file, e))?;
+    let text = std::fs::read_to_string(public_key_file).map_err(|e| PkiError::io("read", public_key_file, e))?;
     let what = || format!("in {}", public_key_file.display());
     let key = parse_public_key(&text, what)?;
     known_hosts_entry(&host, port, &key, what)
@@ -131,18 +103,9 @@ fn known_hosts_entry(
 ) -> Result<String, PkiError> {
     let mut key = key.clone();
     key.set_comment("");
-    let key = key
-        .to_openssh()
-        .map_err(|source| PkiError::InvalidPublicKey {
-            what: what(),
-            source,
-        })?;
+    let key = key.to_openssh().map_err(|source| PkiError::InvalidPublicKey { what: what(), source })?;
     let key = key.trim_end();
-    Ok(if port == 22 {
-        format!("{host} {key}")
-    } else {
-        format!("[{host}]:{port} {key}")
-    })
+    Ok(if port == 22 { format!("{host} {key}") } else { format!("[{host}]:{port} {key}") })
 }
 
 /// The `authorized_keys` line for the gateway's key: `restrict` turns off forwarding, pty, X11,
@@ -162,20 +125,13 @@ mod tests {
 
     #[test]
     fn known_hosts_port_22_and_other() {
-        let base =
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBCbnypZ0/ohLuquX4Iod0taNx7u7cpky0OVFj9S4+Ul";
-        assert_eq!(
-            known_hosts_line("sftp.example", 22, KEY).unwrap(),
-            format!("sftp.example {base}")
-        );
+        let base = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBCbnypZ0/ohLuquX4Iod0taNx7u7cpky0OVFj9S4+Ul";
+        assert_eq!(known_hosts_line("sftp.example", 22, KEY).unwrap(), format!("sftp.example {base}"));
         assert_eq!(
             known_hosts_line("127.0.0.1", 2222, &format!("{KEY}\n")).unwrap(),
             format!("[127.0.0.1]:2222 {base}")
         );
-        assert_eq!(
-            known_hosts_line("::1", 2222, KEY).unwrap(),
-            format!("[::1]:2222 {base}")
-        );
+        assert_eq!(known_hosts_line("::1", 2222, KEY).unwrap(), format!("[::1]:2222 {base}"));
     }
 
     #[test]
@@ -194,10 +150,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("id_ed25519");
         let public = generate_ssh_key(&path, "test@mqsftp").unwrap();
-        assert!(
-            public.starts_with("ssh-ed25519 AAAA") && public.ends_with(" test@mqsftp"),
-            "{public}"
-        );
+        assert!(public.starts_with("ssh-ed25519 AAAA") && public.ends_with(" test@mqsftp"), "{public}");
 
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
@@ -206,16 +159,10 @@ mod tests {
         let private = PrivateKey::read_openssh_file(&path).unwrap();
         assert!(!private.is_encrypted());
         assert_eq!(private.public_key().to_openssh().unwrap(), public);
-        assert_eq!(
-            std::fs::read_to_string(public_key_path(&path)).unwrap(),
-            format!("{public}\n")
-        );
+        assert_eq!(std::fs::read_to_string(public_key_path(&path)).unwrap(), format!("{public}\n"));
 
         let err = generate_ssh_key(&path, "again").unwrap_err();
-        assert!(
-            matches!(&err, PkiError::ExistingKey(p) if p == &path),
-            "{err}"
-        );
+        assert!(matches!(&err, PkiError::ExistingKey(p) if p == &path), "{err}");
         assert_eq!(PrivateKey::read_openssh_file(&path).unwrap(), private);
     }
 
@@ -224,18 +171,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k");
         let public = generate_ssh_key(&path, "c").unwrap();
-        let out = std::process::Command::new("ssh-keygen")
-            .arg("-y")
-            .arg("-f")
-            .arg(&path)
-            .output();
+        let out = std::process::Command::new("ssh-keygen").arg("-y").arg("-f").arg(&path).output();
         match out {
             Ok(out) => {
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
                 let derived = String::from_utf8(out.stdout).unwrap();
                 assert_eq!(
                     derived.split_whitespace().take(2).collect::<Vec<_>>(),

@@ -16,11 +16,7 @@ pub const SFTP_CHROOT: &str = "/srv/mqsftp";
 
 /// Turns `dir` into text for a Mosquitto config line (which runs to the end of the line).
 pub(crate) fn config_path(dir: &Path, file: &'static str) -> Result<String, PkiError> {
-    let unusable = |reason| PkiError::UnusablePath {
-        path: dir.to_path_buf(),
-        file,
-        reason,
-    };
+    let unusable = |reason| PkiError::UnusablePath { path: dir.to_path_buf(), file, reason };
     let text = dir.to_str().ok_or_else(|| unusable("it is not UTF-8"))?;
     if text.chars().any(char::is_control) {
         return Err(unusable("it contains a control character"));

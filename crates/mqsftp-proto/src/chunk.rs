@@ -47,12 +47,7 @@ pub enum ChunkError {
     Overflow { offset: u64, len: usize },
     /// CRC32C does not match the data.
     #[error("chunk at offset {offset} of transfer {transfer} fails its crc32c check (header {expected:08x}, data {actual:08x})")]
-    Crc {
-        transfer: TransferId,
-        offset: u64,
-        expected: u32,
-        actual: u32,
-    },
+    Crc { transfer: TransferId, offset: u64, expected: u32, actual: u32 },
 }
 
 /// One piece of a file.
@@ -119,18 +114,9 @@ impl Chunk {
         let data = frame.slice(HEADER_LEN..);
         let actual = crc32c::crc32c(&data);
         if actual != expected {
-            return Err(ChunkError::Crc {
-                transfer,
-                offset,
-                expected,
-                actual,
-            });
+            return Err(ChunkError::Crc { transfer, offset, expected, actual });
         }
-        Ok(Chunk {
-            transfer,
-            offset,
-            data,
-        })
+        Ok(Chunk { transfer, offset, data })
     }
 }
 
@@ -167,39 +153,17 @@ mod tests {
 
     #[test]
     fn refuses_bad_frames() {
-        assert_eq!(
-            Chunk::decode(Bytes::from_static(&[1; 10])),
-            Err(ChunkError::Truncated(10))
-        );
-        let mut f = Chunk {
-            transfer: 1,
-            offset: 0,
-            data: Bytes::from_static(b"x"),
-        }
-        .encode()
-        .to_vec();
+        assert_eq!(Chunk::decode(Bytes::from_static(&[1; 10])), Err(ChunkError::Truncated(10)));
+        let mut f = Chunk { transfer: 1, offset: 0, data: Bytes::from_static(b"x") }.encode().to_vec();
         f[0] = 9;
-        assert_eq!(
-            Chunk::decode(Bytes::from(f.clone())),
-            Err(ChunkError::Version(9))
-        );
+        assert_eq!(Chunk::decode(Bytes::from(f.clone())), Err(ChunkError::Version(9)));
         f[0] = 1;
         f[1] = 5;
-        assert_eq!(
-            Chunk::decode(Bytes::from(f.clone())),
-            Err(ChunkError::Kind(5))
-        );
+        assert_eq!(Chunk::decode(Bytes::from(f.clone())), Err(ChunkError::Kind(5)));
         f[1] = 1;
         f[3] = 7;
         assert_eq!(Chunk::decode(Bytes::from(f)), Err(ChunkError::Reserved(7)));
-        let c = Chunk {
-            transfer: 1,
-            offset: u64::MAX,
-            data: Bytes::from_static(b"x"),
-        };
-        assert!(matches!(
-            Chunk::decode(c.encode()),
-            Err(ChunkError::Overflow { .. })
-        ));
+        let c = Chunk { transfer: 1, offset: u64::MAX, data: Bytes::from_static(b"x") };
+        assert!(matches!(Chunk::decode(c.encode()), Err(ChunkError::Overflow { .. })));
     }
 }

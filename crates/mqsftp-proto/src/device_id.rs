@@ -19,9 +19,7 @@ pub enum DeviceIdError {
     #[error("device id {id:?} is {len} bytes long; the limit is {MAX_DEVICE_ID_LEN}")]
     TooLong { id: String, len: usize },
     /// The id contains a character outside `A-Z a-z 0-9 - _ .`.
-    #[error(
-        "device id {id:?} contains {ch:?}; only letters, digits, '-', '_' and '.' are allowed"
-    )]
+    #[error("device id {id:?} contains {ch:?}; only letters, digits, '-', '_' and '.' are allowed")]
     BadChar { id: String, ch: char },
     /// The id starts with a '.' or '-'.
     #[error("device id {0:?} must start with a letter, digit or '_'")]
@@ -47,10 +45,7 @@ impl DeviceId {
             let len = id.len();
             return Err(DeviceIdError::TooLong { id, len });
         }
-        if let Some(ch) = id
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        {
+        if let Some(ch) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
             return Err(DeviceIdError::BadChar { id, ch });
         }
         if id.starts_with('.') || id.starts_with('-') {
@@ -121,34 +116,12 @@ mod tests {
     #[test]
     fn rejects_bad_ids() {
         assert_eq!(DeviceId::new(""), Err(DeviceIdError::Empty));
-        assert!(matches!(
-            DeviceId::new("x".repeat(65)),
-            Err(DeviceIdError::TooLong { len: 65, .. })
-        ));
-        for (id, ch) in [
-            ("a/b", '/'),
-            ("a+", '+'),
-            ("#", '#'),
-            ("$SYS", '$'),
-            ("a b", ' '),
-            ("é", 'é'),
-        ] {
-            assert_eq!(
-                DeviceId::new(id),
-                Err(DeviceIdError::BadChar { id: id.into(), ch })
-            );
+        assert!(matches!(DeviceId::new("x".repeat(65)), Err(DeviceIdError::TooLong { len: 65, .. })));
+        for (id, ch) in [("a/b", '/'), ("a+", '+'), ("#", '#'), ("$SYS", '$'), ("a b", ' '), ("é", 'é')] {
+            assert_eq!(DeviceId::new(id), Err(DeviceIdError::BadChar { id: id.into(), ch }));
         }
-        assert_eq!(
-            DeviceId::new(".."),
-            Err(DeviceIdError::BadStart("..".into()))
-        );
-        assert_eq!(
-            DeviceId::new("-x"),
-            Err(DeviceIdError::BadStart("-x".into()))
-        );
-        assert_eq!(
-            DeviceId::new("gateway"),
-            Err(DeviceIdError::Reserved("gateway".into()))
-        );
+        assert_eq!(DeviceId::new(".."), Err(DeviceIdError::BadStart("..".into())));
+        assert_eq!(DeviceId::new("-x"), Err(DeviceIdError::BadStart("-x".into())));
+        assert_eq!(DeviceId::new("gateway"), Err(DeviceIdError::Reserved("gateway".into())));
     }
 }

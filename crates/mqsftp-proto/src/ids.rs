@@ -19,11 +19,7 @@ impl SessionId {
     /// Validates `s`.
     pub fn new(s: impl Into<String>) -> Result<Self, SessionIdError> {
         let s = s.into();
-        if s.is_empty()
-            || s.len() > MAX_SESSION_LEN
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        if s.is_empty() || s.len() > MAX_SESSION_LEN || !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         {
             return Err(SessionIdError(s));
         }

@@ -34,6 +34,88 @@ pub enum Request {
         /// File path relative to the device root.
         path: String,
     },
+    /// Upload `size` bytes to `path`; chunks follow on the device's `up` topic once accepted.
+    Put {
+        /// Chosen by the device, echoed in the answer.
+        id: String,
+        /// Where to answer.
+        session: SessionId,
+        /// Target path relative to the device root.
+        path: String,
+        /// Exact size of the file.
+        size: u64,
+        /// SHA-256 of the whole file, 64 lowercase hex digits.
+        sha256: String,
+        /// Replace an existing file at `path` (otherwise the commit fails with `exists`).
+        #[serde(default)]
+        overwrite: bool,
+    },
+    /// All chunks of upload `transfer` are acknowledged: verify, make durable and rename into place.
+    Commit {
+        /// Chosen by the device, echoed in the answer.
+        id: String,
+        /// Where to answer.
+        session: SessionId,
+        /// The upload.
+        transfer: TransferId,
+    },
+    /// List a directory (relative to the device root; empty for the root), a page at a time.
+    List {
+        /// Chosen by the device, echoed in the answer.
+        id: String,
+        /// Where to answer.
+        session: SessionId,
+        /// Directory path; `""` is the device root.
+        #[serde(default)]
+        path: String,
+        /// Index of the first entry (names sorted bytewise) to return.
+        #[serde(default)]
+        offset: u64,
+        /// Entries per page (at most [`MAX_LIST_PAGE`]).
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Size, time and type of one path.
+    Stat {
+        /// Chosen by the device, echoed in the answer.
+        id: String,
+        /// Where to answer.
+        session: SessionId,
+        /// The path.
+        path: String,
+    },
+    /// Remove a file or an empty directory.
+    Remove {
+        /// Chosen by the device, echoed in the answer.
+        id: String,
+        /// Where to answer.
+        session: SessionId,
+        /// The path.
+        path: String,
+    },
+    /// Create a directory (its parent must exist).
+    Mkdir {
+        /// Chosen by the device, echoed in the answer.
+        id: String,
+        /// Where to answer.
+        session: SessionId,
+        /// The path.
+        path: String,
+    },
+    /// Rename `from` to `to`, both inside the device root.
+    Rename {
+        /// Chosen by the device, echoed in the answer.
+        id: String,
+        /// Where to answer.
+        session: SessionId,
+        /// Existing path.
+        from: String,
+        /// New path.
+        to: String,
+        /// Replace an existing `to` (otherwise `exists`).
+        #[serde(default)]
+        overwrite: bool,
+    },
     /// Everything below `next` of `transfer` has been received and stored.
     Ack {
         /// The transfer being acknowledged.
@@ -66,6 +148,16 @@ pub enum ErrorCode {
     Timeout,
     /// The SFTP store cannot be reached.
     Unavailable,
+    /// The target exists and overwriting was not asked for.
+    Exists,
+    /// A directory to remove is not empty.
+    NotEmpty,
+    /// The file is larger than the gateway allows.
+    TooLarge,
+    /// The uploaded data does not match the declared size or SHA-256.
+    ChecksumMismatch,
+    /// The upload saw no data for longer than the gateway keeps incomplete uploads.
+    Expired,
     /// Anything else; the message says what.
     Internal,
 }
@@ -81,6 +173,11 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Exists => "exists",
+            ErrorCode::NotEmpty => "not_empty",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::ChecksumMismatch => "checksum_mismatch",
+            ErrorCode::Expired => "expired",
             ErrorCode::Internal => "internal",
         }
     }
@@ -125,6 +222,59 @@ pub enum Response {
         /// SHA-256 of the whole file, lowercase hex.
         sha256: String,
     },
+    /// A put was accepted; send chunks on the device's `up` topic.
+    PutAccepted {
+        /// The request id.
+        id: String,
+        /// Id to put in every chunk of this upload.
+        transfer: TransferId,
+        /// Largest data part per chunk the gateway accepts.
+        chunk_size: u32,
+        /// Chunks to send before waiting for a `put_ack`.
+        window: u32,
+    },
+    /// The gateway holds everything below `next` of an upload.
+    PutAck {
+        /// The upload.
+        transfer: TransferId,
+        /// Offset of the first byte not yet received.
+        next: u64,
+    },
+    /// The upload is verified, durable (when `durable`) and at its final path.
+    Committed {
+        /// The commit request id.
+        id: String,
+        /// The upload.
+        transfer: TransferId,
+        /// File size.
+        size: u64,
+        /// SHA-256 of the file, lowercase hex.
+        sha256: String,
+        /// Whether the store confirmed an fsync (`fsync@openssh.com`); false when the server lacks it.
+        durable: bool,
+    },
+    /// One page of a directory listing.
+    Listing {
+        /// The request id.
+        id: String,
+        /// Entries, sorted by name.
+        entries: Vec<Entry>,
+        /// Offset of the next page, when there is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<u64>,
+    },
+    /// Answer to a stat.
+    Stat {
+        /// The request id.
+        id: String,
+        /// The path's entry.
+        entry: Entry,
+    },
+    /// A remove, mkdir or rename succeeded.
+    Done {
+        /// The request id.
+        id: String,
+    },
     /// A request or transfer failed.
     Error {
         /// The request id, when the failure answers a request.
@@ -138,6 +288,38 @@ pub enum Response {
         /// Human-readable detail naming the offending value.
         message: String,
     },
+}
+
+/// Most entries in one `listing` page.
+pub const MAX_LIST_PAGE: u32 = 1000;
+
+/// What a directory entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// Anything else.
+    Other,
+}
+
+/// A directory entry or stat result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The name (for a stat: the last name of the path).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch, when the store reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<u64>,
+    /// File, directory, ...
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
 }
 
 /// A request that could not be decoded, with whatever could be salvaged to answer it.
@@ -165,10 +347,7 @@ impl Request {
             return Err(BadRequest {
                 id: None,
                 session: None,
-                reason: format!(
-                    "request is {} bytes; the limit is {MAX_REQUEST_LEN}",
-                    payload.len()
-                ),
+                reason: format!("request is {} bytes; the limit is {MAX_REQUEST_LEN}", payload.len()),
             });
         }
         let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| BadRequest {
@@ -178,21 +357,11 @@ impl Request {
         })?;
         // Salvage id and session first so that even a malformed request gets an answer.
         let id = value.get("id").and_then(|v| v.as_str()).map(str::to_string);
-        let session = value
-            .get("session")
-            .and_then(|v| v.as_str())
-            .and_then(|s| SessionId::new(s).ok());
-        let bad = |reason: String| BadRequest {
-            id: id.clone(),
-            session: session.clone(),
-            reason,
-        };
+        let session = value.get("session").and_then(|v| v.as_str()).and_then(|s| SessionId::new(s).ok());
+        let bad = |reason: String| BadRequest { id: id.clone(), session: session.clone(), reason };
         if let Some(id) = &id {
             if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
-                return Err(bad(format!(
-                    "field id must be 1-{MAX_REQUEST_ID_LEN} bytes, got {}",
-                    id.len()
-                )));
+                return Err(bad(format!("field id must be 1-{MAX_REQUEST_ID_LEN} bytes, got {}", id.len())));
             }
         }
         let req: Request = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
@@ -201,6 +370,21 @@ impl Request {
 }
 
 impl Response {
+    /// The request id this response answers, if it answers one.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Response::Pong { id, .. }
+            | Response::GetAccepted { id, .. }
+            | Response::PutAccepted { id, .. }
+            | Response::Committed { id, .. }
+            | Response::Listing { id, .. }
+            | Response::Stat { id, .. }
+            | Response::Done { id } => Some(id),
+            Response::Error { id, .. } => id.as_deref(),
+            Response::GetDone { .. } | Response::PutAck { .. } => None,
+        }
+    }
+
     /// Encodes the response as JSON.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
@@ -213,12 +397,7 @@ impl Response {
 
     /// An error answering request `id`.
     pub fn error(id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Response {
-        Response::Error {
-            id,
-            transfer: None,
-            code,
-            message: message.into(),
-        }
+        Response::Error { id, transfer: None, code, message: message.into() }
     }
 }
 
@@ -238,13 +417,8 @@ mod tests {
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
             (req_id(), session()).prop_map(|(id, session)| Request::Ping { id, session }),
-            (req_id(), session(), any::<String>()).prop_map(|(id, session, path)| Request::Get {
-                id,
-                session,
-                path
-            }),
-            (any::<u64>(), any::<u64>())
-                .prop_map(|(transfer, next)| Request::Ack { transfer, next }),
+            (req_id(), session(), any::<String>()).prop_map(|(id, session, path)| Request::Get { id, session, path }),
+            (any::<u64>(), any::<u64>()).prop_map(|(transfer, next)| Request::Ack { transfer, next }),
             any::<u64>().prop_map(|transfer| Request::Cancel { transfer }),
         ]
     }
@@ -258,49 +432,45 @@ mod tests {
             Just(ErrorCode::Busy),
             Just(ErrorCode::Timeout),
             Just(ErrorCode::Unavailable),
+            Just(ErrorCode::Exists),
+            Just(ErrorCode::NotEmpty),
+            Just(ErrorCode::TooLarge),
+            Just(ErrorCode::ChecksumMismatch),
+            Just(ErrorCode::Expired),
             Just(ErrorCode::Internal),
         ]
     }
 
+    fn entry() -> impl Strategy<Value = Entry> {
+        let kind =
+            prop_oneof![Just(EntryKind::File), Just(EntryKind::Dir), Just(EntryKind::Symlink), Just(EntryKind::Other)];
+        (any::<String>(), any::<u64>(), proptest::option::of(any::<u64>()), kind)
+            .prop_map(|(name, size, mtime, kind)| Entry { name, size, mtime, kind })
+    }
+
     fn response() -> impl Strategy<Value = Response> {
         prop_oneof![
-            (any::<String>(), any::<u32>())
-                .prop_map(|(id, version)| Response::Pong { id, version }),
-            (
-                any::<String>(),
-                any::<u64>(),
-                any::<u64>(),
-                any::<u32>(),
-                any::<u32>()
-            )
-                .prop_map(|(id, transfer, size, chunk_size, window)| {
-                    Response::GetAccepted {
-                        id,
-                        transfer,
-                        size,
-                        chunk_size,
-                        window,
-                    }
-                }),
-            (any::<u64>(), any::<u64>(), "[0-9a-f]{64}").prop_map(|(transfer, size, sha256)| {
-                Response::GetDone {
-                    transfer,
-                    size,
-                    sha256,
+            (any::<String>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
+                |(id, transfer, chunk_size, window)| Response::PutAccepted { id, transfer, chunk_size, window }
+            ),
+            (any::<u64>(), any::<u64>()).prop_map(|(transfer, next)| Response::PutAck { transfer, next }),
+            (any::<String>(), any::<u64>(), any::<u64>(), "[0-9a-f]{64}", any::<bool>()).prop_map(
+                |(id, transfer, size, sha256, durable)| { Response::Committed { id, transfer, size, sha256, durable } }
+            ),
+            (any::<String>(), proptest::collection::vec(entry(), 0..4), proptest::option::of(any::<u64>()))
+                .prop_map(|(id, entries, next)| Response::Listing { id, entries, next }),
+            (any::<String>(), entry()).prop_map(|(id, entry)| Response::Stat { id, entry }),
+            any::<String>().prop_map(|id| Response::Done { id }),
+            (any::<String>(), any::<u32>()).prop_map(|(id, version)| Response::Pong { id, version }),
+            (any::<String>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
+                |(id, transfer, size, chunk_size, window)| {
+                    Response::GetAccepted { id, transfer, size, chunk_size, window }
                 }
-            }),
-            (
-                proptest::option::of(any::<String>()),
-                proptest::option::of(any::<u64>()),
-                code(),
-                any::<String>()
-            )
-                .prop_map(|(id, transfer, code, message)| Response::Error {
-                    id,
-                    transfer,
-                    code,
-                    message
-                }),
+            ),
+            (any::<u64>(), any::<u64>(), "[0-9a-f]{64}")
+                .prop_map(|(transfer, size, sha256)| { Response::GetDone { transfer, size, sha256 } }),
+            (proptest::option::of(any::<String>()), proptest::option::of(any::<u64>()), code(), any::<String>())
+                .prop_map(|(id, transfer, code, message)| Response::Error { id, transfer, code, message }),
         ]
     }
 
@@ -324,17 +494,10 @@ mod tests {
 
     #[test]
     fn wire_format_is_stable() {
-        let r = Request::decode(
-            br#"{"op":"get","id":"r1","session":"abc","path":"a/b.txt","extra":1}"#,
-        )
-        .unwrap();
+        let r = Request::decode(br#"{"op":"get","id":"r1","session":"abc","path":"a/b.txt","extra":1}"#).unwrap();
         assert_eq!(
             r,
-            Request::Get {
-                id: "r1".into(),
-                session: SessionId::new("abc").unwrap(),
-                path: "a/b.txt".into()
-            }
+            Request::Get { id: "r1".into(), session: SessionId::new("abc").unwrap(), path: "a/b.txt".into() }
         );
         let e = Response::error(Some("r1".into()), ErrorCode::NotFound, "no such file: a");
         assert_eq!(
@@ -363,9 +526,6 @@ mod tests {
         assert!(Request::decode(&big).unwrap_err().reason.contains("limit"));
 
         let long_id = format!(r#"{{"op":"ping","id":"{}","session":"s"}}"#, "x".repeat(65));
-        assert!(Request::decode(long_id.as_bytes())
-            .unwrap_err()
-            .reason
-            .contains("field id"));
+        assert!(Request::decode(long_id.as_bytes()).unwrap_err().reason.contains("field id"));
     }
 }

@@ -17,9 +17,7 @@ pub enum PathError {
     #[error("path is empty")]
     Empty,
     /// The path starts with `/`.
-    #[error(
-        "absolute path {0:?} is outside the device root; paths are relative to the device root"
-    )]
+    #[error("absolute path {0:?} is outside the device root; paths are relative to the device root")]
     Absolute(String),
     /// A `..` climbs above the root.
     #[error("path {0:?} escapes the device root")]
@@ -69,10 +67,7 @@ pub fn confine(path: &str) -> Result<RelPath, PathError> {
         return Err(PathError::TooLong { len: path.len() });
     }
     if let Some(ch) = path.chars().find(|c| c.is_control()) {
-        return Err(PathError::Control {
-            path: path.to_string(),
-            ch,
-        });
+        return Err(PathError::Control { path: path.to_string(), ch });
     }
     if path.starts_with('/') {
         return Err(PathError::Absolute(path.to_string()));
@@ -87,10 +82,7 @@ pub fn confine(path: &str) -> Result<RelPath, PathError> {
                 }
             }
             _ if name.len() > MAX_NAME_LEN => {
-                return Err(PathError::NameTooLong {
-                    name: name.to_string(),
-                    len: name.len(),
-                })
+                return Err(PathError::NameTooLong { name: name.to_string(), len: name.len() })
             }
             _ => names.push(name),
         }
@@ -114,10 +106,7 @@ mod tests {
             ("", ""),
             (".", ""),
             ("a/..", ""),
-            (
-                "dir with space/日本語 😀 %41",
-                "dir with space/日本語 😀 %41",
-            ),
+            ("dir with space/日本語 😀 %41", "dir with space/日本語 😀 %41"),
         ] {
             assert_eq!(confine(input).unwrap().as_str(), want, "{input}");
         }
@@ -125,32 +114,14 @@ mod tests {
 
     #[test]
     fn refuses_escapes_and_junk() {
-        assert_eq!(
-            confine("/etc/passwd"),
-            Err(PathError::Absolute("/etc/passwd".into()))
-        );
+        assert_eq!(confine("/etc/passwd"), Err(PathError::Absolute("/etc/passwd".into())));
         assert_eq!(confine("../x"), Err(PathError::Escapes("../x".into())));
-        assert_eq!(
-            confine("a/../../x"),
-            Err(PathError::Escapes("a/../../x".into()))
-        );
-        assert!(matches!(
-            confine("a\0b"),
-            Err(PathError::Control { ch: '\0', .. })
-        ));
-        assert!(matches!(
-            confine("a\nb"),
-            Err(PathError::Control { ch: '\n', .. })
-        ));
-        assert!(matches!(
-            confine(&"a".repeat(256)),
-            Err(PathError::NameTooLong { len: 256, .. })
-        ));
+        assert_eq!(confine("a/../../x"), Err(PathError::Escapes("a/../../x".into())));
+        assert!(matches!(confine("a\0b"), Err(PathError::Control { ch: '\0', .. })));
+        assert!(matches!(confine("a\nb"), Err(PathError::Control { ch: '\n', .. })));
+        assert!(matches!(confine(&"a".repeat(256)), Err(PathError::NameTooLong { len: 256, .. })));
         assert!(confine(&"a".repeat(255)).is_ok());
-        assert!(matches!(
-            confine(&"a/".repeat(3000)),
-            Err(PathError::TooLong { .. })
-        ));
+        assert!(matches!(confine(&"a/".repeat(3000)), Err(PathError::TooLong { .. })));
         assert!(confine("/x").unwrap_err().is_denial());
     }
 

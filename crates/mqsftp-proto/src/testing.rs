@@ -37,13 +37,7 @@ pub struct Lossy<T = crate::Chunk> {
 impl<T: Clone> Lossy<T> {
     /// A link that delivers everything once, in order.
     pub fn perfect() -> Self {
-        Self {
-            rng: Rng(1),
-            loss: 0.0,
-            dup: 0.0,
-            reorder: 0.0,
-            held: Vec::new(),
-        }
+        Self { rng: Rng(1), loss: 0.0, dup: 0.0, reorder: 0.0, held: Vec::new() }
     }
     /// Whether to drop a control message.
     pub fn drop_this(&mut self) -> bool {

@@ -5,6 +5,7 @@
 //! | `mqsftp/v1/{device}/req`                | device → gateway| JSON [`Request`](crate::Request) |
 //! | `mqsftp/v1/{device}/res/{session}`      | gateway → device| JSON [`Response`](crate::Response) |
 //! | `mqsftp/v1/{device}/down/{session}`     | gateway → device| binary [`Chunk`](crate::Chunk) |
+//! | `mqsftp/v1/{device}/up`                 | device → gateway| binary [`Chunk`](crate::Chunk) of an upload |
 //!
 //! `{session}` is chosen by each device client when it connects so that several clients of one device do not
 //! receive each other's data.
@@ -23,6 +24,8 @@ pub enum TopicKind {
     Response(SessionId),
     /// Binary chunks to one device session.
     Down(SessionId),
+    /// Binary chunks of the device's uploads.
+    Up,
 }
 
 /// A parsed mqsftp topic.
@@ -47,6 +50,14 @@ impl Topic {
     pub fn down(device: &DeviceId, session: &SessionId) -> String {
         format!("{PREFIX}/{device}/down/{session}")
     }
+    /// Topic a device publishes upload chunks on.
+    pub fn up(device: &DeviceId) -> String {
+        format!("{PREFIX}/{device}/up")
+    }
+    /// Filter the gateway subscribes to for all devices' upload chunks.
+    pub fn all_uploads_filter() -> String {
+        format!("{PREFIX}/+/up")
+    }
     /// Filter the gateway subscribes to for all devices' requests.
     pub fn all_requests_filter() -> String {
         format!("{PREFIX}/+/req")
@@ -59,6 +70,7 @@ impl Topic {
         let device = DeviceId::new(levels.next()?).ok()?;
         let kind = match (levels.next()?, levels.next(), levels.next()) {
             ("req", None, None) => TopicKind::Request,
+            ("up", None, None) => TopicKind::Up,
             ("res", Some(s), None) => TopicKind::Response(SessionId::new(s).ok()?),
             ("down", Some(s), None) => TopicKind::Down(SessionId::new(s).ok()?),
             _ => return None,
@@ -77,27 +89,13 @@ mod tests {
         let d = DeviceId::new("dev-1").unwrap();
         let s = SessionId::new("a1b2").unwrap();
         assert_eq!(Topic::request(&d), "mqsftp/v1/dev-1/req");
-        assert_eq!(
-            Topic::parse(&Topic::request(&d)),
-            Some(Topic {
-                device: d.clone(),
-                kind: TopicKind::Request
-            })
-        );
+        assert_eq!(Topic::parse(&Topic::request(&d)), Some(Topic { device: d.clone(), kind: TopicKind::Request }));
         assert_eq!(
             Topic::parse(&Topic::response(&d, &s)),
-            Some(Topic {
-                device: d.clone(),
-                kind: TopicKind::Response(s.clone())
-            })
+            Some(Topic { device: d.clone(), kind: TopicKind::Response(s.clone()) })
         );
-        assert_eq!(
-            Topic::parse(&Topic::down(&d, &s)),
-            Some(Topic {
-                device: d,
-                kind: TopicKind::Down(s)
-            })
-        );
+        assert_eq!(Topic::parse(&Topic::up(&d)), Some(Topic { device: d.clone(), kind: TopicKind::Up }));
+        assert_eq!(Topic::parse(&Topic::down(&d, &s)), Some(Topic { device: d, kind: TopicKind::Down(s) }));
     }
 
     #[test]

@@ -31,13 +31,8 @@ pub(crate) fn config_path(path: &Path) -> Result<&str, TestkitError> {
     if !path.is_absolute() {
         return Err(unusable("it is not absolute"));
     }
-    if text
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\'))
-    {
-        return Err(unusable(
-            "it contains whitespace, a quote or a backslash (set TMPDIR to a plain path)",
-        ));
+    if text.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\')) {
+        return Err(unusable("it contains whitespace, a quote or a backslash (set TMPDIR to a plain path)"));
     }
     Ok(text)
 }
@@ -45,11 +40,7 @@ pub(crate) fn config_path(path: &Path) -> Result<&str, TestkitError> {
 /// `mosquitto-test.conf`: the generated `mosquitto.conf` with its one `listener PORT` line bound
 /// to 127.0.0.1 and `port` instead. Nothing else changes: Mosquitto logs to stderr by default,
 /// which is captured into the log file.
-pub(crate) fn mosquitto_test_conf(
-    path: &Path,
-    original: &str,
-    port: u16,
-) -> Result<String, TestkitError> {
+pub(crate) fn mosquitto_test_conf(path: &Path, original: &str, port: u16) -> Result<String, TestkitError> {
     let wanted = format!("listener {}", mqsftp_pki::DEFAULT_BROKER_PORT);
     let mut found = 0;
     let mut out = String::with_capacity(original.len() + 16);
@@ -117,20 +108,12 @@ ForceCommand internal-sftp -d {store_dir}
 
 /// Parses a TOML file into a table.
 pub(crate) fn read_toml(path: &Path) -> Result<toml::Table, TestkitError> {
-    read(path)?
-        .parse::<toml::Table>()
-        .map_err(|source| TestkitError::Toml {
-            path: path.to_path_buf(),
-            source,
-        })
+    read(path)?.parse::<toml::Table>().map_err(|source| TestkitError::Toml { path: path.to_path_buf(), source })
 }
 
 /// Writes a table as a TOML file.
 pub(crate) fn write_toml(path: &Path, table: &toml::Table) -> Result<(), TestkitError> {
-    let text = toml::to_string(table).map_err(|source| TestkitError::TomlWrite {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = toml::to_string(table).map_err(|source| TestkitError::TomlWrite { path: path.to_path_buf(), source })?;
     write(path, &text)
 }
 
@@ -143,10 +126,7 @@ pub(crate) fn section<'t>(
     table
         .get_mut(name)
         .and_then(toml::Value::as_table_mut)
-        .ok_or_else(|| TestkitError::UnexpectedFile {
-            path: path.to_path_buf(),
-            reason: format!("no [{name}] table"),
-        })
+        .ok_or_else(|| TestkitError::UnexpectedFile { path: path.to_path_buf(), reason: format!("no [{name}] table") })
 }
 
 /// Sets `[section] key = value`; the key must already be there (this only redirects the
@@ -158,13 +138,10 @@ pub(crate) fn replace(
     key: &str,
     value: impl Into<toml::Value>,
 ) -> Result<(), TestkitError> {
-    let slot =
-        section(table, path, name)?
-            .get_mut(key)
-            .ok_or_else(|| TestkitError::UnexpectedFile {
-                path: path.to_path_buf(),
-                reason: format!("no {key} in [{name}]"),
-            })?;
+    let slot = section(table, path, name)?.get_mut(key).ok_or_else(|| TestkitError::UnexpectedFile {
+        path: path.to_path_buf(),
+        reason: format!("no {key} in [{name}]"),
+    })?;
     *slot = value.into();
     Ok(())
 }
@@ -179,20 +156,10 @@ pub(crate) struct GatewayTest<'a> {
 
 /// Writes `gateway-test.toml` next to `gateway.toml`: the same settings, with only the broker and
 /// SFTP host and port and the `known_hosts` file changed.
-pub(crate) fn write_gateway_test(
-    original: &Path,
-    out: &Path,
-    g: &GatewayTest<'_>,
-) -> Result<(), TestkitError> {
+pub(crate) fn write_gateway_test(original: &Path, out: &Path, g: &GatewayTest<'_>) -> Result<(), TestkitError> {
     let mut table = read_toml(original)?;
     replace(&mut table, original, "broker", "host", HOST)?;
-    replace(
-        &mut table,
-        original,
-        "broker",
-        "port",
-        i64::from(g.mqtt_port),
-    )?;
+    replace(&mut table, original, "broker", "port", i64::from(g.mqtt_port))?;
     replace(&mut table, original, "sftp", "host", HOST)?;
     replace(&mut table, original, "sftp", "port", i64::from(g.sftp_port))?;
     replace(&mut table, original, "sftp", "known_hosts", g.known_hosts)?;

@@ -222,22 +222,11 @@ pub enum TestkitError {
 }
 
 impl TestkitError {
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
-        Self::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { action, path: path.into(), source }
     }
 
     pub(crate) fn pki(what: impl Into<String>, source: PkiError) -> Self {
-        Self::Pki {
-            what: what.into(),
-            source,
-        }
+        Self::Pki { what: what.into(), source }
     }
 }

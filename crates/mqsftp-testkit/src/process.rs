@@ -41,21 +41,8 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub(crate) fn new(
-        name: &'static str,
-        program: PathBuf,
-        log: PathBuf,
-        ready: fn(&str, u16) -> bool,
-    ) -> Self {
-        Self {
-            name,
-            program,
-            log,
-            ready,
-            args: Vec::new(),
-            port: 0,
-            child: None,
-        }
+    pub(crate) fn new(name: &'static str, program: PathBuf, log: PathBuf, ready: fn(&str, u16) -> bool) -> Self {
+        Self { name, program, log, ready, args: Vec::new(), port: 0, child: None }
     }
 
     pub(crate) fn log_path(&self) -> &Path {
@@ -106,41 +93,23 @@ impl Server {
     /// which the caller may answer with another port.
     pub(crate) fn start(&mut self) -> Result<(), TestkitError> {
         if let Some(pid) = self.pid() {
-            return Err(TestkitError::AlreadyRunning {
-                server: self.name,
-                pid,
-                port: self.port,
-            });
+            return Err(TestkitError::AlreadyRunning { server: self.name, pid, port: self.port });
         }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .map_err(|e| TestkitError::io("open log", &self.log, e))?;
-        let log_start = log
-            .metadata()
-            .map_err(|e| TestkitError::io("inspect", &self.log, e))?
-            .len();
-        let stderr = log
-            .try_clone()
-            .map_err(|e| TestkitError::io("open log", &self.log, e))?;
+        let log_start = log.metadata().map_err(|e| TestkitError::io("inspect", &self.log, e))?.len();
+        let stderr = log.try_clone().map_err(|e| TestkitError::io("open log", &self.log, e))?;
         let child = Command::new(&self.program)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
             .spawn()
-            .map_err(|source| TestkitError::Spawn {
-                server: self.name,
-                program: self.program.clone(),
-                source,
-            })?;
-        tracing::debug!(
-            server = self.name,
-            pid = child.id(),
-            port = self.port,
-            "started"
-        );
+            .map_err(|source| TestkitError::Spawn { server: self.name, program: self.program.clone(), source })?;
+        tracing::debug!(server = self.name, pid = child.id(), port = self.port, "started");
         self.child = Some(child);
         let result = self.wait_ready(log_start);
         if result.is_err() {
@@ -203,12 +172,7 @@ impl Server {
             return Ok(None);
         };
         let pid = child.id();
-        child.try_wait().map_err(|source| TestkitError::Process {
-            action: "wait for",
-            server: self.name,
-            pid,
-            source,
-        })
+        child.try_wait().map_err(|source| TestkitError::Process { action: "wait for", server: self.name, pid, source })
     }
 
     /// Kills (SIGKILL) and reaps the process we spawned, if it runs. Returns whether it ran.
@@ -217,19 +181,10 @@ impl Server {
             return Ok(false);
         };
         let pid = child.id();
-        let process_err = |action, source| TestkitError::Process {
-            action,
-            server: self.name,
-            pid,
-            source,
-        };
+        let process_err = |action, source| TestkitError::Process { action, server: self.name, pid, source };
         // kill() on a child that already exited (but is not reaped yet) is harmless: the pid is
         // still ours until wait() below.
-        if child
-            .try_wait()
-            .map_err(|e| process_err("wait for", e))?
-            .is_none()
-        {
+        if child.try_wait().map_err(|e| process_err("wait for", e))?.is_none() {
             child.kill().map_err(|e| process_err("kill", e))?;
         }
         child.wait().map_err(|e| process_err("wait for", e))?;

@@ -73,8 +73,7 @@ impl Stack {
             .prefix("mqsftp-testkit-")
             .tempdir()
             .map_err(|e| TestkitError::io("create a temp dir in", std::env::temp_dir(), e))?;
-        let root = std::path::absolute(tmp.path())
-            .map_err(|e| TestkitError::io("resolve", tmp.path(), e))?;
+        let root = std::path::absolute(tmp.path()).map_err(|e| TestkitError::io("resolve", tmp.path(), e))?;
         match Started::start(&root, mosquitto, sshd, &user, root_user) {
             Ok(s) => {
                 tracing::info!(
@@ -192,26 +191,16 @@ impl Stack {
     }
 
     fn device_options(&self) -> DeviceOptions {
-        DeviceOptions {
-            broker_host: HOST.to_string(),
-            broker_port: self.broker.port,
-            cert_days: CERT_DAYS,
-        }
+        DeviceOptions { broker_host: HOST.to_string(), broker_port: self.broker.port, cert_days: CERT_DAYS }
     }
 
     /// Issues device `id` a certificate from this stack's CA (pki `issue_device`, broker
     /// 127.0.0.1:mqtt_port) and returns its `device.toml`, in `pki_dir/devices/ID/` next to
     /// `device.crt`, `device.key` and `ca.crt`. Fails if `id` was issued before.
     pub fn device(&self, id: &str) -> Result<PathBuf, TestkitError> {
-        let device =
-            mqsftp_pki::parse_device_id(id).map_err(|e| TestkitError::pki("issue a device", e))?;
+        let device = mqsftp_pki::parse_device_id(id).map_err(|e| TestkitError::pki("issue a device", e))?;
         let issued = mqsftp_pki::issue_device(&self.pki_dir, &device, &self.device_options())
-            .map_err(|e| {
-                TestkitError::pki(
-                    format!("issue device {id} in {}", self.pki_dir.display()),
-                    e,
-                )
-            })?;
+            .map_err(|e| TestkitError::pki(format!("issue device {id} in {}", self.pki_dir.display()), e))?;
         Ok(issued.config)
     }
 
@@ -219,12 +208,8 @@ impl Stack {
     /// but whose `ca.crt` is this stack's CA: TLS to the broker is attempted and the broker must
     /// refuse the client certificate. Returns its `device.toml`.
     pub fn foreign_device(&self, id: &str) -> Result<PathBuf, TestkitError> {
-        let device =
-            mqsftp_pki::parse_device_id(id).map_err(|e| TestkitError::pki("issue a device", e))?;
-        let mut foreign = self
-            .foreign_pki
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let device = mqsftp_pki::parse_device_id(id).map_err(|e| TestkitError::pki("issue a device", e))?;
+        let mut foreign = self.foreign_pki.lock().unwrap_or_else(PoisonError::into_inner);
         let dir = match foreign.as_ref() {
             Some(dir) => dir.clone(),
             None => {
@@ -237,9 +222,7 @@ impl Stack {
                     cert_days: CERT_DAYS,
                     ..InitOptions::default()
                 })
-                .map_err(|e| {
-                    TestkitError::pki(format!("generate the foreign PKI in {}", dir.display()), e)
-                })?;
+                .map_err(|e| TestkitError::pki(format!("generate the foreign PKI in {}", dir.display()), e))?;
                 foreign.insert(dir).clone()
             }
         };
@@ -253,12 +236,8 @@ impl Stack {
     /// `device.crt`/`device.key` beside it) that otherwise is a device of this stack: it trusts
     /// this stack's CA and points at its broker.
     pub fn certless_device(&self, id: &str) -> Result<PathBuf, TestkitError> {
-        let device =
-            mqsftp_pki::parse_device_id(id).map_err(|e| TestkitError::pki("issue a device", e))?;
-        let mut certless = self
-            .certless_pki
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let device = mqsftp_pki::parse_device_id(id).map_err(|e| TestkitError::pki("issue a device", e))?;
+        let mut certless = self.certless_pki.lock().unwrap_or_else(PoisonError::into_inner);
         let dir = match certless.as_ref() {
             Some(dir) => dir.clone(),
             None => {
@@ -415,18 +394,10 @@ impl Started {
         create_dir(&store_dir, 0o755)?;
         create_dir(&sshd_dir, 0o700)?;
         let host_key = sshd_dir.join("ssh_host_ed25519_key");
-        let host_pub =
-            mqsftp_pki::generate_ssh_key(&host_key, "mqsftp-testkit-sshd").map_err(|e| {
-                TestkitError::pki(
-                    format!("generate the sshd host key {}", host_key.display()),
-                    e,
-                )
-            })?;
+        let host_pub = mqsftp_pki::generate_ssh_key(&host_key, "mqsftp-testkit-sshd")
+            .map_err(|e| TestkitError::pki(format!("generate the sshd host key {}", host_key.display()), e))?;
         let host_key_fingerprint = PublicKey::from_openssh(&host_pub)
-            .map_err(|source| TestkitError::HostKey {
-                path: mqsftp_pki::public_key_path(&host_key),
-                source,
-            })?
+            .map_err(|source| TestkitError::HostKey { path: mqsftp_pki::public_key_path(&host_key), source })?
             .fingerprint(HashAlg::Sha256)
             .to_string();
         if root_user {
@@ -434,20 +405,12 @@ impl Started {
         }
 
         // The broker.
-        let mut broker = Server::new(
-            "mosquitto",
-            mosquitto,
-            root.join("mosquitto.log"),
-            mosquitto_ready,
-        );
+        let mut broker = Server::new("mosquitto", mosquitto, root.join("mosquitto.log"), mosquitto_ready);
         let generated_conf = pki_dir.join(files::MOSQUITTO_CONF);
         let original_conf = config::read(&generated_conf)?;
         let test_conf = pki_dir.join(MOSQUITTO_TEST_CONF);
         start_on_free_port(&mut broker, |port| {
-            config::write(
-                &test_conf,
-                &config::mosquitto_test_conf(&generated_conf, &original_conf, port)?,
-            )?;
+            config::write(&test_conf, &config::mosquitto_test_conf(&generated_conf, &original_conf, port)?)?;
             Ok(vec!["-c".into(), test_conf.clone().into()])
         })?;
 
@@ -467,12 +430,7 @@ impl Started {
             })?;
             config::write(&sshd_config, &text)?;
             // -D: stay in the foreground (our child); -e: log to stderr (our log file).
-            Ok(vec![
-                "-D".into(),
-                "-e".into(),
-                "-f".into(),
-                sshd_config.clone().into(),
-            ])
+            Ok(vec!["-D".into(), "-e".into(), "-f".into(), sshd_config.clone().into()])
         })?;
 
         // The gateway's view of the two.
@@ -484,21 +442,9 @@ impl Started {
         config::write_gateway_test(
             &pki_dir.join(files::GATEWAY_TOML),
             &gateway_config,
-            &GatewayTest {
-                mqtt_port: broker.port,
-                sftp_port: sshd.port,
-                known_hosts: KNOWN_HOSTS_TEST,
-            },
+            &GatewayTest { mqtt_port: broker.port, sftp_port: sshd.port, known_hosts: KNOWN_HOSTS_TEST },
         )?;
-        Ok(Started {
-            broker,
-            sshd,
-            pki_dir,
-            store_dir,
-            gateway_config,
-            known_hosts,
-            host_key_fingerprint,
-        })
+        Ok(Started { broker, sshd, pki_dir, store_dir, gateway_config, known_hosts, host_key_fingerprint })
     }
 }
 
@@ -540,28 +486,11 @@ fn retry_port_in_use(
         attempt += 1;
         prepare(server, attempt)?;
         match server.start() {
-            Err(TestkitError::PortInUse {
-                server: name,
-                port,
-                log,
-                tail,
-                ..
-            }) if attempt >= PORT_ATTEMPTS => {
-                return Err(TestkitError::PortInUse {
-                    server: name,
-                    port,
-                    attempts: attempt,
-                    log,
-                    tail,
-                });
+            Err(TestkitError::PortInUse { server: name, port, log, tail, .. }) if attempt >= PORT_ATTEMPTS => {
+                return Err(TestkitError::PortInUse { server: name, port, attempts: attempt, log, tail });
             }
             Err(TestkitError::PortInUse { .. }) => {
-                tracing::debug!(
-                    server = server.name,
-                    port = server.port,
-                    attempt,
-                    "port taken, trying again"
-                );
+                tracing::debug!(server = server.name, port = server.port, attempt, "port taken, trying again");
             }
             other => return other,
         }
@@ -572,10 +501,7 @@ fn kill(server: &mut Server) -> Result<(), TestkitError> {
     if server.stop()? {
         Ok(())
     } else {
-        Err(TestkitError::NotRunning {
-            server: server.name,
-            port: server.port,
-        })
+        Err(TestkitError::NotRunning { server: server.name, port: server.port })
     }
 }
 
@@ -592,16 +518,12 @@ fn sshd_ready(line: &str, port: u16) -> bool {
 
 /// Creates a directory with `mode` (exactly: the umask does not narrow it).
 fn create_dir(dir: &Path, mode: u32) -> Result<(), TestkitError> {
-    DirBuilder::new()
-        .mode(mode)
-        .create(dir)
-        .map_err(|e| TestkitError::io("create directory", dir, e))?;
+    DirBuilder::new().mode(mode).create(dir).map_err(|e| TestkitError::io("create directory", dir, e))?;
     set_mode(dir, mode)
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), TestkitError> {
-    fs::set_permissions(path, Permissions::from_mode(mode))
-        .map_err(|e| TestkitError::io("change the mode of", path, e))
+    fs::set_permissions(path, Permissions::from_mode(mode)).map_err(|e| TestkitError::io("change the mode of", path, e))
 }
 
 /// Lets Mosquitto started as root read its files.
@@ -625,8 +547,7 @@ fn prepare_for_mosquitto_user(root: &Path, pki_dir: &Path) -> Result<(), Testkit
     set_mode(root, 0o711)?;
     set_mode(pki_dir, 0o711)?;
     let key = pki_dir.join(files::BROKER_KEY);
-    std::os::unix::fs::chown(&key, Some(uid), Some(gid))
-        .map_err(|e| TestkitError::io("chown to mosquitto", &key, e))
+    std::os::unix::fs::chown(&key, Some(uid), Some(gid)).map_err(|e| TestkitError::io("chown to mosquitto", &key, e))
 }
 
 /// sshd started as root needs its privilege separation directory (compiled in as `/run/sshd` on

@@ -28,33 +28,17 @@ impl Program {
         package: "mosquitto",
     };
     /// The SSH server.
-    pub const SSHD: Program = Program {
-        name: "sshd",
-        env: Some("MQSFTP_SSHD"),
-        default_path: "/usr/sbin/sshd",
-        package: "openssh-server",
-    };
+    pub const SSHD: Program =
+        Program { name: "sshd", env: Some("MQSFTP_SSHD"), default_path: "/usr/sbin/sshd", package: "openssh-server" };
     /// OpenSSH's SFTP client.
-    pub const SFTP: Program = Program {
-        name: "sftp",
-        env: None,
-        default_path: "/usr/bin/sftp",
-        package: "openssh-client",
-    };
+    pub const SFTP: Program =
+        Program { name: "sftp", env: None, default_path: "/usr/bin/sftp", package: "openssh-client" };
     /// OpenSSH's key tool.
-    pub const SSH_KEYGEN: Program = Program {
-        name: "ssh-keygen",
-        env: None,
-        default_path: "/usr/bin/ssh-keygen",
-        package: "openssh-client",
-    };
+    pub const SSH_KEYGEN: Program =
+        Program { name: "ssh-keygen", env: None, default_path: "/usr/bin/ssh-keygen", package: "openssh-client" };
     /// OpenSSH's host key fetcher.
-    pub const SSH_KEYSCAN: Program = Program {
-        name: "ssh-keyscan",
-        env: None,
-        default_path: "/usr/bin/ssh-keyscan",
-        package: "openssh-client",
-    };
+    pub const SSH_KEYSCAN: Program =
+        Program { name: "ssh-keyscan", env: None, default_path: "/usr/bin/ssh-keyscan", package: "openssh-client" };
     /// Mosquitto's publishing client.
     pub const MOSQUITTO_PUB: Program = Program {
         name: "mosquitto_pub",
@@ -89,9 +73,8 @@ impl Program {
             return Ok(default.to_path_buf());
         }
         let path_var = std::env::var_os("PATH").unwrap_or_default();
-        if let Some(found) = std::env::split_paths(&path_var)
-            .map(|dir| dir.join(self.name))
-            .find(|candidate| candidate.is_file())
+        if let Some(found) =
+            std::env::split_paths(&path_var).map(|dir| dir.join(self.name)).find(|candidate| candidate.is_file())
         {
             return Ok(std::path::absolute(&found).unwrap_or(found));
         }
@@ -104,11 +87,7 @@ impl Program {
     }
 
     fn missing(&self, looked: String) -> TestkitError {
-        TestkitError::MissingProgram {
-            program: self.name.to_string(),
-            looked,
-            package: self.package,
-        }
+        TestkitError::MissingProgram { program: self.name.to_string(), looked, package: self.package }
     }
 }
 
@@ -118,10 +97,7 @@ fn id(args: &[&str]) -> Result<String, TestkitError> {
     let out = Command::new("id")
         .args(args)
         .output()
-        .map_err(|source| TestkitError::Command {
-            command: command.clone(),
-            source,
-        })?;
+        .map_err(|source| TestkitError::Command { command: command.clone(), source })?;
     if !out.status.success() {
         return Err(TestkitError::CommandFailed {
             command,
@@ -135,10 +111,7 @@ fn id(args: &[&str]) -> Result<String, TestkitError> {
 /// Parses the number `id -u`/`id -g` printed.
 fn id_number(args: &[&str]) -> Result<u32, TestkitError> {
     let output = id(args)?;
-    output.parse().map_err(|_| TestkitError::CommandOutput {
-        command: format!("id {}", args.join(" ")),
-        output,
-    })
+    output.parse().map_err(|_| TestkitError::CommandOutput { command: format!("id {}", args.join(" ")), output })
 }
 
 /// The user this process runs as (`id -un`): the SFTP account of the test stack.
@@ -160,9 +133,6 @@ pub(crate) fn user_ids(user: &str) -> Result<(u32, u32), TestkitError> {
 /// process may take it before the server binds it; the caller retries then.
 pub(crate) fn free_port() -> Result<u16, TestkitError> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(TestkitError::FreePort)?;
-    let port = listener
-        .local_addr()
-        .map_err(TestkitError::FreePort)?
-        .port();
+    let port = listener.local_addr().map_err(TestkitError::FreePort)?.port();
     Ok(port)
 }

@@ -71,38 +71,21 @@ mod lifecycle {
         let stack = stack();
         let (mqtt, sftp) = (stack.mqtt_addr(), stack.sftp_addr());
         assert_ne!(mqtt.port(), sftp.port());
-        assert!(
-            accepts(mqtt),
-            "broker does not accept connections on {mqtt}"
-        );
+        assert!(accepts(mqtt), "broker does not accept connections on {mqtt}");
         assert!(accepts(sftp), "sshd does not accept connections on {sftp}");
         let broker_pid = stack.broker_pid().unwrap();
         let sshd_pid = stack.sshd_pid().unwrap();
         assert!(process_exists(broker_pid) && process_exists(sshd_pid));
-        assert!(
-            stack.broker_log().contains("running"),
-            "{}",
-            stack.broker_log()
-        );
-        assert!(
-            stack.sshd_log().contains("Server listening"),
-            "{}",
-            stack.sshd_log()
-        );
+        assert!(stack.broker_log().contains("running"), "{}", stack.broker_log());
+        assert!(stack.sshd_log().contains("Server listening"), "{}", stack.sshd_log());
         let dir = stack.dir().to_path_buf();
         assert!(dir.is_dir());
 
         drop(stack);
         assert!(!accepts(mqtt), "broker still accepts connections on {mqtt}");
         assert!(!accepts(sftp), "sshd still accepts connections on {sftp}");
-        assert!(
-            !process_exists(broker_pid),
-            "broker pid {broker_pid} is still there"
-        );
-        assert!(
-            !process_exists(sshd_pid),
-            "sshd pid {sshd_pid} is still there"
-        );
+        assert!(!process_exists(broker_pid), "broker pid {broker_pid} is still there");
+        assert!(!process_exists(sshd_pid), "sshd pid {sshd_pid} is still there");
         assert!(!dir.exists(), "{} was not removed", dir.display());
     }
 
@@ -113,15 +96,9 @@ mod lifecycle {
         let old_pid = stack.broker_pid().unwrap();
         stack.kill_broker().unwrap();
         assert_eq!(stack.broker_pid(), None);
-        assert!(
-            !accepts(stack.mqtt_addr()),
-            "broker still accepts connections after kill"
-        );
+        assert!(!accepts(stack.mqtt_addr()), "broker still accepts connections after kill");
         assert!(!process_exists(old_pid));
-        assert!(matches!(
-            stack.kill_broker(),
-            Err(TestkitError::NotRunning { .. })
-        ));
+        assert!(matches!(stack.kill_broker(), Err(TestkitError::NotRunning { .. })));
 
         stack.start_broker().unwrap();
         assert_eq!(stack.mqtt_port(), port);
@@ -130,12 +107,7 @@ mod lifecycle {
         let err = stack.start_broker().unwrap_err();
         assert!(matches!(err, TestkitError::AlreadyRunning { .. }), "{err}");
         // Both runs are in the one log.
-        assert_eq!(
-            stack.broker_log().matches(" running").count(),
-            2,
-            "{}",
-            stack.broker_log()
-        );
+        assert_eq!(stack.broker_log().matches(" running").count(), 2, "{}", stack.broker_log());
     }
 
     #[test]
@@ -143,10 +115,7 @@ mod lifecycle {
         let mut stack = stack();
         let port = stack.sftp_port();
         stack.kill_sshd().unwrap();
-        assert!(
-            !accepts(stack.sftp_addr()),
-            "sshd still accepts connections after kill"
-        );
+        assert!(!accepts(stack.sftp_addr()), "sshd still accepts connections after kill");
         stack.start_sshd().unwrap();
         assert_eq!(stack.sftp_port(), port);
         assert!(accepts(stack.sftp_addr()));
@@ -157,8 +126,7 @@ mod lifecycle {
         let mut stack = stack();
         stack.kill_broker().unwrap();
         stack.kill_sshd().unwrap();
-        let squatters = [stack.mqtt_addr(), stack.sftp_addr()]
-            .map(|addr| std::net::TcpListener::bind(addr).unwrap());
+        let squatters = [stack.mqtt_addr(), stack.sftp_addr()].map(|addr| std::net::TcpListener::bind(addr).unwrap());
 
         for (err, port) in [
             (stack.start_broker().unwrap_err(), stack.mqtt_port()),
@@ -166,11 +134,7 @@ mod lifecycle {
         ] {
             assert!(matches!(err, TestkitError::PortInUse { .. }), "{err}");
             let msg = err.to_string();
-            assert!(
-                msg.contains(&format!("127.0.0.1:{port}"))
-                    && msg.contains("Address already in use"),
-                "{msg}"
-            );
+            assert!(msg.contains(&format!("127.0.0.1:{port}")) && msg.contains("Address already in use"), "{msg}");
         }
         assert_eq!((stack.broker_pid(), stack.sshd_pid()), (None, None));
 
@@ -212,36 +176,21 @@ mod files {
         let mut original = table(&stack.pki_dir().join("gateway.toml"));
 
         assert_eq!(test["broker"]["host"].as_str(), Some("127.0.0.1"));
-        assert_eq!(
-            test["broker"]["port"].as_integer(),
-            Some(i64::from(stack.mqtt_port()))
-        );
+        assert_eq!(test["broker"]["port"].as_integer(), Some(i64::from(stack.mqtt_port())));
         assert_eq!(test["sftp"]["host"].as_str(), Some("127.0.0.1"));
-        assert_eq!(
-            test["sftp"]["port"].as_integer(),
-            Some(i64::from(stack.sftp_port()))
-        );
+        assert_eq!(test["sftp"]["port"].as_integer(), Some(i64::from(stack.sftp_port())));
         assert_eq!(test["sftp"]["user"].as_str(), Some(stack.sftp_user()));
-        let known_hosts = stack
-            .pki_dir()
-            .join(test["sftp"]["known_hosts"].as_str().unwrap());
+        let known_hosts = stack.pki_dir().join(test["sftp"]["known_hosts"].as_str().unwrap());
         assert_eq!(known_hosts, stack.known_hosts());
 
-        for (section, key) in [
-            ("broker", "host"),
-            ("broker", "port"),
-            ("sftp", "host"),
-            ("sftp", "port"),
-            ("sftp", "known_hosts"),
-        ] {
+        for (section, key) in
+            [("broker", "host"), ("broker", "port"), ("sftp", "host"), ("sftp", "port"), ("sftp", "known_hosts")]
+        {
             for t in [&mut test, &mut original] {
                 t[section].as_table_mut().unwrap().remove(key).unwrap();
             }
         }
-        assert_eq!(
-            test, original,
-            "gateway-test.toml changes more than hosts, ports and known_hosts"
-        );
+        assert_eq!(test, original, "gateway-test.toml changes more than hosts, ports and known_hosts");
     }
 
     #[test]
@@ -252,13 +201,7 @@ mod files {
 
         // The key the running sshd offers, as ssh-keyscan fetches it.
         let mut scan = Command::new(Program::SSH_KEYSCAN.find().unwrap());
-        scan.args([
-            "-t",
-            "ed25519",
-            "-p",
-            &stack.sftp_port().to_string(),
-            "127.0.0.1",
-        ]);
+        scan.args(["-t", "ed25519", "-p", &stack.sftp_port().to_string(), "127.0.0.1"]);
         let out = run(scan);
         assert!(out.status.success(), "{}", describe(&out));
         let scanned = tempfile::NamedTempFile::new().unwrap();
@@ -272,19 +215,9 @@ mod files {
             // "256 SHA256:… [127.0.0.1]:PORT (ED25519)"
             let printed = String::from_utf8(out.stdout).unwrap();
             let fields: Vec<&str> = printed.split_whitespace().collect();
-            assert_eq!(
-                fields.get(1),
-                Some(&fingerprint),
-                "{}: {printed}",
-                file.display()
-            );
+            assert_eq!(fields.get(1), Some(&fingerprint), "{}: {printed}", file.display());
             let host = format!("[127.0.0.1]:{}", stack.sftp_port());
-            assert_eq!(
-                fields.get(2),
-                Some(&host.as_str()),
-                "{}: {printed}",
-                file.display()
-            );
+            assert_eq!(fields.get(2), Some(&host.as_str()), "{}: {printed}", file.display());
         }
     }
 
@@ -294,49 +227,24 @@ mod files {
         let device = table(&stack.device("dev-files").unwrap());
         assert_eq!(device["device_id"].as_str(), Some("dev-files"));
         assert_eq!(device["broker"]["host"].as_str(), Some("127.0.0.1"));
-        assert_eq!(
-            device["broker"]["port"].as_integer(),
-            Some(i64::from(stack.mqtt_port()))
-        );
-        assert!(
-            stack.device("dev-files").is_err(),
-            "a device id can be issued only once"
-        );
+        assert_eq!(device["broker"]["port"].as_integer(), Some(i64::from(stack.mqtt_port())));
+        assert!(stack.device("dev-files").is_err(), "a device id can be issued only once");
 
         let certless_path = stack.certless_device("dev-files").unwrap();
         let certless = table(&certless_path);
-        assert_eq!(
-            certless["broker"]["port"].as_integer(),
-            Some(i64::from(stack.mqtt_port()))
-        );
-        assert!(
-            certless["broker"].get("cert").is_none() && certless["broker"].get("key").is_none(),
-            "{certless:?}"
-        );
+        assert_eq!(certless["broker"]["port"].as_integer(), Some(i64::from(stack.mqtt_port())));
+        assert!(certless["broker"].get("cert").is_none() && certless["broker"].get("key").is_none(), "{certless:?}");
         assert!(!certless_path.with_file_name("device.key").exists());
         let ca = certless_path.with_file_name(certless["broker"]["ca"].as_str().unwrap());
-        assert_eq!(
-            std::fs::read(ca).unwrap(),
-            std::fs::read(stack.ca_cert()).unwrap()
-        );
+        assert_eq!(std::fs::read(ca).unwrap(), std::fs::read(stack.ca_cert()).unwrap());
 
         let foreign_path = stack.foreign_device("dev-files").unwrap();
         let foreign = table(&foreign_path);
         let ca = foreign_path.with_file_name(foreign["broker"]["ca"].as_str().unwrap());
-        assert_eq!(
-            std::fs::read(ca).unwrap(),
-            std::fs::read(stack.ca_cert()).unwrap()
-        );
+        assert_eq!(std::fs::read(ca).unwrap(), std::fs::read(stack.ca_cert()).unwrap());
         let cert = foreign_path.with_file_name(foreign["broker"]["cert"].as_str().unwrap());
-        assert!(
-            cert.starts_with(stack.dir().join("foreign-pki")),
-            "{}",
-            cert.display()
-        );
-        assert!(
-            stack.foreign_device("dev-files2").is_ok(),
-            "the foreign CA is reused"
-        );
+        assert!(cert.starts_with(stack.dir().join("foreign-pki")), "{}", cert.display());
+        assert!(stack.foreign_device("dev-files2").is_ok(), "the foreign CA is reused");
 
         assert!(stack.device("bad/id").is_err());
     }
@@ -353,14 +261,7 @@ mod sftp {
             .arg(stack.gateway_ssh_key())
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-            .args([
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-            ])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
             .args(["-o", "IdentitiesOnly=yes", "-F", "/dev/null"])
             .arg("-P")
             .arg(stack.sftp_port().to_string())
@@ -379,32 +280,19 @@ mod sftp {
         let batch = work.path().join("batch");
         std::fs::write(
             &batch,
-            format!("mkdir devices\nmkdir devices/dev1\nput {} devices/dev1/report.csv\nls devices/dev1\n", local.display()),
+            format!(
+                "mkdir devices\nmkdir devices/dev1\nput {} devices/dev1/report.csv\nls devices/dev1\n",
+                local.display()
+            ),
         )
         .unwrap();
 
         let out = sftp(&stack, stack.known_hosts(), &batch);
-        assert!(
-            out.status.success(),
-            "{}\nsshd log:\n{}",
-            describe(&out),
-            stack.sshd_log()
-        );
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("devices/dev1/report.csv"),
-            "{}",
-            describe(&out)
-        );
+        assert!(out.status.success(), "{}\nsshd log:\n{}", describe(&out), stack.sshd_log());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("devices/dev1/report.csv"), "{}", describe(&out));
         let landed = stack.device_root("dev1").join("report.csv");
-        assert_eq!(
-            std::fs::read(&landed).unwrap(),
-            b"a,b\n1,2\n",
-            "{}",
-            landed.display()
-        );
-        stack
-            .wait_for_sshd_log("Accepted publickey", LOG_TIMEOUT)
-            .unwrap();
+        assert_eq!(std::fs::read(&landed).unwrap(), b"a,b\n1,2\n", "{}", landed.display());
+        stack.wait_for_sshd_log("Accepted publickey", LOG_TIMEOUT).unwrap();
     }
 
     #[test]
@@ -415,19 +303,11 @@ mod sftp {
         std::fs::write(&batch, "mkdir devices\n").unwrap();
 
         let wrong = stack.wrong_known_hosts().unwrap();
-        assert_ne!(
-            stack.wrong_known_hosts().unwrap(),
-            wrong,
-            "each call makes a new file"
-        );
+        assert_ne!(stack.wrong_known_hosts().unwrap(), wrong, "each call makes a new file");
         let out = sftp(&stack, &wrong, &batch);
         assert!(!out.status.success(), "{}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
-            "{}",
-            describe(&out)
-        );
+        assert!(stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"), "{}", describe(&out));
         assert!(!stack.store_dir().join("devices").exists());
     }
 }
@@ -440,9 +320,7 @@ mod mqtt {
     /// `mosquitto_pub`/`mosquitto_sub` with the TLS options of a client; `cert` is `(crt, key)`.
     fn client(program: Program, stack: &Stack, ca: &Path, cert: Option<(&Path, &Path)>) -> Command {
         let mut cmd = Command::new(program.find().unwrap());
-        cmd.args(["-h", "127.0.0.1", "-p", &stack.mqtt_port().to_string()])
-            .arg("--cafile")
-            .arg(ca);
+        cmd.args(["-h", "127.0.0.1", "-p", &stack.mqtt_port().to_string()]).arg("--cafile").arg(ca);
         if let Some((crt, key)) = cert {
             cmd.arg("--cert").arg(crt).arg("--key").arg(key);
         }
@@ -450,13 +328,7 @@ mod mqtt {
     }
 
     /// Publishes a retained QoS 1 message, so that a later subscriber sees it without racing.
-    fn publish(
-        stack: &Stack,
-        ca: &Path,
-        cert: Option<(&Path, &Path)>,
-        topic: &str,
-        msg: &str,
-    ) -> Output {
+    fn publish(stack: &Stack, ca: &Path, cert: Option<(&Path, &Path)>, topic: &str, msg: &str) -> Output {
         let mut cmd = client(Program::MOSQUITTO_PUB, stack, ca, cert);
         cmd.args(["-q", "1", "-r", "-t", topic, "-m", msg]);
         run(cmd)
@@ -464,50 +336,22 @@ mod mqtt {
 
     fn device_files(config: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
         let dir = config.parent().unwrap();
-        (
-            dir.join("ca.crt"),
-            dir.join("device.crt"),
-            dir.join("device.key"),
-        )
+        (dir.join("ca.crt"), dir.join("device.crt"), dir.join("device.key"))
     }
 
     #[test]
     fn device_publishes_and_gateway_receives() {
         let stack = stack();
         let (ca, crt, key) = device_files(&stack.device("dev1").unwrap());
-        let out = publish(
-            &stack,
-            &ca,
-            Some((&crt, &key)),
-            "mqsftp/v1/dev1/req",
-            "hello",
-        );
-        assert!(
-            out.status.success(),
-            "{}\nbroker log:\n{}",
-            describe(&out),
-            stack.broker_log()
-        );
+        let out = publish(&stack, &ca, Some((&crt, &key)), "mqsftp/v1/dev1/req", "hello");
+        assert!(out.status.success(), "{}\nbroker log:\n{}", describe(&out), stack.broker_log());
 
         let (gw_crt, gw_key) = (stack.gateway_cert(), stack.gateway_key());
-        let mut sub = client(
-            Program::MOSQUITTO_SUB,
-            &stack,
-            &stack.ca_cert(),
-            Some((&gw_crt, &gw_key)),
-        );
+        let mut sub = client(Program::MOSQUITTO_SUB, &stack, &stack.ca_cert(), Some((&gw_crt, &gw_key)));
         sub.args(["-t", "mqsftp/v1/+/req", "-C", "1", "-W", "10", "-v"]);
         let out = run(sub);
-        assert!(
-            out.status.success(),
-            "{}\nbroker log:\n{}",
-            describe(&out),
-            stack.broker_log()
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "mqsftp/v1/dev1/req hello"
-        );
+        assert!(out.status.success(), "{}\nbroker log:\n{}", describe(&out), stack.broker_log());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "mqsftp/v1/dev1/req hello");
         // The broker took the certificate's CN as the user name.
         stack.wait_for_broker_log("u'dev1'", LOG_TIMEOUT).unwrap();
     }
@@ -518,14 +362,8 @@ mod mqtt {
         let config = stack.certless_device("dev2").unwrap();
         let ca = config.with_file_name("ca.crt");
         let out = publish(&stack, &ca, None, "mqsftp/v1/dev2/req", "hello");
-        assert!(
-            !out.status.success(),
-            "a client without certificate got in: {}",
-            describe(&out)
-        );
-        stack
-            .wait_for_broker_log("peer did not return a certificate", LOG_TIMEOUT)
-            .unwrap();
+        assert!(!out.status.success(), "a client without certificate got in: {}", describe(&out));
+        stack.wait_for_broker_log("peer did not return a certificate", LOG_TIMEOUT).unwrap();
         let log = stack.broker_log();
         assert!(!log.contains("u'dev2'"), "{log}");
     }
@@ -534,21 +372,9 @@ mod mqtt {
     fn client_with_foreign_certificate_is_refused() {
         let stack = stack();
         let (ca, crt, key) = device_files(&stack.foreign_device("dev3").unwrap());
-        let out = publish(
-            &stack,
-            &ca,
-            Some((&crt, &key)),
-            "mqsftp/v1/dev3/req",
-            "hello",
-        );
-        assert!(
-            !out.status.success(),
-            "a client with a foreign certificate got in: {}",
-            describe(&out)
-        );
-        stack
-            .wait_for_broker_log("certificate verify failed", LOG_TIMEOUT)
-            .unwrap();
+        let out = publish(&stack, &ca, Some((&crt, &key)), "mqsftp/v1/dev3/req", "hello");
+        assert!(!out.status.success(), "a client with a foreign certificate got in: {}", describe(&out));
+        stack.wait_for_broker_log("certificate verify failed", LOG_TIMEOUT).unwrap();
         let log = stack.broker_log();
         assert!(!log.contains("u'dev3'"), "{log}");
     }

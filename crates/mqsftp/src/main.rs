@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mqsftp_device::{Client, DeviceConfig, DeviceError, ErrorCode, MqttError};
+use mqsftp_device::{Client, DeviceConfig, DeviceError, EntryKind, ErrorCode, MqttError};
 use mqsftp_gateway::{Gateway, GatewayConfig};
 
 /// Exit codes, documented in `--help` and the README.
@@ -20,6 +20,7 @@ mod exit {
     pub const TLS: u8 = 6;
     pub const VERIFY: u8 = 7;
     pub const UNREACHABLE: u8 = 8;
+    pub const EXISTS: u8 = 9;
 }
 
 const EXIT_CODES: &str = "\
@@ -32,11 +33,15 @@ Exit codes:
   5  no gateway answered, or the transfer stalled (timeout)
   6  TLS or certificate problem (broker certificate not trusted, or ours refused)
   7  the received file failed verification (size or SHA-256)
-  8  broker unreachable or refused the connection";
+  8  broker unreachable or refused the connection
+  9  the target exists (put and mv replace it only with --overwrite)";
 
 #[derive(Parser)]
 #[command(name = "mqsftp", version, about = "Secure file transfer between IoT devices (MQTT) and SFTP storage", after_help = EXIT_CODES)]
 struct Cli {
+    /// Print results (and errors, as {"error": CODE, "message": ...}) as JSON on stdout, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +71,74 @@ enum Command {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Upload LOCAL to REMOTE (relative to the device's root); it appears there only once verified.
+    #[command(after_help = EXIT_CODES)]
+    Put {
+        /// device.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The local file.
+        local: PathBuf,
+        /// Where on the store, relative to the device's root (default: the local file name).
+        remote: Option<String>,
+        /// Replace an existing remote file (atomically).
+        #[arg(long)]
+        overwrite: bool,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// List a directory (default: the device's root).
+    #[command(after_help = EXIT_CODES)]
+    Ls {
+        /// device.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Directory relative to the device's root.
+        #[arg(default_value = "")]
+        remote: String,
+    },
+    /// Show size, modification time and type of a remote path.
+    #[command(after_help = EXIT_CODES)]
+    Stat {
+        /// device.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Path relative to the device's root.
+        remote: String,
+    },
+    /// Remove a remote file or empty directory.
+    #[command(after_help = EXIT_CODES)]
+    Rm {
+        /// device.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Path relative to the device's root.
+        remote: String,
+    },
+    /// Create a remote directory (its parent must exist).
+    #[command(after_help = EXIT_CODES)]
+    Mkdir {
+        /// device.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Path relative to the device's root.
+        remote: String,
+    },
+    /// Rename a remote path.
+    #[command(after_help = EXIT_CODES)]
+    Mv {
+        /// device.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Existing path relative to the device's root.
+        from: String,
+        /// New path relative to the device's root.
+        to: String,
+        /// Replace an existing target (atomically).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Check that a device or gateway config works: one line per check, exit 0 only if all pass.
     Check {
@@ -132,26 +205,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(default_log_filter(&cli.command))
-            }),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_filter(&cli.command))),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let json = cli.json;
+    match runtime.block_on(run(cli.command, json)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
+            if json {
+                let code = match e.downcast_ref::<DeviceError>() {
+                    Some(DeviceError::Remote { code, .. }) => code.as_str(),
+                    _ => "local",
+                };
+                println!("{}", serde_json::json!({ "error": code, "message": format!("{e:#}") }));
+            }
             ExitCode::from(exit_code_of(&e))
         }
     }
@@ -169,14 +246,10 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
         return exit::FAILURE;
     };
     match d {
-        DeviceError::Remote {
-            code: ErrorCode::NotFound,
-            ..
-        } => exit::NOT_FOUND,
-        DeviceError::Remote {
-            code: ErrorCode::PermissionDenied,
-            ..
-        } => exit::PERMISSION_DENIED,
+        DeviceError::Remote { code: ErrorCode::NotFound, .. } => exit::NOT_FOUND,
+        DeviceError::Remote { code: ErrorCode::PermissionDenied, .. } => exit::PERMISSION_DENIED,
+        DeviceError::Remote { code: ErrorCode::Exists, .. } => exit::EXISTS,
+        DeviceError::Remote { code: ErrorCode::ChecksumMismatch, .. } => exit::VERIFY,
         DeviceError::NoGateway { .. } | DeviceError::Stalled { .. } => exit::NO_GATEWAY,
         DeviceError::Integrity(_) => exit::VERIFY,
         DeviceError::Mqtt(m) if m.is_tls() => exit::TLS,
@@ -186,31 +259,74 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
     }
 }
 
-async fn run(cmd: Command) -> anyhow::Result<u8> {
+async fn run(cmd: Command, json: bool) -> anyhow::Result<u8> {
     match cmd {
         Command::Pki(p) => pki(p),
         Command::Gateway { config } => gateway(&config).await,
-        Command::Get {
-            config,
-            remote,
-            local,
-            quiet,
-        } => get(&config, &remote, local, quiet).await,
+        Command::Get { config, remote, local, quiet } => get(&config, &remote, local, quiet || json, json).await,
+        Command::Put { config, local, remote, overwrite, quiet } => {
+            put(&config, &local, remote, overwrite, quiet || json, json).await
+        }
+        Command::Ls { config, remote } => {
+            let entries = device(&config).await?.list(&remote).await?;
+            if json {
+                println!("{}", serde_json::to_string(&entries)?);
+            }
+            for e in entries.iter().filter(|_| !json) {
+                let kind = match e.kind {
+                    EntryKind::Dir => "d",
+                    EntryKind::File => "-",
+                    EntryKind::Symlink => "l",
+                    EntryKind::Other => "?",
+                };
+                let slash = if e.kind == EntryKind::Dir { "/" } else { "" };
+                let mtime = e.mtime.map(|t| t.to_string()).unwrap_or_default();
+                println!("{kind} {:>12} {mtime:>10} {}{slash}", e.size, e.name);
+            }
+            Ok(exit::OK)
+        }
+        Command::Stat { config, remote } => {
+            let e = device(&config).await?.stat(&remote).await?;
+            if json {
+                println!("{}", serde_json::to_string(&e)?);
+            } else {
+                let mtime = e.mtime.map(|t| t.to_string()).unwrap_or_else(|| "unknown".into());
+                println!("{remote}: {:?}, {} bytes, mtime {mtime}", e.kind, e.size);
+            }
+            Ok(exit::OK)
+        }
+        Command::Rm { config, remote } => {
+            done(device(&config).await?.remove(&remote).await, json, &format!("removed {remote}"))
+        }
+        Command::Mkdir { config, remote } => {
+            done(device(&config).await?.mkdir(&remote).await, json, &format!("created {remote}"))
+        }
+        Command::Mv { config, from, to, overwrite } => {
+            let r = device(&config).await?.rename(&from, &to, overwrite).await;
+            done(r, json, &format!("renamed {from} to {to}"))
+        }
         Command::Check { config } => check(&config).await,
     }
 }
 
+async fn device(config: &Path) -> anyhow::Result<Client> {
+    let cfg = DeviceConfig::load(config)?;
+    Ok(Client::connect(&cfg).await?)
+}
+
+fn done(result: Result<(), DeviceError>, json: bool, what: &str) -> anyhow::Result<u8> {
+    result?;
+    if json {
+        println!("{}", serde_json::json!({ "ok": true }));
+    } else {
+        println!("{what}");
+    }
+    Ok(exit::OK)
+}
+
 fn pki(cmd: PkiCommand) -> anyhow::Result<u8> {
     match cmd {
-        PkiCommand::Init {
-            dir,
-            broker_hosts,
-            broker_port,
-            sftp_user,
-            sftp_host,
-            sftp_port,
-            sftp_host_key,
-        } => {
+        PkiCommand::Init { dir, broker_hosts, broker_port, sftp_user, sftp_host, sftp_port, sftp_host_key } => {
             let opts = mqsftp_pki::InitOptions {
                 dir,
                 broker_hosts,
@@ -227,30 +343,15 @@ fn pki(cmd: PkiCommand) -> anyhow::Result<u8> {
             }
             println!("next: install the broker files (see the header of mosquitto.conf), append sshd_config to the SFTP server's, and run `mqsftp pki device ID --dir {}`", opts.dir.display());
         }
-        PkiCommand::Device {
-            id,
-            dir,
-            broker_host,
-            broker_port,
-        } => {
+        PkiCommand::Device { id, dir, broker_host, broker_port } => {
             let id = mqsftp_pki::parse_device_id(&id)?;
-            let opts = mqsftp_pki::DeviceOptions {
-                broker_host,
-                broker_port,
-                ..Default::default()
-            };
+            let opts = mqsftp_pki::DeviceOptions { broker_host, broker_port, ..Default::default() };
             let files = mqsftp_pki::issue_device(&dir, &id, &opts)?;
-            println!(
-                "wrote {} (copy this directory to the device)",
-                files.dir.display()
-            );
+            println!("wrote {} (copy this directory to the device)", files.dir.display());
             println!("try: mqsftp check --config {}", files.config.display());
         }
         PkiCommand::KnownHosts { host, port, key } => {
-            println!(
-                "{}",
-                mqsftp_pki::known_hosts_line_from_file(&host, port, &key)?
-            );
+            println!("{}", mqsftp_pki::known_hosts_line_from_file(&host, port, &key)?);
         }
     }
     Ok(exit::OK)
@@ -258,9 +359,7 @@ fn pki(cmd: PkiCommand) -> anyhow::Result<u8> {
 
 async fn gateway(config: &Path) -> anyhow::Result<u8> {
     let cfg = GatewayConfig::load(config)?;
-    let gw = Gateway::connect(cfg)
-        .await
-        .context("gateway could not start")?;
+    let gw = Gateway::connect(cfg).await.context("gateway could not start")?;
     gw.run(shutdown_signal()).await?;
     Ok(exit::OK)
 }
@@ -280,75 +379,87 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn get(
-    config: &Path,
-    remote: &str,
-    local: Option<PathBuf>,
-    quiet: bool,
-) -> anyhow::Result<u8> {
-    let cfg = DeviceConfig::load(config)?;
-    let local = local.unwrap_or_else(|| PathBuf::from("."));
-    let mut client = Client::connect(&cfg).await?;
-    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+fn progress_bar(quiet: bool, label: &str) -> Option<indicatif::ProgressBar> {
+    (!quiet && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
-        bar.set_message(remote.to_string());
+        bar.set_message(label.to_string());
         bar
-    });
-    let result = client
-        .get(remote, &local, |p| {
-            if let Some(bar) = &bar {
-                bar.set_length(p.total);
-                bar.set_position(p.done);
-            }
-        })
-        .await;
+    })
+}
+
+fn show(bar: &Option<indicatif::ProgressBar>, p: mqsftp_device::Progress) {
+    if let Some(bar) = bar {
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+    }
+}
+
+async fn get(config: &Path, remote: &str, local: Option<PathBuf>, quiet: bool, json: bool) -> anyhow::Result<u8> {
+    let local = local.unwrap_or_else(|| PathBuf::from("."));
+    let mut client = device(config).await?;
+    let bar = progress_bar(quiet, remote);
+    let result = client.get(remote, &local, |p| show(&bar, p)).await;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let outcome = result?;
-    println!(
-        "{}: {} bytes, sha256 {} (verified)",
-        outcome.path.display(),
-        outcome.size,
-        outcome.sha256
-    );
+    let o = result?;
+    if json {
+        println!("{}", serde_json::json!({ "path": o.path, "size": o.size, "sha256": o.sha256 }));
+    } else {
+        println!("{}: {} bytes, sha256 {} (verified)", o.path.display(), o.size, o.sha256);
+    }
+    Ok(exit::OK)
+}
+
+async fn put(
+    config: &Path,
+    local: &Path,
+    remote: Option<String>,
+    overwrite: bool,
+    quiet: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let remote = match remote {
+        Some(r) => r,
+        None => local
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .with_context(|| format!("{} has no file name; give REMOTE", local.display()))?,
+    };
+    let mut client = device(config).await?;
+    let bar = progress_bar(quiet, &remote);
+    let result = client.put(local, &remote, overwrite, |p| show(&bar, p)).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let o = result?;
+    if json {
+        println!("{}", serde_json::json!({ "path": o.path, "size": o.size, "sha256": o.sha256, "durable": o.durable }));
+    } else {
+        let durable = if o.durable { "" } else { " (the store could not fsync: not guaranteed durable)" };
+        println!("{}: {} bytes, sha256 {} (committed){durable}", o.path, o.size, o.sha256);
+    }
     Ok(exit::OK)
 }
 
 async fn check(config: &Path) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(config)
-        .with_context(|| format!("cannot read {}", config.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("{} is not valid TOML", config.display()))?;
+    let text = std::fs::read_to_string(config).with_context(|| format!("cannot read {}", config.display()))?;
+    let table: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", config.display()))?;
     let lines: Vec<(&str, Result<String, String>)> = if table.contains_key("device_id") {
         let cfg = DeviceConfig::load(config)?;
         println!("device {} ({})", cfg.device_id, config.display());
-        mqsftp_device::check::check(&cfg)
-            .await
-            .into_iter()
-            .map(|l| (l.name, l.result))
-            .collect()
+        mqsftp_device::check::check(&cfg).await.into_iter().map(|l| (l.name, l.result)).collect()
     } else if table.contains_key("sftp") {
         let cfg = GatewayConfig::load(config)?;
         println!("gateway ({})", config.display());
-        mqsftp_gateway::check::check(&cfg)
-            .await
-            .into_iter()
-            .map(|l| (l.name, l.result))
-            .collect()
+        mqsftp_gateway::check::check(&cfg).await.into_iter().map(|l| (l.name, l.result)).collect()
     } else {
-        anyhow::bail!(
-            "{}: neither a device config (no device_id) nor a gateway config (no [sftp])",
-            config.display()
-        );
+        anyhow::bail!("{}: neither a device config (no device_id) nor a gateway config (no [sftp])", config.display());
     };
     let mut all = true;
     for (name, result) in &lines {

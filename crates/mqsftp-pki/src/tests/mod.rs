@@ -68,14 +68,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime, u32)> {
         } else {
             std::fs::read(entry.path()).unwrap()
         };
-        out.insert(
-            entry.path(),
-            (
-                contents,
-                meta.modified().unwrap(),
-                meta.permissions().mode(),
-            ),
-        );
+        out.insert(entry.path(), (contents, meta.modified().unwrap(), meta.permissions().mode()));
     }
     out
 }
@@ -83,21 +76,12 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime, u32)> {
 fn read_pem(path: &Path) -> Pem {
     let text = std::fs::read(path).unwrap();
     let (rest, pem) = x509_parser::pem::parse_x509_pem(&text).unwrap();
-    assert!(
-        rest.iter().all(u8::is_ascii_whitespace),
-        "one PEM block in {}",
-        path.display()
-    );
+    assert!(rest.iter().all(u8::is_ascii_whitespace), "one PEM block in {}", path.display());
     pem
 }
 
 fn common_name<'a>(cert: &'a X509Certificate<'_>) -> &'a str {
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .unwrap()
-        .as_str()
-        .unwrap()
+    cert.subject().iter_common_name().next().unwrap().as_str().unwrap()
 }
 
 fn key_ids(cert: &X509Certificate<'_>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
@@ -105,9 +89,7 @@ fn key_ids(cert: &X509Certificate<'_>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     for ext in cert.extensions() {
         match ext.parsed_extension() {
             ParsedExtension::SubjectKeyIdentifier(id) => ski = Some(id.0.to_vec()),
-            ParsedExtension::AuthorityKeyIdentifier(a) => {
-                aki = a.key_identifier.as_ref().map(|id| id.0.to_vec())
-            }
+            ParsedExtension::AuthorityKeyIdentifier(a) => aki = a.key_identifier.as_ref().map(|id| id.0.to_vec()),
             _ => {}
         }
     }
@@ -117,13 +99,8 @@ fn key_ids(cert: &X509Certificate<'_>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
 /// Asserts `leaf` is a non-CA certificate issued and signed by `ca`.
 fn assert_signed_by(leaf: &X509Certificate<'_>, ca: &X509Certificate<'_>) {
     assert_eq!(leaf.issuer(), ca.subject());
-    leaf.verify_signature(Some(ca.public_key()))
-        .expect("signature verifies with the CA key");
-    assert_eq!(
-        key_ids(leaf).1,
-        key_ids(ca).0,
-        "AKI of the leaf = SKI of the CA"
-    );
+    leaf.verify_signature(Some(ca.public_key())).expect("signature verifies with the CA key");
+    assert_eq!(key_ids(leaf).1, key_ids(ca).0, "AKI of the leaf = SKI of the CA");
     assert!(!leaf.is_ca());
     assert!(leaf.validity().is_valid());
 }
@@ -146,15 +123,8 @@ fn init_writes_all_files_with_modes() {
     assert_eq!(mode(&dir), 0o700);
     assert!(dir.join("devices").is_dir());
     assert_eq!(report.dir, dir.canonicalize().unwrap());
-    let names: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        names.len(),
-        INIT_FILES.len() + 1,
-        "no temporary files left: {names:?}"
-    );
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), INIT_FILES.len() + 1, "no temporary files left: {names:?}");
 }
 
 #[test]
@@ -163,17 +133,8 @@ fn second_init_refuses_and_changes_nothing() {
     let before = snapshot(&dir);
 
     let err = init(&options(&dir)).unwrap_err();
-    assert!(
-        matches!(&err, PkiError::ExistingKey(p) if p == &dir.join("ca.key")),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "refusing to replace existing key {}",
-            dir.join("ca.key").display()
-        )
-    );
+    assert!(matches!(&err, PkiError::ExistingKey(p) if p == &dir.join("ca.key")), "{err:?}");
+    assert_eq!(err.to_string(), format!("refusing to replace existing key {}", dir.join("ca.key").display()));
     assert_eq!(snapshot(&dir), before);
 
     // Any one leftover key is enough to refuse, and is named.
@@ -182,10 +143,7 @@ fn second_init_refuses_and_changes_nothing() {
     }
     let before = snapshot(&dir);
     let err = init(&options(&dir)).unwrap_err();
-    assert!(
-        matches!(&err, PkiError::ExistingKey(p) if p == &dir.join("gateway_ed25519")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, PkiError::ExistingKey(p) if p == &dir.join("gateway_ed25519")), "{err:?}");
     assert_eq!(snapshot(&dir), before);
 }
 
@@ -195,14 +153,8 @@ fn init_refuses_to_replace_a_config_file() {
     let dir = tmp.path().to_path_buf();
     std::fs::write(dir.join("gateway.toml"), "# mine\n").unwrap();
     let err = init(&options(&dir)).unwrap_err();
-    assert!(
-        matches!(&err, PkiError::ExistingFile(p) if p == &dir.join("gateway.toml")),
-        "{err:?}"
-    );
-    let names: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    assert!(matches!(&err, PkiError::ExistingFile(p) if p == &dir.join("gateway.toml")), "{err:?}");
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["gateway.toml"]);
 }
 
@@ -211,48 +163,12 @@ fn init_rejects_bad_options_before_writing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pki");
     let cases: Vec<(InitOptions, &str)> = vec![
-        (
-            InitOptions {
-                broker_hosts: vec!["*.example.com".into()],
-                ..options(&dir)
-            },
-            "\"*.example.com\"",
-        ),
-        (
-            InitOptions {
-                sftp_host: "a b".into(),
-                ..options(&dir)
-            },
-            "\"a b\"",
-        ),
-        (
-            InitOptions {
-                sftp_user: "x y".into(),
-                ..options(&dir)
-            },
-            "\"x y\"",
-        ),
-        (
-            InitOptions {
-                cert_days: 0,
-                ..options(&dir)
-            },
-            "0 days",
-        ),
-        (
-            InitOptions {
-                ca_days: u32::MAX,
-                ..options(&dir)
-            },
-            "4294967295 days",
-        ),
-        (
-            InitOptions {
-                sftp_host_key: Some(tmp.path().join("missing.pub")),
-                ..options(&dir)
-            },
-            "missing.pub",
-        ),
+        (InitOptions { broker_hosts: vec!["*.example.com".into()], ..options(&dir) }, "\"*.example.com\""),
+        (InitOptions { sftp_host: "a b".into(), ..options(&dir) }, "\"a b\""),
+        (InitOptions { sftp_user: "x y".into(), ..options(&dir) }, "\"x y\""),
+        (InitOptions { cert_days: 0, ..options(&dir) }, "0 days"),
+        (InitOptions { ca_days: u32::MAX, ..options(&dir) }, "4294967295 days"),
+        (InitOptions { sftp_host_key: Some(tmp.path().join("missing.pub")), ..options(&dir) }, "missing.pub"),
     ];
     for (opts, needle) in cases {
         let err = init(&opts).unwrap_err().to_string();
@@ -296,16 +212,7 @@ fn ca_and_broker_and_gateway_certificates() {
             other => panic!("unexpected SAN {other:?}"),
         })
         .collect();
-    assert_eq!(
-        sans,
-        [
-            "dns:mqtt.example.com",
-            "ip:10.1.2.3",
-            "dns:localhost",
-            "ip:127.0.0.1",
-            "ip:::1"
-        ]
-    );
+    assert_eq!(sans, ["dns:mqtt.example.com", "ip:10.1.2.3", "dns:localhost", "ip:127.0.0.1", "ip:::1"]);
     let eku = broker.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth && !eku.client_auth);
 
@@ -318,45 +225,22 @@ fn ca_and_broker_and_gateway_certificates() {
     assert_ne!(gateway.raw_serial(), broker.raw_serial());
 
     // Each key file holds the key of its certificate.
-    for (cert, key) in [
-        (&ca, "ca.key"),
-        (&broker, "broker.key"),
-        (&gateway, "gateway.key"),
-    ] {
-        let key =
-            rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join(key)).unwrap()).unwrap();
-        assert_eq!(
-            cert.public_key().subject_public_key.data.as_ref(),
-            rcgen::PublicKeyData::der_bytes(&key)
-        );
+    for (cert, key) in [(&ca, "ca.key"), (&broker, "broker.key"), (&gateway, "gateway.key")] {
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join(key)).unwrap()).unwrap();
+        assert_eq!(cert.public_key().subject_public_key.data.as_ref(), rcgen::PublicKeyData::der_bytes(&key));
     }
 }
 
 #[test]
 fn default_broker_names_without_extra_hosts() {
     let tmp = tempfile::tempdir().unwrap();
-    let opts = InitOptions {
-        dir: tmp.path().to_path_buf(),
-        ..InitOptions::default()
-    };
+    let opts = InitOptions { dir: tmp.path().to_path_buf(), ..InitOptions::default() };
     init(&opts).unwrap();
     let pem = read_pem(&tmp.path().join("broker.crt"));
     let broker = pem.parse_x509().unwrap();
     assert_eq!(common_name(&broker), "localhost");
-    assert_eq!(
-        broker
-            .subject_alternative_name()
-            .unwrap()
-            .unwrap()
-            .value
-            .general_names
-            .len(),
-        3
-    );
-    let toml: toml::Table = std::fs::read_to_string(tmp.path().join("gateway.toml"))
-        .unwrap()
-        .parse()
-        .unwrap();
+    assert_eq!(broker.subject_alternative_name().unwrap().unwrap().value.general_names.len(), 3);
+    let toml: toml::Table = std::fs::read_to_string(tmp.path().join("gateway.toml")).unwrap().parse().unwrap();
     assert_eq!(toml["broker"]["host"].as_str(), Some("localhost"));
     assert_eq!(toml["broker"]["port"].as_integer(), Some(8883));
     assert_eq!(toml["sftp"]["port"].as_integer(), Some(22));
@@ -393,17 +277,10 @@ fn gateway_toml_matches_the_documented_format() {
     .unwrap();
     assert_eq!(toml, expected);
     // Every path in it names a file init wrote.
-    for (section, key) in [
-        ("broker", "ca"),
-        ("broker", "cert"),
-        ("broker", "key"),
-        ("sftp", "key"),
-        ("sftp", "known_hosts"),
-    ] {
-        assert!(
-            dir.join(toml[section][key].as_str().unwrap()).is_file(),
-            "{section}.{key}"
-        );
+    for (section, key) in
+        [("broker", "ca"), ("broker", "cert"), ("broker", "key"), ("sftp", "key"), ("sftp", "known_hosts")]
+    {
+        assert!(dir.join(toml[section][key].as_str().unwrap()).is_file(), "{section}.{key}");
     }
 }
 
@@ -412,26 +289,14 @@ fn ssh_files_fit_together() {
     let (_tmp, dir) = fresh_pki();
     let public = std::fs::read_to_string(dir.join("gateway_ed25519.pub")).unwrap();
     let private = russh::keys::PrivateKey::read_openssh_file(dir.join("gateway_ed25519")).unwrap();
-    assert_eq!(
-        format!("{}\n", private.public_key().to_openssh().unwrap()),
-        public
-    );
-    assert_eq!(
-        std::fs::read_to_string(dir.join("authorized_keys")).unwrap(),
-        format!("restrict {public}")
-    );
+    assert_eq!(format!("{}\n", private.public_key().to_openssh().unwrap()), public);
+    assert_eq!(std::fs::read_to_string(dir.join("authorized_keys")).unwrap(), format!("restrict {public}"));
 
     // Without a host key, known_hosts has comments only (the gateway then refuses every server).
     let known = std::fs::read_to_string(dir.join("known_hosts")).unwrap();
     assert!(known.lines().all(|l| l.starts_with('#')), "{known}");
-    assert!(
-        known.contains("ssh-keyscan -p 2222 -t ed25519 sftp.example.com"),
-        "{known}"
-    );
-    assert!(
-        known.contains("mqsftp pki known-hosts --host sftp.example.com --port 2222"),
-        "{known}"
-    );
+    assert!(known.contains("ssh-keyscan -p 2222 -t ed25519 sftp.example.com"), "{known}");
+    assert!(known.contains("mqsftp pki known-hosts --host sftp.example.com --port 2222"), "{known}");
 
     let sshd = std::fs::read_to_string(dir.join("sshd_config")).unwrap();
     assert_eq!(sshd, sshd_config_snippet("mqsftp", "/srv/mqsftp"));
@@ -454,29 +319,16 @@ fn known_hosts_lists_the_given_host_key() {
     let host_key = tmp.path().join("ssh_host_ed25519_key");
     let host_pub = generate_ssh_key(&host_key, "root@sftp").unwrap();
     let dir = tmp.path().join("pki");
-    init(&InitOptions {
-        sftp_host_key: Some(public_key_path(&host_key)),
-        ..options(&dir)
-    })
-    .unwrap();
+    init(&InitOptions { sftp_host_key: Some(public_key_path(&host_key)), ..options(&dir) }).unwrap();
 
     let known = std::fs::read_to_string(dir.join("known_hosts")).unwrap();
     let entries: Vec<&str> = known.lines().filter(|l| !l.starts_with('#')).collect();
     let base64 = host_pub.split_whitespace().nth(1).unwrap();
-    assert_eq!(
-        entries,
-        [format!("[sftp.example.com]:2222 ssh-ed25519 {base64}")]
-    );
+    assert_eq!(entries, [format!("[sftp.example.com]:2222 ssh-ed25519 {base64}")]);
     // A key as the server sends it: no comment (russh's comparison includes the comment).
     let mut key = russh::keys::PublicKey::from_openssh(&host_pub).unwrap();
     key.set_comment("");
-    assert!(russh::keys::check_known_hosts_path(
-        "sftp.example.com",
-        2222,
-        &key,
-        dir.join("known_hosts")
-    )
-    .unwrap());
+    assert!(russh::keys::check_known_hosts_path("sftp.example.com", 2222, &key, dir.join("known_hosts")).unwrap());
 }
 
 #[test]
@@ -484,10 +336,7 @@ fn mosquitto_conf_and_acl_contents() {
     let (_tmp, dir) = fresh_pki();
     let abs = dir.canonicalize().unwrap();
     let conf = std::fs::read_to_string(dir.join("mosquitto.conf")).unwrap();
-    let settings: Vec<&str> = conf
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
+    let settings: Vec<&str> = conf.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     let abs = abs.display();
     assert_eq!(
         settings,
@@ -506,10 +355,7 @@ fn mosquitto_conf_and_acl_contents() {
         ]
     );
     let acl = std::fs::read_to_string(dir.join("acl")).unwrap();
-    let rules: Vec<&str> = acl
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
+    let rules: Vec<&str> = acl.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     assert_eq!(
         rules,
         [
@@ -527,11 +373,7 @@ fn mosquitto_conf_and_acl_contents() {
 fn issue_device_writes_a_signed_certificate_and_config() {
     let (_tmp, dir) = fresh_pki();
     let id = parse_device_id("sensor-7").unwrap();
-    let opts = DeviceOptions {
-        broker_host: "mqtt.example.com".into(),
-        broker_port: 18883,
-        cert_days: 30,
-    };
+    let opts = DeviceOptions { broker_host: "mqtt.example.com".into(), broker_port: 18883, cert_days: 30 };
     let files = issue_device(&dir, &id, &opts).unwrap();
 
     let dev_dir = dir.join("devices").join("sensor-7");
@@ -549,10 +391,7 @@ fn issue_device_writes_a_signed_certificate_and_config() {
     assert_eq!(mode(&files.key), 0o600);
     assert_eq!(mode(&files.cert), 0o644);
     assert_eq!(mode(&files.config), 0o644);
-    assert_eq!(
-        std::fs::read(&files.ca).unwrap(),
-        std::fs::read(dir.join("ca.crt")).unwrap()
-    );
+    assert_eq!(std::fs::read(&files.ca).unwrap(), std::fs::read(dir.join("ca.crt")).unwrap());
 
     let ca_pem = read_pem(&dir.join("ca.crt"));
     let ca = ca_pem.parse_x509().unwrap();
@@ -562,19 +401,12 @@ fn issue_device_writes_a_signed_certificate_and_config() {
     assert_signed_by(&dev, &ca);
     let eku = dev.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.client_auth && !eku.server_auth);
-    let days =
-        (dev.validity().not_after.timestamp() - dev.validity().not_before.timestamp()) / 86400;
+    let days = (dev.validity().not_after.timestamp() - dev.validity().not_before.timestamp()) / 86400;
     assert_eq!(days, 30);
     let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&files.key).unwrap()).unwrap();
-    assert_eq!(
-        dev.public_key().subject_public_key.data.as_ref(),
-        rcgen::PublicKeyData::der_bytes(&key)
-    );
+    assert_eq!(dev.public_key().subject_public_key.data.as_ref(), rcgen::PublicKeyData::der_bytes(&key));
 
-    let toml: toml::Table = std::fs::read_to_string(&files.config)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let toml: toml::Table = std::fs::read_to_string(&files.config).unwrap().parse().unwrap();
     let expected: toml::Table = r#"
         device_id = "sensor-7"
         [broker]
@@ -592,12 +424,7 @@ fn issue_device_writes_a_signed_certificate_and_config() {
     assert_eq!(toml, expected);
 
     // A second device gets its own key and serial.
-    let other = issue_device(
-        &dir,
-        &parse_device_id("sensor-8").unwrap(),
-        &DeviceOptions::default(),
-    )
-    .unwrap();
+    let other = issue_device(&dir, &parse_device_id("sensor-8").unwrap(), &DeviceOptions::default()).unwrap();
     let other_pem = read_pem(&other.cert);
     let other = other_pem.parse_x509().unwrap();
     assert_ne!(other.raw_serial(), dev.raw_serial());
@@ -612,14 +439,8 @@ fn issue_device_refuses_an_existing_device() {
     let before = snapshot(&dir);
     let err = issue_device(&dir, &id, &DeviceOptions::default()).unwrap_err();
     let key = dir.join("devices/d1/device.key");
-    assert!(
-        matches!(&err, PkiError::ExistingKey(p) if p == &key),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        format!("refusing to replace existing key {}", key.display())
-    );
+    assert!(matches!(&err, PkiError::ExistingKey(p) if p == &key), "{err:?}");
+    assert_eq!(err.to_string(), format!("refusing to replace existing key {}", key.display()));
     assert_eq!(snapshot(&dir), before);
 }
 
@@ -628,10 +449,7 @@ fn bad_device_ids_are_named() {
     for bad in ["a/b", "gateway", "", "../x", "+"] {
         let err = parse_device_id(bad).unwrap_err();
         assert!(matches!(err, PkiError::DeviceId(_)));
-        assert!(
-            err.to_string().contains(&format!("{bad:?}")) || bad.is_empty(),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&format!("{bad:?}")) || bad.is_empty(), "{err}");
     }
 }
 
@@ -640,29 +458,15 @@ fn issue_device_needs_the_ca() {
     let tmp = tempfile::tempdir().unwrap();
     let id = parse_device_id("d1").unwrap();
     let err = issue_device(tmp.path(), &id, &DeviceOptions::default()).unwrap_err();
-    assert!(
-        matches!(&err, PkiError::MissingCa(p) if p == &tmp.path().join("ca.key")),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string()
-            .contains(&tmp.path().join("ca.key").display().to_string()),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read_dir(tmp.path()).unwrap().count(),
-        0,
-        "nothing written"
-    );
+    assert!(matches!(&err, PkiError::MissingCa(p) if p == &tmp.path().join("ca.key")), "{err:?}");
+    assert!(err.to_string().contains(&tmp.path().join("ca.key").display().to_string()), "{err}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "nothing written");
 
     // ca.key present but ca.crt missing: that one is named.
     let (_tmp, dir) = fresh_pki();
     std::fs::remove_file(dir.join("ca.crt")).unwrap();
     let err = issue_device(&dir, &id, &DeviceOptions::default()).unwrap_err();
-    assert!(
-        matches!(&err, PkiError::MissingCa(p) if p == &dir.join("ca.crt")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, PkiError::MissingCa(p) if p == &dir.join("ca.crt")), "{err:?}");
     assert!(!dir.join("devices/d1").exists());
 }
 
@@ -672,23 +476,13 @@ fn issue_device_checks_the_ca_key_belongs_to_the_ca() {
     // Swap in another key: a certificate signed with it would not verify against ca.crt.
     std::fs::remove_file(dir.join("ca.key")).unwrap();
     std::fs::copy(dir.join("broker.key"), dir.join("ca.key")).unwrap();
-    let err = issue_device(
-        &dir,
-        &parse_device_id("d1").unwrap(),
-        &DeviceOptions::default(),
-    )
-    .unwrap_err();
+    let err = issue_device(&dir, &parse_device_id("d1").unwrap(), &DeviceOptions::default()).unwrap_err();
     assert!(matches!(err, PkiError::CaKeyMismatch { .. }), "{err:?}");
 
     // A leaf certificate is not a CA.
     std::fs::remove_file(dir.join("ca.crt")).unwrap();
     std::fs::copy(dir.join("broker.crt"), dir.join("ca.crt")).unwrap();
-    let err = issue_device(
-        &dir,
-        &parse_device_id("d1").unwrap(),
-        &DeviceOptions::default(),
-    )
-    .unwrap_err();
+    let err = issue_device(&dir, &parse_device_id("d1").unwrap(), &DeviceOptions::default()).unwrap_err();
     assert!(err.to_string().contains("not a CA certificate"), "{err}");
     assert!(!dir.join("devices/d1").exists());
 }
@@ -696,10 +490,7 @@ fn issue_device_checks_the_ca_key_belongs_to_the_ca() {
 #[test]
 fn issue_device_rejects_a_bad_broker_host() {
     let (_tmp, dir) = fresh_pki();
-    let opts = DeviceOptions {
-        broker_host: "bad host".into(),
-        ..DeviceOptions::default()
-    };
+    let opts = DeviceOptions { broker_host: "bad host".into(), ..DeviceOptions::default() };
     let err = issue_device(&dir, &parse_device_id("d1").unwrap(), &opts).unwrap_err();
     assert!(err.to_string().contains("\"bad host\""), "{err}");
 }

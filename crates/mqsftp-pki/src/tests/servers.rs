@@ -20,28 +20,18 @@ fn program(name: &str) -> PathBuf {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} is required for this test but is neither in /usr/sbin nor on PATH")
-        })
+        .unwrap_or_else(|| panic!("{name} is required for this test but is neither in /usr/sbin nor on PATH"))
 }
 
 /// A loopback port that was free a moment ago.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Output of `id ARGS` (trimmed).
 fn id(args: &[&str]) -> String {
     let out = Command::new("id").args(args).output().expect("run id");
-    assert!(
-        out.status.success(),
-        "id {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "id {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -51,11 +41,7 @@ fn is_root() -> bool {
 
 /// Runs `cmd`, killing it after `limit`.
 fn run(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -95,27 +81,16 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = broker.child.try_wait().unwrap() {
-                panic!(
-                    "mosquitto exited ({status}) while starting:\n{}",
-                    broker.log()
-                );
+                panic!("mosquitto exited ({status}) while starting:\n{}", broker.log());
             }
             let connected = TcpStream::connect(("127.0.0.1", port)).is_ok();
             if connected && broker.log().contains(" running") {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not come up on port {port} in 10 s:\n{}",
-                broker.log()
-            );
+            assert!(Instant::now() < deadline, "mosquitto did not come up on port {port} in 10 s:\n{}", broker.log());
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(
-            broker.child.try_wait().unwrap().is_none(),
-            "mosquitto died:\n{}",
-            broker.log()
-        );
+        assert!(broker.child.try_wait().unwrap().is_none(), "mosquitto died:\n{}", broker.log());
         broker
     }
 }
@@ -152,25 +127,12 @@ fn running_broker() -> (tempfile::TempDir, PathBuf, Broker) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pki");
     let port = free_port();
-    init(&InitOptions {
-        broker_port: port,
-        ..options(&dir)
-    })
-    .unwrap();
+    init(&InitOptions { broker_port: port, ..options(&dir) }).unwrap();
     for dev in ["dev1", "dev2"] {
-        issue_device(
-            &dir,
-            &parse_device_id(dev).unwrap(),
-            &DeviceOptions::default(),
-        )
-        .unwrap();
+        issue_device(&dir, &parse_device_id(dev).unwrap(), &DeviceOptions::default()).unwrap();
     }
     let_mosquitto_read(tmp.path(), &dir);
-    let broker = Broker::start(
-        &dir.join("mosquitto.conf"),
-        port,
-        tmp.path().join("mosquitto.log"),
-    );
+    let broker = Broker::start(&dir.join("mosquitto.conf"), port, tmp.path().join("mosquitto.log"));
     (tmp, dir, broker)
 }
 
@@ -210,41 +172,19 @@ fn client(tool: &str, dir: &Path, broker: &Broker, who: Who<'_>, args: &[&str]) 
 
 /// Publishes a retained message (so that a later subscriber sees it) and returns the output.
 fn publish(dir: &Path, broker: &Broker, who: Who<'_>, topic: &str, msg: &str) -> Output {
-    client(
-        "mosquitto_pub",
-        dir,
-        broker,
-        who,
-        &["-r", "-t", topic, "-m", msg],
-    )
+    client("mosquitto_pub", dir, broker, who, &["-r", "-t", topic, "-m", msg])
 }
 
 /// Subscribes to `topics` for `secs` seconds (or until `count` messages) and returns the
 /// "topic payload" lines received.
-fn receive(
-    dir: &Path,
-    broker: &Broker,
-    who: Who<'_>,
-    topics: &[&str],
-    count: usize,
-    secs: u32,
-) -> Vec<String> {
-    let mut args = vec![
-        "-v".to_string(),
-        "-W".into(),
-        secs.to_string(),
-        "-C".into(),
-        count.to_string(),
-    ];
+fn receive(dir: &Path, broker: &Broker, who: Who<'_>, topics: &[&str], count: usize, secs: u32) -> Vec<String> {
+    let mut args = vec!["-v".to_string(), "-W".into(), secs.to_string(), "-C".into(), count.to_string()];
     for t in topics {
         args.extend(["-t".to_string(), t.to_string()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = client("mosquitto_sub", dir, broker, who, &args);
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
     lines.sort();
     lines
 }
@@ -254,26 +194,9 @@ fn mosquitto_acl_keeps_devices_apart() {
     let (_tmp, dir, broker) = running_broker();
 
     // A device publishes its requests on its own topic only.
-    let out = publish(
-        &dir,
-        &broker,
-        Who::Device("dev1"),
-        "mqsftp/v1/dev1/req",
-        "own",
-    );
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        broker.log()
-    );
-    publish(
-        &dir,
-        &broker,
-        Who::Device("dev1"),
-        "mqsftp/v1/dev2/req",
-        "forged",
-    );
+    let out = publish(&dir, &broker, Who::Device("dev1"), "mqsftp/v1/dev1/req", "own");
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), broker.log());
+    publish(&dir, &broker, Who::Device("dev1"), "mqsftp/v1/dev2/req", "forged");
     assert_eq!(
         receive(&dir, &broker, Who::Gateway, &["mqsftp/v1/+/req"], 2, 2),
         ["mqsftp/v1/dev1/req own"],
@@ -282,52 +205,19 @@ fn mosquitto_acl_keeps_devices_apart() {
     );
 
     // The gateway answers; only that device reads the answer, and a device cannot forge one.
-    for topic in [
-        "mqsftp/v1/dev1/res/s1",
-        "mqsftp/v1/dev1/down/s1",
-        "mqsftp/v1/dev1/res",
-    ] {
+    for topic in ["mqsftp/v1/dev1/res/s1", "mqsftp/v1/dev1/down/s1", "mqsftp/v1/dev1/res"] {
         let out = publish(&dir, &broker, Who::Gateway, topic, "answer");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    publish(
-        &dir,
-        &broker,
-        Who::Device("dev1"),
-        "mqsftp/v1/dev1/res/s2",
-        "fake",
-    );
-    let expected = [
-        "mqsftp/v1/dev1/down/s1 answer",
-        "mqsftp/v1/dev1/res answer",
-        "mqsftp/v1/dev1/res/s1 answer",
-    ];
+    publish(&dir, &broker, Who::Device("dev1"), "mqsftp/v1/dev1/res/s2", "fake");
+    let expected = ["mqsftp/v1/dev1/down/s1 answer", "mqsftp/v1/dev1/res answer", "mqsftp/v1/dev1/res/s1 answer"];
     let topics = ["mqsftp/v1/dev1/res/#", "mqsftp/v1/dev1/down/#"];
-    assert_eq!(
-        receive(&dir, &broker, Who::Device("dev1"), &topics, 3, 5),
-        expected
-    );
-    assert_eq!(
-        receive(&dir, &broker, Who::Gateway, &["mqsftp/v1/dev1/res/+"], 2, 2),
-        ["mqsftp/v1/dev1/res/s1 answer"]
-    );
-    assert_eq!(
-        receive(&dir, &broker, Who::Device("dev2"), &["mqsftp/v1/#"], 1, 2),
-        Vec::<String>::new()
-    );
+    assert_eq!(receive(&dir, &broker, Who::Device("dev1"), &topics, 3, 5), expected);
+    assert_eq!(receive(&dir, &broker, Who::Gateway, &["mqsftp/v1/dev1/res/+"], 2, 2), ["mqsftp/v1/dev1/res/s1 answer"]);
+    assert_eq!(receive(&dir, &broker, Who::Device("dev2"), &["mqsftp/v1/#"], 1, 2), Vec::<String>::new());
 
     // No certificate, no connection.
-    let out = client(
-        "mosquitto_sub",
-        &dir,
-        &broker,
-        Who::Anonymous,
-        &["-t", "mqsftp/v1/#", "-W", "2"],
-    );
+    let out = client("mosquitto_sub", &dir, &broker, Who::Anonymous, &["-t", "mqsftp/v1/#", "-W", "2"]);
     assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
 }
 
@@ -376,11 +266,7 @@ fn sshd_accepts_the_config_block() {
     // And the Match block applies to that user.
     let spec = format!("user={user},host=localhost,addr=127.0.0.1,laddr=127.0.0.1,lport=22");
     let out = sshd(&conf, &["-T", "-C", &spec]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let effective = String::from_utf8(out.stdout).unwrap();
     for line in [
         "chrootdirectory /srv/mqsftp",
@@ -390,10 +276,7 @@ fn sshd_accepts_the_config_block() {
         "disableforwarding yes",
         "permittty no",
     ] {
-        assert!(
-            effective.lines().any(|l| l == line),
-            "{line:?} missing from sshd -T:\n{effective}"
-        );
+        assert!(effective.lines().any(|l| l == line), "{line:?} missing from sshd -T:\n{effective}");
     }
 }
 

@@ -10,10 +10,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_mqsftp");
 async fn mqsftp(args: &[&str], cwd: &Path) -> Output {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(args).current_dir(cwd).kill_on_drop(true);
-    tokio::time::timeout(LIMIT, cmd.output())
-        .await
-        .expect("mqsftp finishes in time")
-        .expect("mqsftp runs")
+    tokio::time::timeout(LIMIT, cmd.output()).await.expect("mqsftp finishes in time").expect("mqsftp runs")
 }
 
 fn text(o: &Output) -> String {
@@ -45,11 +42,7 @@ async fn get_exit_codes() {
     // No gateway yet: exit 5 after the timeout, with a message saying so.
     let o = mqsftp(&["get", "--config", &cfg, "a.txt"], out.path()).await;
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("no gateway answered"),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no gateway answered"), "{}", text(&o));
 
     let gw = RunningGateway::start(&stack).await;
     let data = content(200_000, 3);
@@ -58,48 +51,24 @@ async fn get_exit_codes() {
     let o = mqsftp(&["get", "--config", &cfg, "a.txt"], out.path()).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(std::fs::read(out.path().join("a.txt")).unwrap(), data);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains(&sha256(&data)),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&sha256(&data)), "{}", text(&o));
 
     let o = mqsftp(&["get", "--config", &cfg, "missing.txt", "m"], out.path()).await;
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("missing.txt"),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.txt"), "{}", text(&o));
 
     let o = mqsftp(&["get", "--config", &cfg, "../other/x", "m"], out.path()).await;
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
 
     let nocert = stack.certless_device("cli-nocert").unwrap();
-    let o = mqsftp(
-        &["get", "--config", nocert.to_str().unwrap(), "a.txt", "n"],
-        out.path(),
-    )
-    .await;
+    let o = mqsftp(&["get", "--config", nocert.to_str().unwrap(), "a.txt", "n"], out.path()).await;
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));
 
-    let o = mqsftp(
-        &["get", "--config", "/nonexistent/device.toml", "a.txt"],
-        out.path(),
-    )
-    .await;
+    let o = mqsftp(&["get", "--config", "/nonexistent/device.toml", "a.txt"], out.path()).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("/nonexistent/device.toml"),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/device.toml"), "{}", text(&o));
 
-    assert_eq!(
-        entries(out.path()),
-        vec!["a.txt".to_string()],
-        "failed gets leave nothing behind"
-    );
+    assert_eq!(entries(out.path()), vec!["a.txt".to_string()], "failed gets leave nothing behind");
     gw.stop().await;
 }
 
@@ -112,41 +81,18 @@ async fn check_reports_each_step() {
     let o = mqsftp(&["check", "--config", &gw_cfg], dir.path()).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    for step in [
-        "broker tls",
-        "broker client certificate",
-        "sftp host key",
-        "sftp key auth",
-        "sftp write+remove",
-    ] {
-        assert!(
-            out.contains(&format!("pass  {step}")),
-            "{step}: {}",
-            text(&o)
-        );
+    for step in ["broker tls", "broker client certificate", "sftp host key", "sftp key auth", "sftp write+remove"] {
+        assert!(out.contains(&format!("pass  {step}")), "{step}: {}", text(&o));
     }
-    assert!(
-        entries(stack.store_dir())
-            .iter()
-            .all(|n| !n.starts_with(".mqsftp-check")),
-        "probe removed"
-    );
+    assert!(entries(stack.store_dir()).iter().all(|n| !n.starts_with(".mqsftp-check")), "probe removed");
 
     // Device check fails its last step while no gateway runs, and passes with one.
     let dev = short_timeout(&stack, "checker");
     let o = mqsftp(&["check", "--config", &dev], dir.path()).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        out.contains("pass  broker tls") && out.contains("pass  client certificate"),
-        "{}",
-        text(&o)
-    );
-    assert!(
-        out.contains("FAIL  request topics: no gateway answered"),
-        "{}",
-        text(&o)
-    );
+    assert!(out.contains("pass  broker tls") && out.contains("pass  client certificate"), "{}", text(&o));
+    assert!(out.contains("FAIL  request topics: no gateway answered"), "{}", text(&o));
 
     let gw = RunningGateway::start(&stack).await;
     let o = mqsftp(&["check", "--config", &dev], dir.path()).await;
@@ -156,20 +102,13 @@ async fn check_reports_each_step() {
     // A gateway config whose known_hosts pins another key fails on the host key, naming the fingerprint.
     let mut t: toml::Table = std::fs::read_to_string(&gw_cfg).unwrap().parse().unwrap();
     let wrong = stack.wrong_known_hosts().unwrap();
-    t["sftp"]
-        .as_table_mut()
-        .unwrap()
-        .insert("known_hosts".into(), wrong.to_str().unwrap().into());
+    t["sftp"].as_table_mut().unwrap().insert("known_hosts".into(), wrong.to_str().unwrap().into());
     let bad = stack.pki_dir().join("gateway-wrong-hostkey.toml");
     std::fs::write(&bad, toml::to_string(&t).unwrap()).unwrap();
     let o = mqsftp(&["check", "--config", bad.to_str().unwrap()], dir.path()).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        out.contains("FAIL  sftp host key") && out.contains(stack.sftp_host_key_fingerprint()),
-        "{}",
-        text(&o)
-    );
+    assert!(out.contains("FAIL  sftp host key") && out.contains(stack.sftp_host_key_fingerprint()), "{}", text(&o));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,20 +116,9 @@ async fn pki_commands_write_files_and_never_replace_keys() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     let p = pki.to_str().unwrap();
-    let o = mqsftp(
-        &[
-            "pki",
-            "init",
-            "--dir",
-            p,
-            "--broker-host",
-            "mqtt.example.com",
-            "--sftp-user",
-            "files",
-        ],
-        dir.path(),
-    )
-    .await;
+    let o =
+        mqsftp(&["pki", "init", "--dir", p, "--broker-host", "mqtt.example.com", "--sftp-user", "files"], dir.path())
+            .await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     for f in [
         "ca.crt",
@@ -212,32 +140,17 @@ async fn pki_commands_write_files_and_never_replace_keys() {
     let before = std::fs::read(pki.join("ca.key")).unwrap();
     let o = mqsftp(&["pki", "init", "--dir", p], dir.path()).await;
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("ca.key"),
-        "{}",
-        text(&o)
-    );
-    assert_eq!(
-        std::fs::read(pki.join("ca.key")).unwrap(),
-        before,
-        "key unchanged"
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ca.key"), "{}", text(&o));
+    assert_eq!(std::fs::read(pki.join("ca.key")).unwrap(), before, "key unchanged");
 
     let o = mqsftp(&["pki", "device", "sensor-7", "--dir", p], dir.path()).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     for f in ["device.crt", "device.key", "device.toml", "ca.crt"] {
-        assert!(
-            pki.join("devices/sensor-7").join(f).is_file(),
-            "{f} written"
-        );
+        assert!(pki.join("devices/sensor-7").join(f).is_file(), "{f} written");
     }
     let o = mqsftp(&["pki", "device", "bad/id", "--dir", p], dir.path()).await;
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("bad/id"),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad/id"), "{}", text(&o));
 
     let o = mqsftp(
         &[
@@ -253,9 +166,5 @@ async fn pki_commands_write_files_and_never_replace_keys() {
     )
     .await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).starts_with("[sftp.example.com]:2222 ssh-ed25519 "),
-        "{}",
-        text(&o)
-    );
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("[sftp.example.com]:2222 ssh-ed25519 "), "{}", text(&o));
 }

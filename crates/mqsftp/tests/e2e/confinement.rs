@@ -14,25 +14,12 @@ async fn missing_file_is_not_found_and_leaves_nothing() {
     let (_stack, gw, cfg) = setup("nf").await;
     let mut client = connect(&cfg).await;
     let out = tempfile::tempdir().unwrap();
-    let err = client
-        .get("no/such/file", &out.path().join("x"), |_| {})
-        .await
-        .unwrap_err();
+    let err = client.get("no/such/file", &out.path().join("x"), |_| {}).await.unwrap_err();
     let msg = err.to_string();
     assert_eq!(code(err), ErrorCode::NotFound);
-    assert!(
-        msg.contains("no/such/file"),
-        "message names the path: {msg}"
-    );
-    assert!(
-        !msg.contains("devices/"),
-        "message must not reveal the store layout: {msg}"
-    );
-    assert!(
-        entries(out.path()).is_empty(),
-        "no partial file: {:?}",
-        entries(out.path())
-    );
+    assert!(msg.contains("no/such/file"), "message names the path: {msg}");
+    assert!(!msg.contains("devices/"), "message must not reveal the store layout: {msg}");
+    assert!(entries(out.path()).is_empty(), "no partial file: {:?}", entries(out.path()));
     gw.stop().await;
 }
 
@@ -45,40 +32,24 @@ async fn escapes_are_denied_even_when_the_target_exists() {
     let mut client = connect(&cfg).await;
     let out = tempfile::tempdir().unwrap();
     let other_abs = stack.device_root("other").join("secret.txt");
-    for path in [
-        "../other/secret.txt",
-        "../../top.txt",
-        "a/../../other/secret.txt",
-        "/etc/passwd",
-        other_abs.to_str().unwrap(),
-    ] {
-        let err = client
-            .get(path, &out.path().join("x"), |_| {})
-            .await
-            .unwrap_err();
+    for path in
+        ["../other/secret.txt", "../../top.txt", "a/../../other/secret.txt", "/etc/passwd", other_abs.to_str().unwrap()]
+    {
+        let err = client.get(path, &out.path().join("x"), |_| {}).await.unwrap_err();
         let msg = err.to_string();
         assert_eq!(code(err), ErrorCode::PermissionDenied, "{path}: {msg}");
     }
     for path in ["bad\0name", "bad\nname"] {
-        let err = client
-            .get(path, &out.path().join("x"), |_| {})
-            .await
-            .unwrap_err();
+        let err = client.get(path, &out.path().join("x"), |_| {}).await.unwrap_err();
         assert_eq!(code(err), ErrorCode::BadRequest, "{path:?}");
     }
     std::fs::create_dir_all(stack.device_root("jail").join("subdir")).unwrap();
-    let err = client
-        .get("subdir", &out.path().join("x"), |_| {})
-        .await
-        .unwrap_err();
+    let err = client.get("subdir", &out.path().join("x"), |_| {}).await.unwrap_err();
     assert_eq!(code(err), ErrorCode::IsDirectory);
     assert!(entries(out.path()).is_empty());
     // A path that stays inside the root after normalising is fine.
     put_on_store(&stack, "jail", "ok.txt", b"fine");
-    client
-        .get("x/../ok.txt", &out.path().join("ok"), |_| {})
-        .await
-        .unwrap();
+    client.get("x/../ok.txt", &out.path().join("ok"), |_| {}).await.unwrap();
     assert_eq!(std::fs::read(out.path().join("ok")).unwrap(), b"fine");
     gw.stop().await;
 }
@@ -93,11 +64,7 @@ async fn over_the_per_device_limit_is_busy() {
     // One transfer per device.
     let path = stack.gateway_config();
     let mut t: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
-    let transfer = t
-        .entry("transfer")
-        .or_insert(toml::Table::new().into())
-        .as_table_mut()
-        .unwrap();
+    let transfer = t.entry("transfer").or_insert(toml::Table::new().into()).as_table_mut().unwrap();
     transfer.insert("max_transfers_per_device".into(), 1.into());
     std::fs::write(path, toml::to_string(&t).unwrap()).unwrap();
     let gw = RunningGateway::start(&stack).await;
@@ -119,25 +86,10 @@ async fn over_the_per_device_limit_is_busy() {
     )
     .await
     .unwrap();
-    let get = Request::Get {
-        id: "hold-1".into(),
-        session: session.clone(),
-        path: "big.bin".into(),
-    };
-    raw.client
-        .publish(
-            Topic::request(&device),
-            QoS::AtLeastOnce,
-            false,
-            get.encode(),
-        )
-        .await
-        .unwrap();
+    let get = Request::Get { id: "hold-1".into(), session: session.clone(), path: "big.bin".into() };
+    raw.client.publish(Topic::request(&device), QoS::AtLeastOnce, false, get.encode()).await.unwrap();
     loop {
-        let p = tokio::time::timeout(LIMIT, raw.incoming.recv())
-            .await
-            .expect("answer in time")
-            .unwrap();
+        let p = tokio::time::timeout(LIMIT, raw.incoming.recv()).await.expect("answer in time").unwrap();
         if let Ok(Response::GetAccepted { .. }) = Response::decode(&p.payload) {
             break;
         }
@@ -145,10 +97,7 @@ async fn over_the_per_device_limit_is_busy() {
 
     let mut client = connect(&cfg).await;
     let out = tempfile::tempdir().unwrap();
-    let err = client
-        .get("big.bin", &out.path().join("x"), |_| {})
-        .await
-        .unwrap_err();
+    let err = client.get("big.bin", &out.path().join("x"), |_| {}).await.unwrap_err();
     let msg = err.to_string();
     assert_eq!(code(err), ErrorCode::Busy, "{msg}");
     assert!(msg.contains("limit 1"), "names the limit: {msg}");

@@ -9,44 +9,24 @@ async fn round_trip(sizes: &[usize]) {
         let data = content(len, len as u64 + 7);
         put_on_store(&stack, "getter", &format!("dir/{name}"), &data);
         let mut last = None;
-        let outcome = tokio::time::timeout(
-            LIMIT,
-            client.get(&format!("dir/{name}"), out.path(), |p| last = Some(p)),
-        )
-        .await
-        .expect("in time")
-        .expect("get succeeds");
+        let outcome = tokio::time::timeout(LIMIT, client.get(&format!("dir/{name}"), out.path(), |p| last = Some(p)))
+            .await
+            .expect("in time")
+            .expect("get succeeds");
         assert_eq!(outcome.size, len as u64);
         assert_eq!(outcome.sha256, sha256(&data), "reported hash of {name}");
-        assert_eq!(
-            sha256_file(&out.path().join(&name)),
-            sha256(&data),
-            "file content of {name}"
-        );
+        assert_eq!(sha256_file(&out.path().join(&name)), sha256(&data), "file content of {name}");
         let last = last.expect("progress reported");
         assert_eq!((last.done, last.total), (len as u64, len as u64));
     }
     // Only the verified files, no leftovers.
-    assert_eq!(
-        entries(out.path()).len(),
-        sizes.len(),
-        "{:?}",
-        entries(out.path())
-    );
+    assert_eq!(entries(out.path()).len(), sizes.len(), "{:?}", entries(out.path()));
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_sizes_round_trip() {
-    round_trip(&[
-        0,
-        1,
-        64 * 1024 - 1,
-        64 * 1024,
-        64 * 1024 + 1,
-        10 * 1024 * 1024,
-    ])
-    .await;
+    round_trip(&[0, 1, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 10 * 1024 * 1024]).await;
 }
 
 /// The prototype failed at 256 MiB because it sent the whole file as one message.
@@ -64,10 +44,7 @@ async fn utf8_names_and_nested_dirs() {
         let data = content(5000, rel.len() as u64);
         put_on_store(&stack, "names", rel, &data);
         let target = out.path().join("got");
-        client
-            .get(rel, &target, |_| {})
-            .await
-            .unwrap_or_else(|e| panic!("{rel}: {e}"));
+        client.get(rel, &target, |_| {}).await.unwrap_or_else(|e| panic!("{rel}: {e}"));
         assert_eq!(std::fs::read(&target).unwrap(), data, "{rel}");
     }
     gw.stop().await;
@@ -84,10 +61,7 @@ async fn two_devices_get_concurrently_each_their_own_file() {
     let out = tempfile::tempdir().unwrap();
     let (pa, pb) = (out.path().join("a"), out.path().join("b"));
     let (mut ca, mut cb) = (connect(&cfg_a).await, connect(&cfg_b).await);
-    let (ra, rb) = tokio::join!(
-        ca.get("same.bin", &pa, |_| {}),
-        cb.get("same.bin", &pb, |_| {})
-    );
+    let (ra, rb) = tokio::join!(ca.get("same.bin", &pa, |_| {}), cb.get("same.bin", &pb, |_| {}));
     ra.unwrap();
     rb.unwrap();
     assert_eq!(std::fs::read(&pa).unwrap(), a);

@@ -21,18 +21,12 @@ pub struct RunningGateway {
 impl RunningGateway {
     pub async fn start(stack: &Stack) -> RunningGateway {
         let cfg = GatewayConfig::load(stack.gateway_config()).expect("gateway config loads");
-        let gw = tokio::time::timeout(LIMIT, Gateway::connect(cfg))
-            .await
-            .expect("in time")
-            .expect("gateway connects");
+        let gw = tokio::time::timeout(LIMIT, Gateway::connect(cfg)).await.expect("in time").expect("gateway connects");
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gw.run(async move {
             let _ = rx.await;
         }));
-        RunningGateway {
-            stop: Some(stop),
-            task: Some(task),
-        }
+        RunningGateway { stop: Some(stop), task: Some(task) }
     }
 
     pub async fn stop(mut self) {
@@ -61,16 +55,12 @@ impl Drop for RunningGateway {
 pub async fn setup(id: &str) -> (Stack, RunningGateway, DeviceConfig) {
     let stack = Stack::start().expect("stack starts");
     let gw = RunningGateway::start(&stack).await;
-    let cfg =
-        DeviceConfig::load(&stack.device(id).expect("device issued")).expect("device config loads");
+    let cfg = DeviceConfig::load(&stack.device(id).expect("device issued")).expect("device config loads");
     (stack, gw, cfg)
 }
 
 pub async fn connect(cfg: &DeviceConfig) -> Client {
-    tokio::time::timeout(LIMIT, Client::connect(cfg))
-        .await
-        .expect("in time")
-        .expect("device connects")
+    tokio::time::timeout(LIMIT, Client::connect(cfg)).await.expect("in time").expect("device connects")
 }
 
 /// Deterministic pseudo-random content.
@@ -108,10 +98,8 @@ pub fn sha256(data: &[u8]) -> String {
 
 /// Files left in `dir` (to check that nothing partial stays behind).
 pub fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }

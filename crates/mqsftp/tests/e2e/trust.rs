@@ -8,10 +8,7 @@ use mqsftp_testkit::Stack;
 use crate::support::*;
 
 async fn connect_err(cfg: &DeviceConfig) -> MqttError {
-    match tokio::time::timeout(LIMIT, Client::connect(cfg))
-        .await
-        .expect("in time")
-    {
+    match tokio::time::timeout(LIMIT, Client::connect(cfg)).await.expect("in time") {
         Err(DeviceError::Mqtt(e)) => e,
         Err(e) => panic!("expected an MQTT error, got {e}"),
         Ok(_) => panic!("the broker accepted a client it must refuse"),
@@ -40,19 +37,11 @@ async fn device_trusting_another_ca_refuses_the_broker() {
     let mut cfg = DeviceConfig::load(&stack.device("d1").unwrap()).unwrap();
     // Trust the CA of another PKI instead of ours: the broker's certificate must not verify.
     let other = tempfile::tempdir().unwrap();
-    mqsftp_pki::init(&mqsftp_pki::InitOptions {
-        dir: other.path().join("pki"),
-        ..Default::default()
-    })
-    .unwrap();
+    mqsftp_pki::init(&mqsftp_pki::InitOptions { dir: other.path().join("pki"), ..Default::default() }).unwrap();
     cfg.broker.ca = other.path().join("pki/ca.crt");
     let e = connect_err(&cfg).await;
     assert!(e.is_tls(), "{e}");
-    assert!(
-        e.to_string()
-            .contains(&format!("127.0.0.1:{}", stack.mqtt_port())),
-        "{e}"
-    );
+    assert!(e.to_string().contains(&format!("127.0.0.1:{}", stack.mqtt_port())), "{e}");
 }
 
 /// Mosquitto 2.0 answers an MQTT 3.1.1 SUBSCRIBE that its ACL denies with "granted" and then delivers nothing, so
@@ -81,49 +70,23 @@ async fn device_never_receives_another_devices_messages() {
             }
         }
     };
-    let snoop = link(
-        alice.broker.clone(),
-        "alice-snoop",
-        vec![topic.clone(), "mqsftp/v1/+/req".into()],
-    )
-    .await;
-    let mut bob = link(bob.broker.clone(), "bob", vec![topic.clone()])
-        .await
-        .expect("bob may read his own topic");
-    let gw = link(gateway.broker.clone(), "gw", vec![])
-        .await
-        .expect("gateway connects");
-    gw.client
-        .publish(
-            topic.clone(),
-            mqsftp_mqtt::rumqttc::QoS::AtLeastOnce,
-            false,
-            b"for bob".to_vec(),
-        )
-        .await
-        .unwrap();
-    let got = tokio::time::timeout(LIMIT, bob.incoming.recv())
-        .await
-        .expect("bob gets his message")
-        .unwrap();
+    let snoop = link(alice.broker.clone(), "alice-snoop", vec![topic.clone(), "mqsftp/v1/+/req".into()]).await;
+    let mut bob = link(bob.broker.clone(), "bob", vec![topic.clone()]).await.expect("bob may read his own topic");
+    let gw = link(gateway.broker.clone(), "gw", vec![]).await.expect("gateway connects");
+    gw.client.publish(topic.clone(), mqsftp_mqtt::rumqttc::QoS::AtLeastOnce, false, b"for bob".to_vec()).await.unwrap();
+    let got = tokio::time::timeout(LIMIT, bob.incoming.recv()).await.expect("bob gets his message").unwrap();
     assert_eq!(&got.payload[..], b"for bob");
     if let Some(mut snoop) = snoop {
         // Bob already has it; give the broker a bounded moment in which it would have delivered to alice too.
         let leaked = tokio::time::timeout(Duration::from_millis(500), snoop.incoming.recv()).await;
-        assert!(
-            leaked.is_err(),
-            "alice received a message on bob's topic: {leaked:?}"
-        );
+        assert!(leaked.is_err(), "alice received a message on bob's topic: {leaked:?}");
     }
 }
 
 async fn gateway_with_known_hosts(stack: &Stack, known_hosts: std::path::PathBuf) -> GatewayError {
     let mut cfg = GatewayConfig::load(stack.gateway_config()).unwrap();
     cfg.sftp.known_hosts = known_hosts;
-    match tokio::time::timeout(LIMIT, Gateway::connect(cfg))
-        .await
-        .expect("in time")
-    {
+    match tokio::time::timeout(LIMIT, Gateway::connect(cfg)).await.expect("in time") {
         Err(e) => e,
         Ok(_) => panic!("gateway accepted an SFTP server whose host key is not pinned"),
     }
@@ -136,18 +99,9 @@ async fn gateway_refuses_an_unknown_host_key() {
     std::fs::write(&empty, "# nothing pinned\n").unwrap();
     let e = gateway_with_known_hosts(&stack, empty).await;
     let msg = e.to_string();
-    assert!(
-        matches!(e, GatewayError::Store(StoreError::UnknownHostKey { .. })),
-        "{msg}"
-    );
-    assert!(
-        msg.contains(stack.sftp_host_key_fingerprint()),
-        "names the fingerprint: {msg}"
-    );
-    assert!(
-        msg.contains(&format!("[127.0.0.1]:{}", stack.sftp_port())),
-        "names the host: {msg}"
-    );
+    assert!(matches!(e, GatewayError::Store(StoreError::UnknownHostKey { .. })), "{msg}");
+    assert!(msg.contains(stack.sftp_host_key_fingerprint()), "names the fingerprint: {msg}");
+    assert!(msg.contains(&format!("[127.0.0.1]:{}", stack.sftp_port())), "names the host: {msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,12 +109,6 @@ async fn gateway_refuses_a_changed_host_key() {
     let stack = Stack::start().unwrap();
     let e = gateway_with_known_hosts(&stack, stack.wrong_known_hosts().unwrap()).await;
     let msg = e.to_string();
-    assert!(
-        matches!(e, GatewayError::Store(StoreError::ChangedHostKey { .. })),
-        "{msg}"
-    );
-    assert!(
-        msg.contains(stack.sftp_host_key_fingerprint()),
-        "names the fingerprint: {msg}"
-    );
+    assert!(matches!(e, GatewayError::Store(StoreError::ChangedHostKey { .. })), "{msg}");
+    assert!(msg.contains(stack.sftp_host_key_fingerprint()), "names the fingerprint: {msg}");
 }

@@ -1,14 +1,16 @@
-//! The two ends of a download, as state machines with no I/O.
+//! The two ends of a stream of chunks, as state machines with no I/O. Downloads and uploads use the same pair:
+//! for a `get` the gateway runs the [`Sender`] and the device the [`Receiver`]; for a `put` it is the other way
+//! round.
 //!
-//! [`GetSender`] runs in the gateway. It asks its driver to read the file piece by piece ([`GetSender::poll_read`]
-//! / [`GetSender::handle_read`]), hands out chunk frames to publish ([`GetSender::poll_transmit`]), keeps at most
-//! `window` chunks unacknowledged, hashes the file as it first reads it, and resends everything unacknowledged
-//! when no acknowledgement has moved the window for `retransmit_after` (go-back-N; MQTT keeps order within one
-//! topic, so a gap means a lost connection, not reordering).
+//! [`Sender`] asks its driver to read the file piece by piece ([`Sender::poll_read`] / [`Sender::handle_read`]),
+//! hands out chunk frames to publish ([`Sender::poll_transmit`]), keeps at most `window` chunks unacknowledged,
+//! hashes the file as it first reads it, and resends everything unacknowledged when no acknowledgement has moved
+//! the window for `retransmit_after` (go-back-N; MQTT keeps order within one topic, so a gap means a lost
+//! connection, not reordering).
 //!
-//! [`GetReceiver`] runs in the device. It accepts the next chunk in order, tells its driver what to write and what
-//! to acknowledge, ignores duplicates, and verifies size and SHA-256 once the gateway's `get_done` arrived and all
-//! bytes are in.
+//! [`Receiver`] accepts the next chunk in order, tells its driver what to write and what to acknowledge, ignores
+//! duplicates, and verifies size and SHA-256 once the expected hash is known (from `get_done` for a download,
+//! from the `put` request for an upload) and all bytes are in.
 //!
 //! Time is passed in as [`Instant`]s, so tests drive both ends on a virtual clock.
 
@@ -22,7 +24,7 @@ use crate::{Chunk, TransferId};
 
 /// Tunables of a download.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GetParams {
+pub struct StreamParams {
     /// Data bytes per chunk.
     pub chunk_size: u32,
     /// Chunks in flight before waiting for an acknowledgement.
@@ -33,7 +35,7 @@ pub struct GetParams {
     pub give_up_after: Duration,
 }
 
-impl Default for GetParams {
+impl Default for StreamParams {
     fn default() -> Self {
         Self {
             chunk_size: 64 * 1024,
@@ -57,7 +59,9 @@ pub struct ReadRequest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     /// The store gave back a different amount of data than asked for.
-    #[error("store returned {got} bytes at offset {offset} where {want} were expected (file changed while being read?)")]
+    #[error(
+        "store returned {got} bytes at offset {offset} where {want} were expected (file changed while being read?)"
+    )]
     ShortRead { offset: u64, want: u32, got: usize },
     /// The device stopped acknowledging.
     #[error("no acknowledgement from the device for {0:?}")]
@@ -69,10 +73,10 @@ pub enum SendError {
 
 /// The gateway's end of a download.
 #[derive(Debug)]
-pub struct GetSender {
+pub struct Sender {
     transfer: TransferId,
     size: u64,
-    params: GetParams,
+    params: StreamParams,
     /// Next offset to read from the store.
     read_pos: u64,
     reading: bool,
@@ -88,14 +92,10 @@ pub struct GetSender {
     resent_bytes: u64,
 }
 
-impl GetSender {
+impl Sender {
     /// A download of a `size`-byte file, started at `now`.
-    pub fn new(transfer: TransferId, size: u64, params: GetParams, now: Instant) -> Self {
-        let params = GetParams {
-            chunk_size: params.chunk_size.max(1),
-            window: params.window.max(1),
-            ..params
-        };
+    pub fn new(transfer: TransferId, size: u64, params: StreamParams, now: Instant) -> Self {
+        let params = StreamParams { chunk_size: params.chunk_size.max(1), window: params.window.max(1), ..params };
         let mut s = Self {
             transfer,
             size,
@@ -125,7 +125,7 @@ impl GetSender {
         self.size
     }
     /// The parameters in force.
-    pub fn params(&self) -> GetParams {
+    pub fn params(&self) -> StreamParams {
         self.params
     }
     /// Bytes the device has acknowledged.
@@ -151,39 +151,25 @@ impl GetSender {
 
     /// The next read the driver should perform, if the window has room.
     pub fn poll_read(&mut self) -> Option<ReadRequest> {
-        if self.reading
-            || self.read_pos >= self.size
-            || self.unacked.len() >= self.params.window as usize
-        {
+        if self.reading || self.read_pos >= self.size || self.unacked.len() >= self.params.window as usize {
             return None;
         }
         let len = (self.size - self.read_pos).min(u64::from(self.params.chunk_size)) as u32;
         self.reading = true;
-        Some(ReadRequest {
-            offset: self.read_pos,
-            len,
-        })
+        Some(ReadRequest { offset: self.read_pos, len })
     }
 
     /// The data of the read last returned by [`poll_read`](Self::poll_read).
     pub fn handle_read(&mut self, data: Bytes) -> Result<(), SendError> {
         let want = (self.size - self.read_pos).min(u64::from(self.params.chunk_size)) as u32;
         if !self.reading || data.len() != want as usize {
-            return Err(SendError::ShortRead {
-                offset: self.read_pos,
-                want,
-                got: data.len(),
-            });
+            return Err(SendError::ShortRead { offset: self.read_pos, want, got: data.len() });
         }
         self.reading = false;
         if let Some(h) = self.hasher.as_mut() {
             h.update(&data);
         }
-        let chunk = Chunk {
-            transfer: self.transfer,
-            offset: self.read_pos,
-            data,
-        };
+        let chunk = Chunk { transfer: self.transfer, offset: self.read_pos, data };
         self.read_pos = chunk.end();
         self.unacked.push_back((chunk, true));
         self.finish_hash_if_read();
@@ -210,10 +196,7 @@ impl GetSender {
     /// The device has everything below `next`.
     pub fn handle_ack(&mut self, next: u64, now: Instant) -> Result<(), SendError> {
         if next > self.read_pos {
-            return Err(SendError::AckBeyondSent {
-                next,
-                sent: self.read_pos,
-            });
+            return Err(SendError::AckBeyondSent { next, sent: self.read_pos });
         }
         if next <= self.acked {
             return Ok(()); // stale or duplicate
@@ -249,9 +232,7 @@ impl GetSender {
         if idle >= self.params.give_up_after {
             return Err(SendError::Stalled(idle));
         }
-        if now.saturating_duration_since(self.last_progress.max(self.last_retransmit))
-            >= self.params.retransmit_after
-        {
+        if now.saturating_duration_since(self.last_progress.max(self.last_retransmit)) >= self.params.retransmit_after {
             self.last_retransmit = now;
             self.retransmits += 1;
             for (c, pending) in self.unacked.iter_mut() {
@@ -293,7 +274,7 @@ pub enum ReceiveError {
 
 /// The device's end of a download.
 #[derive(Debug)]
-pub struct GetReceiver {
+pub struct Receiver {
     transfer: TransferId,
     size: u64,
     next: u64,
@@ -302,17 +283,10 @@ pub struct GetReceiver {
     finished: bool,
 }
 
-impl GetReceiver {
+impl Receiver {
     /// A download of `size` bytes, as announced in `get_accepted`.
     pub fn new(transfer: TransferId, size: u64) -> Self {
-        Self {
-            transfer,
-            size,
-            next: 0,
-            hasher: Some(Sha256::new()),
-            expected: None,
-            finished: false,
-        }
+        Self { transfer, size, next: 0, hasher: Some(Sha256::new()), expected: None, finished: false }
     }
     /// The transfer id.
     pub fn transfer(&self) -> TransferId {
@@ -330,11 +304,7 @@ impl GetReceiver {
     /// A chunk of this transfer arrived.
     pub fn handle_chunk(&mut self, chunk: Chunk) -> Result<Received, ReceiveError> {
         if chunk.end() > self.size {
-            return Err(ReceiveError::PastEnd {
-                offset: chunk.offset,
-                len: chunk.data.len(),
-                size: self.size,
-            });
+            return Err(ReceiveError::PastEnd { offset: chunk.offset, len: chunk.data.len(), size: self.size });
         }
         if chunk.offset != self.next || chunk.data.is_empty() {
             return Ok(Received::Reack { ack: self.next });
@@ -343,24 +313,16 @@ impl GetReceiver {
             h.update(&chunk.data);
         }
         self.next = chunk.end();
-        Ok(Received::Write {
-            offset: chunk.offset,
-            ack: self.next,
-            data: chunk.data,
-        })
+        Ok(Received::Write { offset: chunk.offset, ack: self.next, data: chunk.data })
     }
 
     /// The gateway's `get_done` arrived.
     pub fn handle_done(&mut self, size: u64, sha256_hex: &str) -> Result<(), ReceiveError> {
         if size != self.size {
-            return Err(ReceiveError::SizeChanged {
-                announced: self.size,
-                done: size,
-            });
+            return Err(ReceiveError::SizeChanged { announced: self.size, done: size });
         }
         let mut sha = [0u8; 32];
-        hex::decode_to_slice(sha256_hex, &mut sha)
-            .map_err(|_| ReceiveError::BadHash(sha256_hex.to_string()))?;
+        hex::decode_to_slice(sha256_hex, &mut sha).map_err(|_| ReceiveError::BadHash(sha256_hex.to_string()))?;
         self.expected = Some(sha);
         Ok(())
     }
@@ -377,10 +339,7 @@ impl GetReceiver {
         if actual == expected {
             Some(Ok(actual))
         } else {
-            Some(Err(ReceiveError::ChecksumMismatch {
-                expected: hex::encode(expected),
-                actual: hex::encode(actual),
-            }))
+            Some(Err(ReceiveError::ChecksumMismatch { expected: hex::encode(expected), actual: hex::encode(actual) }))
         }
     }
 }
@@ -397,26 +356,24 @@ mod tests {
     }
 
     /// Runs a whole download over a lossy link on a virtual clock; returns (bytes written, resent bytes, now).
-    fn run(data: &[u8], params: GetParams, mut link: Lossy) -> (Vec<u8>, u64, Duration) {
+    fn run(data: &[u8], params: StreamParams, mut link: Lossy) -> (Vec<u8>, u64, Duration) {
         let start = Instant::now();
         let mut now = start;
-        let mut tx = GetSender::new(42, data.len() as u64, params, now);
-        let mut rx = GetReceiver::new(42, data.len() as u64);
+        let mut tx = Sender::new(42, data.len() as u64, params, now);
+        let mut rx = Receiver::new(42, data.len() as u64);
         let mut out = vec![0u8; data.len()];
         let mut done: Option<(u64, [u8; 32])> = None;
         let mut acks: Vec<u64> = Vec::new();
         for _ in 0..1_000_000 {
             while let Some(r) = tx.poll_read() {
                 let (o, l) = (r.offset as usize, r.len as usize);
-                tx.handle_read(Bytes::copy_from_slice(&data[o..o + l]))
-                    .unwrap();
+                tx.handle_read(Bytes::copy_from_slice(&data[o..o + l])).unwrap();
             }
             while let Some(c) = tx.poll_transmit() {
                 for c in link.deliver(c) {
                     match rx.handle_chunk(c).unwrap() {
                         Received::Write { offset, data, ack } => {
-                            out[offset as usize..offset as usize + data.len()]
-                                .copy_from_slice(&data);
+                            out[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
                             acks.push(ack);
                         }
                         Received::Reack { ack } => acks.push(ack),
@@ -460,7 +417,7 @@ mod tests {
     fn clean_link_delivers_every_size() {
         for len in [0, 1, 65535, 65536, 65537, 3 * 65536 + 7] {
             let data = file(len, len as u64);
-            let (out, resent, _) = run(&data, GetParams::default(), Lossy::perfect());
+            let (out, resent, _) = run(&data, StreamParams::default(), Lossy::perfect());
             assert_eq!(out, data, "len {len}");
             assert_eq!(resent, 0);
         }
@@ -468,20 +425,10 @@ mod tests {
 
     #[test]
     fn lossy_duplicating_reordering_link_still_delivers() {
-        let params = GetParams {
-            chunk_size: 1000,
-            window: 4,
-            ..GetParams::default()
-        };
+        let params = StreamParams { chunk_size: 1000, window: 4, ..StreamParams::default() };
         for seed in 1..40 {
             let data = file(50_000 + seed as usize * 37, seed);
-            let link = Lossy {
-                rng: Rng(seed * 7919),
-                loss: 0.1,
-                dup: 0.1,
-                reorder: 0.1,
-                held: Vec::new(),
-            };
+            let link = Lossy { rng: Rng(seed * 7919), loss: 0.1, dup: 0.1, reorder: 0.1, held: Vec::new() };
             let (out, _, _) = run(&data, params, link);
             assert_eq!(out, data, "seed {seed}");
         }
@@ -490,16 +437,11 @@ mod tests {
     #[test]
     fn window_bounds_unacknowledged_data() {
         let now = Instant::now();
-        let params = GetParams {
-            chunk_size: 10,
-            window: 3,
-            ..GetParams::default()
-        };
-        let mut tx = GetSender::new(1, 1000, params, now);
+        let params = StreamParams { chunk_size: 10, window: 3, ..StreamParams::default() };
+        let mut tx = Sender::new(1, 1000, params, now);
         let mut sent = 0;
         while let Some(r) = tx.poll_read() {
-            tx.handle_read(Bytes::from(vec![0; r.len as usize]))
-                .unwrap();
+            tx.handle_read(Bytes::from(vec![0; r.len as usize])).unwrap();
             while tx.poll_transmit().is_some() {
                 sent += 1;
             }
@@ -512,91 +454,46 @@ mod tests {
     #[test]
     fn stalled_device_is_abandoned_and_resends_are_counted() {
         let t0 = Instant::now();
-        let params = GetParams {
+        let params = StreamParams {
             chunk_size: 10,
             window: 2,
             retransmit_after: Duration::from_secs(1),
             give_up_after: Duration::from_secs(5),
         };
-        let mut tx = GetSender::new(1, 100, params, t0);
+        let mut tx = Sender::new(1, 100, params, t0);
         while let Some(r) = tx.poll_read() {
-            tx.handle_read(Bytes::from(vec![0; r.len as usize]))
-                .unwrap();
+            tx.handle_read(Bytes::from(vec![0; r.len as usize])).unwrap();
         }
         while tx.poll_transmit().is_some() {}
         assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(1)));
         tx.handle_timeout(t0 + Duration::from_secs(1)).unwrap();
         assert_eq!(tx.poll_transmit().map(|c| c.offset), Some(0));
         assert_eq!(tx.resent_bytes(), 20);
-        assert_eq!(
-            tx.handle_timeout(t0 + Duration::from_secs(5)),
-            Err(SendError::Stalled(Duration::from_secs(5)))
-        );
+        assert_eq!(tx.handle_timeout(t0 + Duration::from_secs(5)), Err(SendError::Stalled(Duration::from_secs(5))));
     }
 
     #[test]
     fn bad_inputs_are_errors_not_panics() {
         let now = Instant::now();
-        let mut tx = GetSender::new(
-            1,
-            100,
-            GetParams {
-                chunk_size: 10,
-                ..GetParams::default()
-            },
-            now,
-        );
-        assert!(matches!(
-            tx.handle_read(Bytes::from_static(b"xx")),
-            Err(SendError::ShortRead { .. })
-        ));
-        assert_eq!(
-            tx.handle_ack(50, now),
-            Err(SendError::AckBeyondSent { next: 50, sent: 0 })
-        );
+        let mut tx = Sender::new(1, 100, StreamParams { chunk_size: 10, ..StreamParams::default() }, now);
+        assert!(matches!(tx.handle_read(Bytes::from_static(b"xx")), Err(SendError::ShortRead { .. })));
+        assert_eq!(tx.handle_ack(50, now), Err(SendError::AckBeyondSent { next: 50, sent: 0 }));
         let r = tx.poll_read().unwrap();
-        assert!(matches!(
-            tx.handle_read(Bytes::from(vec![0; r.len as usize - 1])),
-            Err(SendError::ShortRead { .. })
-        ));
+        assert!(matches!(tx.handle_read(Bytes::from(vec![0; r.len as usize - 1])), Err(SendError::ShortRead { .. })));
 
-        let mut rx = GetReceiver::new(1, 5);
-        let past = Chunk {
-            transfer: 1,
-            offset: 3,
-            data: Bytes::from_static(b"abc"),
-        };
-        assert!(matches!(
-            rx.handle_chunk(past),
-            Err(ReceiveError::PastEnd { .. })
-        ));
-        assert_eq!(
-            rx.handle_done(6, &"0".repeat(64)),
-            Err(ReceiveError::SizeChanged {
-                announced: 5,
-                done: 6
-            })
-        );
-        assert!(matches!(
-            rx.handle_done(5, "zz"),
-            Err(ReceiveError::BadHash(_))
-        ));
+        let mut rx = Receiver::new(1, 5);
+        let past = Chunk { transfer: 1, offset: 3, data: Bytes::from_static(b"abc") };
+        assert!(matches!(rx.handle_chunk(past), Err(ReceiveError::PastEnd { .. })));
+        assert_eq!(rx.handle_done(6, &"0".repeat(64)), Err(ReceiveError::SizeChanged { announced: 5, done: 6 }));
+        assert!(matches!(rx.handle_done(5, "zz"), Err(ReceiveError::BadHash(_))));
     }
 
     #[test]
     fn wrong_hash_is_reported() {
-        let mut rx = GetReceiver::new(1, 3);
-        rx.handle_chunk(Chunk {
-            transfer: 1,
-            offset: 0,
-            data: Bytes::from_static(b"abc"),
-        })
-        .unwrap();
+        let mut rx = Receiver::new(1, 3);
+        rx.handle_chunk(Chunk { transfer: 1, offset: 0, data: Bytes::from_static(b"abc") }).unwrap();
         rx.handle_done(3, &"0".repeat(64)).unwrap();
-        assert!(matches!(
-            rx.poll_finished(),
-            Some(Err(ReceiveError::ChecksumMismatch { .. }))
-        ));
+        assert!(matches!(rx.poll_finished(), Some(Err(ReceiveError::ChecksumMismatch { .. }))));
         assert_eq!(rx.poll_finished(), None);
     }
 }

@@ -1,0 +1,221 @@
+//! The simple operations: list, stat, remove, mkdir, rename. Each confines its paths to the device root, runs
+//! on the shared SFTP session, and reports failures with the device-relative path.
+
+use std::sync::Arc;
+
+use mqsftp_proto::{confine, DeviceId, Entry, EntryKind, ErrorCode, RelPath, MAX_LIST_PAGE};
+use russh_sftp::protocol::FileAttributes;
+use tracing::warn;
+
+use crate::server::{confine_file, path_failure, Failure, OpResult, Shared};
+use crate::store::{StoreError, StoreSession};
+
+/// Suffix of the temporary files of uploads in progress; they are hidden from listings.
+pub(crate) const PART_SUFFIX: &str = ".mqsftp-part";
+
+pub(crate) async fn session(shared: &Shared) -> Result<Arc<StoreSession>, Failure> {
+    shared.store.session().await.map_err(|e| {
+        warn!(error = %e, "store unavailable");
+        (e.code(), e.device_message(""))
+    })
+}
+
+/// Turns an SFTP error on `store_path` into a failure naming `rel`; drops a broken session.
+pub(crate) async fn sftp_failure(
+    shared: &Shared,
+    op: &'static str,
+    store_path: &str,
+    rel: &str,
+    source: russh_sftp::client::error::Error,
+) -> Failure {
+    let e = StoreError::Sftp { op, path: store_path.to_string(), source };
+    warn!(error = %e, "store operation failed");
+    shared.store.note_error(&e).await;
+    (e.code(), e.device_message(rel))
+}
+
+/// The entry for `attrs`, named `name`.
+pub(crate) fn entry(name: String, attrs: &FileAttributes) -> Entry {
+    let t = attrs.file_type();
+    let kind = if t.is_dir() {
+        EntryKind::Dir
+    } else if t.is_file() {
+        EntryKind::File
+    } else if t.is_symlink() {
+        EntryKind::Symlink
+    } else {
+        EntryKind::Other
+    };
+    Entry { name, size: attrs.size.unwrap_or(0), mtime: attrs.mtime.map(u64::from), kind }
+}
+
+fn any_path(path: &str) -> Result<RelPath, Failure> {
+    confine(path).map_err(|e| path_failure(&e))
+}
+
+pub(crate) async fn list(
+    shared: &Shared,
+    device: &DeviceId,
+    path: &str,
+    offset: u64,
+    limit: Option<u32>,
+) -> Result<OpResult, Failure> {
+    let rel = any_path(path)?;
+    let limit = limit.unwrap_or(MAX_LIST_PAGE).clamp(1, MAX_LIST_PAGE) as usize;
+    let store_path = shared.cfg.store.path_of(device, &rel);
+    let sftp = session(shared).await?;
+    let dir = match sftp.read_dir(store_path.as_str()).await {
+        Ok(d) => d,
+        // A device that has never uploaded has no root yet: its root is empty, not missing.
+        Err(russh_sftp::client::error::Error::Status(s))
+            if rel.is_root() && s.status_code == russh_sftp::protocol::StatusCode::NoSuchFile =>
+        {
+            return Ok(OpResult::Listing { entries: Vec::new(), next: None })
+        }
+        Err(e) => return Err(sftp_failure(shared, "list", &store_path, rel.as_str(), e).await),
+    };
+    let mut entries: Vec<Entry> = dir
+        .filter(|e| {
+            let n = e.file_name();
+            n != "." && n != ".." && !n.ends_with(PART_SUFFIX)
+        })
+        .map(|e| entry(e.file_name(), &e.metadata()))
+        .collect();
+    entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(entries.len());
+    let end = start.saturating_add(limit).min(entries.len());
+    let next = (end < entries.len()).then_some(end as u64);
+    let page = entries.drain(start..end).collect();
+    Ok(OpResult::Listing { entries: page, next })
+}
+
+pub(crate) async fn stat(shared: &Shared, device: &DeviceId, path: &str) -> Result<OpResult, Failure> {
+    let rel = any_path(path)?;
+    let store_path = shared.cfg.store.path_of(device, &rel);
+    let sftp = session(shared).await?;
+    match sftp.metadata(store_path.as_str()).await {
+        Ok(m) => Ok(OpResult::Stat(entry(rel.file_name().unwrap_or("").to_string(), &m))),
+        Err(e) => Err(sftp_failure(shared, "stat", &store_path, rel.as_str(), e).await),
+    }
+}
+
+pub(crate) async fn remove(shared: &Shared, device: &DeviceId, path: &str) -> Result<OpResult, Failure> {
+    let rel = confine_file(path).map_err(|(_, m)| (ErrorCode::PermissionDenied, format!("cannot remove: {m}")))?;
+    let store_path = shared.cfg.store.path_of(device, &rel);
+    let sftp = session(shared).await?;
+    let meta = match sftp.symlink_metadata(store_path.as_str()).await {
+        Ok(m) => m,
+        Err(e) => return Err(sftp_failure(shared, "stat", &store_path, rel.as_str(), e).await),
+    };
+    if meta.file_type().is_dir() {
+        if let Err(e) = sftp.remove_dir(store_path.as_str()).await {
+            let has_entries = sftp.read_dir(store_path.as_str()).await.map(|d| d.count() > 2).unwrap_or(false);
+            if has_entries {
+                return Err((ErrorCode::NotEmpty, format!("directory not empty: {}", rel.as_str())));
+            }
+            return Err(sftp_failure(shared, "remove directory", &store_path, rel.as_str(), e).await);
+        }
+    } else if let Err(e) = sftp.remove_file(store_path.as_str()).await {
+        return Err(sftp_failure(shared, "remove", &store_path, rel.as_str(), e).await);
+    }
+    Ok(OpResult::Done)
+}
+
+pub(crate) async fn mkdir(shared: &Shared, device: &DeviceId, path: &str) -> Result<OpResult, Failure> {
+    let rel = confine_file(path).map_err(
+        |(c, m)| {
+            if c == ErrorCode::IsDirectory {
+                (ErrorCode::Exists, m)
+            } else {
+                (c, m)
+            }
+        },
+    )?;
+    let sftp = session(shared).await?;
+    // The device root itself is created on demand, so that a new device can make its first directory.
+    ensure_dir(shared, &sftp, &shared.cfg.store.root_of(device), "").await?;
+    let store_path = shared.cfg.store.path_of(device, &rel);
+    if sftp.try_exists(store_path.as_str()).await.unwrap_or(false) {
+        return Err((ErrorCode::Exists, format!("already exists: {}", rel.as_str())));
+    }
+    match sftp.create_dir(store_path.as_str()).await {
+        Ok(()) => Ok(OpResult::Done),
+        Err(e) => Err(sftp_failure(shared, "mkdir", &store_path, rel.as_str(), e).await),
+    }
+}
+
+pub(crate) async fn rename(
+    shared: &Shared,
+    device: &DeviceId,
+    from: &str,
+    to: &str,
+    overwrite: bool,
+) -> Result<OpResult, Failure> {
+    let (from_rel, to_rel) = (confine_file(from)?, confine_file(to)?);
+    let (from_path, to_path) = (shared.cfg.store.path_of(device, &from_rel), shared.cfg.store.path_of(device, &to_rel));
+    if from_rel == to_rel {
+        return Ok(OpResult::Done);
+    }
+    let sftp = session(shared).await?;
+    if let Err(e) = sftp.symlink_metadata(from_path.as_str()).await {
+        return Err(sftp_failure(shared, "stat", &from_path, from_rel.as_str(), e).await);
+    }
+    move_into_place(shared, &sftp, (&from_path, &to_path), to_rel.as_str(), overwrite).await?;
+    Ok(OpResult::Done)
+}
+
+/// Renames `from` to `to` (store paths). Without `overwrite` an existing target is never replaced (OpenSSH's
+/// plain rename refuses to clobber); with it, the target is replaced atomically by `posix-rename@openssh.com`.
+pub(crate) async fn move_into_place(
+    shared: &Shared,
+    sftp: &StoreSession,
+    (from, to): (&str, &str),
+    to_rel: &str,
+    overwrite: bool,
+) -> Result<(), Failure> {
+    let result = if overwrite {
+        sftp.rename_replacing(from, to).await
+    } else {
+        if sftp.try_exists(to).await.unwrap_or(false) {
+            return Err((ErrorCode::Exists, format!("already exists: {to_rel} (ask to overwrite to replace it)")));
+        }
+        sftp.rename(from, to).await
+    };
+    match result {
+        Ok(()) => Ok(()),
+        // Another writer won the race between the check and the rename.
+        Err(_) if !overwrite && sftp.try_exists(to).await.unwrap_or(false) => {
+            Err((ErrorCode::Exists, format!("already exists: {to_rel} (ask to overwrite to replace it)")))
+        }
+        Err(e) => Err(sftp_failure(shared, "rename", to, to_rel, e).await),
+    }
+}
+
+/// Creates `store_dir` and its missing parents (`rel` names it for messages).
+pub(crate) async fn ensure_dir(
+    shared: &Shared,
+    sftp: &StoreSession,
+    store_dir: &str,
+    rel: &str,
+) -> Result<(), Failure> {
+    if sftp.try_exists(store_dir).await.unwrap_or(false) {
+        return Ok(());
+    }
+    let mut prefix = String::new();
+    for name in store_dir.split('/') {
+        if !prefix.is_empty() || store_dir.starts_with('/') {
+            prefix.push('/');
+        }
+        prefix.push_str(name);
+        if name.is_empty() || sftp.try_exists(prefix.as_str()).await.unwrap_or(false) {
+            continue;
+        }
+        if let Err(e) = sftp.create_dir(prefix.as_str()).await {
+            // Another request may have created it meanwhile.
+            if !sftp.try_exists(prefix.as_str()).await.unwrap_or(false) {
+                return Err(sftp_failure(shared, "mkdir", &prefix, rel, e).await);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! Uploads: one task per `put`. Chunks are written in order to a temporary file beside the target (the
+//! russh-sftp file keeps several writes in flight); the commit checks size and SHA-256, fsyncs, and renames into
+//! place without clobbering (or atomically replacing, when asked). Nothing partial ever appears at the final
+//! name; an aborted, failed or expired upload removes its temporary file.
+
+use std::sync::Arc;
+
+use mqsftp_proto::{DeviceId, ErrorCode, Received, Receiver, RelPath, Response, SessionId, TransferId};
+use russh_sftp::client::fs::File;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::ops::{ensure_dir, move_into_place, session, sftp_failure, PART_SUFFIX};
+use crate::server::{confine_file, Ctl, Failure, Registration, Shared};
+use crate::store::StoreSession;
+
+/// A `put` request, as the device sent it.
+pub(crate) struct PutRequest {
+    pub id: String,
+    pub session: SessionId,
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub overwrite: bool,
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, req: PutRequest) {
+    let fail = |(code, message): Failure| Response::error(Some(req.id.clone()), code, message);
+    let rel = match confine_file(&req.path) {
+        Ok(rel) => rel,
+        Err(f) => return shared.respond(&device, &req.session, &fail(f)).await,
+    };
+    if !is_sha256_hex(&req.sha256) {
+        let f = (ErrorCode::BadRequest, format!("field sha256 must be 64 lowercase hex digits, got {:?}", req.sha256));
+        return shared.respond(&device, &req.session, &fail(f)).await;
+    }
+    let max = shared.cfg.transfer.max_file_size;
+    if req.size > max {
+        let f = (ErrorCode::TooLarge, format!("{} is {} bytes; the limit is {max}", rel.as_str(), req.size));
+        return shared.respond(&device, &req.session, &fail(f)).await;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let transfer = match shared.register(&device, tx) {
+        Ok(t) => t,
+        Err(msg) => return shared.respond(&device, &req.session, &fail((ErrorCode::Busy, msg))).await,
+    };
+    let span = info_span!("put", %device, transfer, path = %rel.as_str(), size = req.size);
+    async move {
+        let _registration = Registration { shared: &shared, transfer };
+        if let Err((code, message)) = serve_put(&shared, &device, &req, transfer, &rel, rx).await {
+            info!(%code, %message, "put failed");
+            let resp = Response::Error { id: Some(req.id.clone()), transfer: Some(transfer), code, message };
+            shared.respond(&device, &req.session, &resp).await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The temporary file of an upload: removed unless it was renamed into place.
+struct Part<'a> {
+    sftp: &'a StoreSession,
+    path: String,
+    committed: bool,
+}
+
+impl Part<'_> {
+    async fn discard(&mut self, file: Option<File>) {
+        if let Some(f) = file {
+            let _ = f.close().await;
+        }
+        if !self.committed {
+            if let Err(e) = self.sftp.remove_file(self.path.as_str()).await {
+                warn!(path = %self.path, error = %e, "could not remove the temporary file of a failed upload");
+            }
+            self.committed = true; // nothing left to remove
+        }
+    }
+}
+
+async fn serve_put(
+    shared: &Shared,
+    device: &DeviceId,
+    req: &PutRequest,
+    transfer: TransferId,
+    rel: &RelPath,
+    mut rx: mpsc::UnboundedReceiver<Ctl>,
+) -> Result<(), Failure> {
+    let sftp = session(shared).await?;
+    let final_path = shared.cfg.store.path_of(device, rel);
+    if !req.overwrite && sftp.try_exists(final_path.as_str()).await.unwrap_or(false) {
+        return Err((ErrorCode::Exists, format!("already exists: {} (ask to overwrite to replace it)", rel.as_str())));
+    }
+    let (dir, name) = match final_path.rsplit_once('/') {
+        Some((d, n)) => (d.to_string(), n.to_string()),
+        None => (".".to_string(), final_path.clone()),
+    };
+    let rel_dir = rel.as_str().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    ensure_dir(shared, &sftp, &dir, rel_dir).await?;
+    let mut part = Part { sftp: &sftp, path: format!("{dir}/.{name}.{transfer:x}{PART_SUFFIX}"), committed: false };
+    let mut file = match sftp.create(part.path.as_str()).await {
+        Ok(f) => Some(f),
+        Err(e) => return Err(sftp_failure(shared, "create", &part.path, rel.as_str(), e).await),
+    };
+    let t = shared.cfg.transfer;
+    shared
+        .respond(
+            device,
+            &req.session,
+            &Response::PutAccepted { id: req.id.clone(), transfer, chunk_size: t.chunk_size, window: t.window },
+        )
+        .await;
+    let mut receiver = Receiver::new(transfer, req.size);
+    if let Err(e) = receiver.handle_done(req.size, &req.sha256) {
+        part.discard(file.take()).await;
+        return Err((ErrorCode::BadRequest, e.to_string()));
+    }
+    // An empty upload is complete before any chunk; a wrong hash for it is caught here.
+    let mut verified = match receiver.poll_finished() {
+        Some(Ok(_)) => true,
+        Some(Err(e)) => {
+            part.discard(file.take()).await;
+            return Err((ErrorCode::ChecksumMismatch, e.to_string()));
+        }
+        None => false,
+    };
+    let outcome = loop {
+        let ctl = match tokio::time::timeout(t.upload_expiry, rx.recv()).await {
+            Ok(Some(ctl)) => ctl,
+            Ok(None) => break Err((ErrorCode::Internal, "gateway shutting down".to_string())),
+            Err(_) => {
+                break Err((
+                    ErrorCode::Expired,
+                    format!("no data for {:?}; the incomplete upload was removed", t.upload_expiry),
+                ))
+            }
+        };
+        match ctl {
+            Ctl::Chunk(chunk) => {
+                if chunk.data.len() > t.chunk_size as usize {
+                    break Err((
+                        ErrorCode::BadRequest,
+                        format!("chunk of {} bytes exceeds the chunk size {}", chunk.data.len(), t.chunk_size),
+                    ));
+                }
+                let ack = match receiver.handle_chunk(chunk) {
+                    Ok(Received::Write { data, ack, .. }) => {
+                        let Some(f) = file.as_mut() else {
+                            break Err((ErrorCode::Internal, "file closed".into()));
+                        };
+                        if let Err(e) = f.write_all(&data).await {
+                            warn!(error = %e, "write to the store failed");
+                            break Err((ErrorCode::Internal, format!("writing {} failed", rel.as_str())));
+                        }
+                        ack
+                    }
+                    Ok(Received::Reack { ack }) => ack,
+                    Err(e) => break Err((ErrorCode::BadRequest, e.to_string())),
+                };
+                match receiver.poll_finished() {
+                    Some(Ok(_)) => verified = true,
+                    Some(Err(e)) => break Err((ErrorCode::ChecksumMismatch, e.to_string())),
+                    None => {}
+                }
+                shared.respond(device, &req.session, &Response::PutAck { transfer, next: ack }).await;
+            }
+            Ctl::Commit { id, session } => {
+                if !verified {
+                    let msg =
+                        format!("commit before all data arrived: have {} of {} bytes", receiver.received(), req.size);
+                    let resp = Response::Error {
+                        id: Some(id),
+                        transfer: Some(transfer),
+                        code: ErrorCode::BadRequest,
+                        message: msg,
+                    };
+                    shared.respond(device, &session, &resp).await;
+                    continue;
+                }
+                match commit(shared, &sftp, &mut part, file.take(), (&final_path, rel), req.overwrite).await {
+                    Ok(durable) => {
+                        let answer =
+                            Response::Committed { id, transfer, size: req.size, sha256: req.sha256.clone(), durable };
+                        if let Ok(mut c) = shared.committed.lock() {
+                            c.insert(transfer, device.clone(), answer.clone());
+                        }
+                        info!(durable, "put committed");
+                        shared.respond(device, &session, &answer).await;
+                        break Ok(());
+                    }
+                    Err(f) => break Err(f),
+                }
+            }
+            Ctl::Cancel => break Err((ErrorCode::Internal, "cancelled by the device".to_string())),
+            Ctl::Ack(_) => {} // download acknowledgements mean nothing to an upload
+        }
+    };
+    if outcome.is_err() {
+        part.discard(file.take()).await;
+    }
+    outcome
+}
+
+/// Flushes and fsyncs the temporary file, closes it and renames it into place. Returns whether the store
+/// confirmed the fsync.
+async fn commit(
+    shared: &Shared,
+    sftp: &StoreSession,
+    part: &mut Part<'_>,
+    file: Option<File>,
+    (final_path, rel): (&str, &RelPath),
+    overwrite: bool,
+) -> Result<bool, Failure> {
+    let Some(mut f) = file else {
+        return Err((ErrorCode::Internal, "upload file already closed".into()));
+    };
+    if let Err(e) = f.flush().await {
+        warn!(error = %e, "flush failed");
+        part.discard(Some(f)).await;
+        return Err((ErrorCode::Internal, format!("writing {} failed", rel.as_str())));
+    }
+    let durable = sftp.fsync;
+    if let Err(e) = f.sync_all().await {
+        let failure = sftp_failure(shared, "fsync", &part.path, rel.as_str(), e).await;
+        part.discard(Some(f)).await;
+        return Err(failure);
+    }
+    if let Err(e) = f.shutdown().await {
+        warn!(error = %e, "close failed");
+        part.discard(None).await;
+        return Err((ErrorCode::Internal, format!("closing {} failed", rel.as_str())));
+    }
+    let part_path = part.path.clone();
+    if let Err(f) = move_into_place(shared, sftp, (&part_path, final_path), rel.as_str(), overwrite).await {
+        part.discard(None).await;
+        return Err(f);
+    }
+    part.committed = true;
+    Ok(durable)
+}
