@@ -109,7 +109,11 @@ pub(crate) async fn remove(shared: &Shared, device: &DeviceId, path: &str) -> Re
     };
     if meta.file_type().is_dir() {
         if let Err(e) = sftp.remove_dir(store_path.as_str()).await {
-            let has_entries = sftp.read_dir(store_path.as_str()).await.map(|d| d.count() > 2).unwrap_or(false);
+            let has_entries = sftp
+                .read_dir(store_path.as_str())
+                .await
+                .map(|mut d| d.any(|e| e.file_name() != "." && e.file_name() != ".."))
+                .unwrap_or(false);
             if has_entries {
                 return Err((ErrorCode::NotEmpty, format!("directory not empty: {}", rel.as_str())));
             }

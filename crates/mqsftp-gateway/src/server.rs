@@ -189,11 +189,9 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
             tokio::spawn(crate::put::start_put(shared.clone(), device, put));
         }
         Request::Commit { id, session, transfer } => {
-            if let Err(ctl) = route(shared, &device, transfer, Ctl::Commit { id, session }) {
-                if let Ctl::Commit { id, session } = ctl {
-                    let shared = shared.clone();
-                    tokio::spawn(async move { answer_stale_commit(&shared, &device, &session, transfer, id).await });
-                }
+            if let Err(Ctl::Commit { id, session }) = route(shared, &device, transfer, Ctl::Commit { id, session }) {
+                let shared = shared.clone();
+                tokio::spawn(async move { answer_stale_commit(&shared, &device, &session, transfer, id).await });
             }
         }
         Request::List { id, session, path, offset, limit } => {

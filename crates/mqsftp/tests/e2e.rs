@@ -20,3 +20,11 @@ mod trust;
 /// The CLI: exit codes, `check`, `pki`.
 #[path = "e2e/cli.rs"]
 mod cli;
+
+/// put: sizes, overwrite, bad uploads, expiry, commit idempotence, no partial file at a final name.
+#[path = "e2e/put.rs"]
+mod put;
+
+/// list (paged), stat, remove, mkdir, rename, and their confinement.
+#[path = "e2e/ops.rs"]
+mod ops;

@@ -168,3 +168,50 @@ async fn pki_commands_write_files_and_never_replace_keys() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("[sftp.example.com]:2222 ssh-ed25519 "), "{}", text(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_commands_and_json_output() {
+    let stack = Stack::start().unwrap();
+    let gw = RunningGateway::start(&stack).await;
+    let cfg = stack.device("clifiles").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(100_000, 4);
+    std::fs::write(dir.path().join("up.bin"), &data).unwrap();
+
+    let o = mqsftp(&["--json", "put", "--config", cfg, "up.bin", "d/up.bin"], dir.path()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["sha256"], sha256(&data));
+    assert_eq!(v["size"], 100_000);
+    assert_eq!(v["durable"], true);
+    // put created the missing parent; making it again is refused as existing.
+    let o = mqsftp(&["mkdir", "--config", cfg, "d"], dir.path()).await;
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+
+    let o = mqsftp(&["put", "--config", cfg, "up.bin", "d/up.bin"], dir.path()).await;
+    assert_eq!(o.status.code(), Some(9), "exists without --overwrite: {}", text(&o));
+    let o = mqsftp(&["put", "--config", cfg, "--overwrite", "up.bin", "d/up.bin"], dir.path()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let o = mqsftp(&["ls", "--config", cfg, "--json", "d"], dir.path()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["name"], "up.bin");
+    assert_eq!(v[0]["type"], "file");
+    assert_eq!(v[0]["size"], 100_000);
+
+    let o = mqsftp(&["stat", "--config", cfg, "--json", "d/nope"], dir.path()).await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["error"], "not_found");
+
+    let o = mqsftp(&["mv", "--config", cfg, "d/up.bin", "top.bin"], dir.path()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = mqsftp(&["rm", "--config", cfg, "top.bin"], dir.path()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = mqsftp(&["ls", "--config", cfg], dir.path()).await;
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end().lines().count(), 1, "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(" d/"), "{}", text(&o));
+    gw.stop().await;
+}

@@ -103,3 +103,83 @@ pub fn entries(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A device speaking the protocol by hand (any MQTT client could), for requests the library never sends.
+pub struct RawDevice {
+    pub link: mqsftp_mqtt::MqttLink,
+    pub device: mqsftp_proto::DeviceId,
+    pub session: mqsftp_proto::SessionId,
+}
+
+impl RawDevice {
+    pub async fn connect(cfg: &DeviceConfig, session: &str) -> RawDevice {
+        let device = cfg.device_id.clone();
+        let session = mqsftp_proto::SessionId::new(session).unwrap();
+        let link = mqsftp_mqtt::MqttLink::connect(
+            &cfg.broker,
+            mqsftp_mqtt::LinkOptions {
+                client_id: format!("raw-{device}-{session}"),
+                subscriptions: vec![mqsftp_proto::Topic::response(&device, &session)],
+                connect_timeout: LIMIT,
+                reconnect: false,
+                inflight: 16,
+            },
+        )
+        .await
+        .unwrap();
+        RawDevice { link, device, session }
+    }
+
+    pub async fn send(&self, req: &mqsftp_proto::Request) {
+        self.publish(mqsftp_proto::Topic::request(&self.device), req.encode()).await;
+    }
+
+    pub async fn publish(&self, topic: String, payload: impl Into<Vec<u8>>) {
+        use mqsftp_mqtt::rumqttc::QoS;
+        self.link.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.unwrap();
+    }
+
+    pub async fn send_chunk(&self, transfer: u64, offset: u64, data: &[u8]) {
+        let c = mqsftp_proto::Chunk { transfer, offset, data: bytes::Bytes::copy_from_slice(data) };
+        self.publish(mqsftp_proto::Topic::up(&self.device), c.encode().to_vec()).await;
+    }
+
+    /// The next response satisfying `pick`, skipping others (acks, ...).
+    pub async fn expect<T>(&mut self, mut pick: impl FnMut(mqsftp_proto::Response) -> Option<T>) -> T {
+        loop {
+            let p = tokio::time::timeout(LIMIT, self.link.incoming.recv()).await.expect("an answer in time").unwrap();
+            if let Ok(r) = mqsftp_proto::Response::decode(&p.payload) {
+                if let Some(t) = pick(r) {
+                    return t;
+                }
+            }
+        }
+    }
+}
+
+/// Sets `[transfer] key = value` in the stack's gateway config (before the gateway starts).
+pub fn set_transfer_option(stack: &Stack, key: &str, value: toml::Value) {
+    let path = stack.gateway_config();
+    let mut t: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+    let transfer = t.entry("transfer").or_insert(toml::Table::new().into()).as_table_mut().unwrap();
+    transfer.insert(key.into(), value);
+    std::fs::write(path, toml::to_string(&t).unwrap()).unwrap();
+}
+
+/// Temporary upload files left anywhere under `dir`.
+pub fn part_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".mqsftp-part") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

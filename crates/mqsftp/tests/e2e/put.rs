@@ -1,0 +1,238 @@
+use mqsftp_device::{DeviceError, ErrorCode};
+use mqsftp_proto::{Request, Response};
+
+use crate::support::*;
+
+fn remote_code(e: DeviceError) -> ErrorCode {
+    match e {
+        DeviceError::Remote { code, .. } => code,
+        other => panic!("expected a remote error, got {other}"),
+    }
+}
+
+async fn put_and_get_back(sizes: &[usize]) {
+    let (stack, gw, cfg) = setup("putter").await;
+    let mut client = connect(&cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (i, &len) in sizes.iter().enumerate() {
+        let data = content(len, len as u64 + 11);
+        let local = dir.path().join(format!("up{i}"));
+        std::fs::write(&local, &data).unwrap();
+        let remote = format!("in/sub/f{i}-{len}.bin");
+        let mut last = None;
+        let o = tokio::time::timeout(LIMIT, client.put(&local, &remote, false, |p| last = Some(p)))
+            .await
+            .expect("in time")
+            .unwrap_or_else(|e| panic!("put of {len} bytes: {e}"));
+        assert_eq!((o.size, o.sha256.as_str()), (len as u64, sha256(&data).as_str()));
+        assert!(o.durable, "OpenSSH offers fsync@openssh.com");
+        let last = last.expect("progress reported");
+        assert_eq!((last.done, last.total), (len as u64, len as u64));
+        let stored = stack.device_root("putter").join(&remote);
+        assert_eq!(sha256_file(&stored), sha256(&data), "stored content of {remote}");
+        let back = dir.path().join(format!("back{i}"));
+        client.get(&remote, &back, |_| {}).await.unwrap();
+        assert_eq!(sha256_file(&back), sha256(&data));
+    }
+    assert!(part_files(stack.store_dir()).is_empty(), "no temporary files left: {:?}", part_files(stack.store_dir()));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_edge_sizes_round_trip() {
+    put_and_get_back(&[0, 1, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 10 * 1024 * 1024]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_of_300_mib_round_trips() {
+    put_and_get_back(&[300 * 1024 * 1024]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwrite_is_refused_unless_asked() {
+    let (stack, gw, cfg) = setup("ow").await;
+    let mut client = connect(&cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::write(&a, b"first version").unwrap();
+    std::fs::write(&b, b"second version, longer").unwrap();
+    client.put(&a, "doc.txt", false, |_| {}).await.unwrap();
+    let err = client.put(&b, "doc.txt", false, |_| {}).await.unwrap_err();
+    assert_eq!(remote_code(err), ErrorCode::Exists);
+    let stored = stack.device_root("ow").join("doc.txt");
+    assert_eq!(std::fs::read(&stored).unwrap(), b"first version", "refused put changed nothing");
+    client.put(&b, "doc.txt", true, |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(&stored).unwrap(), b"second version, longer");
+    assert!(part_files(stack.store_dir()).is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
+    let stack = mqsftp_testkit::Stack::start().unwrap();
+    set_transfer_option(&stack, "max_file_size", 1_000_000.into());
+    let gw = RunningGateway::start(&stack).await;
+    let cfg = mqsftp_device::DeviceConfig::load(&stack.device("badput").unwrap()).unwrap();
+    let mut raw = RawDevice::connect(&cfg, "raw1").await;
+    let session = raw.session.clone();
+    let put = |id: &str, path: &str, size: u64, sha256: &str| Request::Put {
+        id: id.into(),
+        session: session.clone(),
+        path: path.into(),
+        size,
+        sha256: sha256.into(),
+        overwrite: false,
+    };
+    let good_sha = sha256(b"hello");
+    for (id, req, want) in [
+        ("p1", put("p1", "x.bin", 5, "nothex"), ErrorCode::BadRequest),
+        ("p2", put("p2", "x.bin", 2_000_000, &good_sha), ErrorCode::TooLarge),
+        ("p3", put("p3", "../other/x.bin", 5, &good_sha), ErrorCode::PermissionDenied),
+        ("p4", put("p4", "/abs.bin", 5, &good_sha), ErrorCode::PermissionDenied),
+        ("p5", put("p5", "", 5, &good_sha), ErrorCode::IsDirectory),
+    ] {
+        raw.send(&req).await;
+        let code = raw
+            .expect(|r| match r {
+                Response::Error { id: Some(got), code, .. } if got == id => Some(code),
+                _ => None,
+            })
+            .await;
+        assert_eq!(code, want, "{id}");
+    }
+
+    // Declared hash does not match the data: the commit fails, nothing appears, the temporary file goes.
+    raw.send(&put("p6", "wrong.bin", 5, &sha256(b"HELLO"))).await;
+    let transfer = raw
+        .expect(|r| match r {
+            Response::PutAccepted { id, transfer, .. } if id == "p6" => Some(transfer),
+            _ => None,
+        })
+        .await;
+    raw.send_chunk(transfer, 0, b"hello").await;
+    let code = raw
+        .expect(|r| match r {
+            Response::Error { transfer: Some(t), code, .. } if t == transfer => Some(code),
+            _ => None,
+        })
+        .await;
+    assert_eq!(code, ErrorCode::ChecksumMismatch);
+    assert!(!stack.device_root("badput").join("wrong.bin").exists());
+    assert!(part_files(stack.store_dir()).is_empty(), "{:?}", part_files(stack.store_dir()));
+
+    // A commit before all data arrived is refused, and the upload goes on and commits afterwards.
+    raw.send(&put("p7", "late.bin", 5, &good_sha)).await;
+    let transfer = raw
+        .expect(|r| match r {
+            Response::PutAccepted { id, transfer, .. } if id == "p7" => Some(transfer),
+            _ => None,
+        })
+        .await;
+    raw.send_chunk(transfer, 0, b"hel").await;
+    raw.send(&Request::Commit { id: "c1".into(), session: session.clone(), transfer }).await;
+    let code = raw
+        .expect(|r| match r {
+            Response::Error { id: Some(id), code, .. } if id == "c1" => Some(code),
+            _ => None,
+        })
+        .await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    // An overlapping chunk with other content is not written over what was received (only the tail counts).
+    raw.send_chunk(transfer, 3, b"lo").await;
+    raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
+    raw.send(&Request::Commit { id: "c2".into(), session: session.clone(), transfer }).await;
+    let first = raw
+        .expect(|r| match r {
+            Response::Committed { id, durable, .. } if id == "c2" => Some(durable),
+            _ => None,
+        })
+        .await;
+    assert!(first);
+    // The same commit again (a lost answer): the same answer, still one file.
+    raw.send(&Request::Commit { id: "c3".into(), session: session.clone(), transfer }).await;
+    raw.expect(|r| matches!(r, Response::Committed { ref id, .. } if id == "c3").then_some(())).await;
+    assert_eq!(std::fs::read(stack.device_root("badput").join("late.bin")).unwrap(), b"hello");
+    assert_eq!(entries(&stack.device_root("badput")), vec!["late.bin".to_string()]);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incomplete_upload_expires_and_is_removed() {
+    let stack = mqsftp_testkit::Stack::start().unwrap();
+    set_transfer_option(&stack, "upload_expiry", "1s".into());
+    let gw = RunningGateway::start(&stack).await;
+    let cfg = mqsftp_device::DeviceConfig::load(&stack.device("exp").unwrap()).unwrap();
+    let mut raw = RawDevice::connect(&cfg, "raw2").await;
+    let req = Request::Put {
+        id: "e1".into(),
+        session: raw.session.clone(),
+        path: "half.bin".into(),
+        size: 10,
+        sha256: sha256(b"0123456789"),
+        overwrite: false,
+    };
+    raw.send(&req).await;
+    let transfer = raw
+        .expect(|r| match r {
+            Response::PutAccepted { transfer, .. } => Some(transfer),
+            _ => None,
+        })
+        .await;
+    raw.send_chunk(transfer, 0, b"01234").await;
+    raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
+    assert_eq!(part_files(stack.store_dir()).len(), 1, "the upload in progress has its temporary file");
+    let code = raw
+        .expect(|r| match r {
+            Response::Error { transfer: Some(t), code, .. } if t == transfer => Some(code),
+            _ => None,
+        })
+        .await;
+    assert_eq!(code, ErrorCode::Expired);
+    assert!(part_files(stack.store_dir()).is_empty(), "expired upload removed");
+    assert!(!stack.device_root("exp").join("half.bin").exists());
+    gw.stop().await;
+}
+
+/// While uploads run, an observer that keeps listing the target directory never sees a file at a final name
+/// that is shorter than, or different from, what was uploaded there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observer_never_sees_a_partial_file() {
+    const UPLOADS: usize = 200;
+    let (stack, gw, cfg) = setup("obs").await;
+    let root = stack.device_root("obs");
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(3 * 64 * 1024 + 100, 5);
+    let local = dir.path().join("f");
+    std::fs::write(&local, &data).unwrap();
+    let want = sha256(&data);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let observer = {
+        let (root, stop, want, len) = (root.join("out"), stop.clone(), want.clone(), data.len());
+        std::thread::spawn(move || {
+            let mut looks = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(rd) = std::fs::read_dir(&root) else { continue };
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with('.') {
+                        continue; // temporary files are hidden names
+                    }
+                    let got = std::fs::read(e.path()).unwrap();
+                    assert_eq!(got.len(), len, "{name} seen partial");
+                    assert_eq!(sha256(&got), want, "{name} seen with other content");
+                    looks += 1;
+                }
+            }
+            looks
+        })
+    };
+    let mut client = connect(&cfg).await;
+    for i in 0..UPLOADS {
+        client.put(&local, &format!("out/f{i:03}.bin"), false, |_| {}).await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let looks = observer.join().expect("observer saw only whole files");
+    assert!(looks > 0, "the observer looked at files");
+    assert_eq!(entries(&root.join("out")).len(), UPLOADS);
+    gw.stop().await;
+}
