@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use mqsftp_mqtt::rumqttc::{AsyncClient, QoS};
 use mqsftp_mqtt::{LinkOptions, MqttLink};
 use mqsftp_proto::{
-    Chunk, DeviceId, Entry, ErrorCode, Received, Receiver, Request, Response, Sender, SessionId, StreamParams, Topic,
-    TopicKind, TransferId,
+    Chunk, DeviceId, Entry, ErrorCode, GatewayId, Received, Receiver, Request, Response, Sender, SessionId,
+    StreamParams, Topic, TopicKind, TransferId,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
@@ -96,9 +96,19 @@ impl Client {
         format!("{}-{}", self.session, self.next_id)
     }
 
+    /// Publishes a new request, for whichever gateway the broker hands it to.
     async fn send(&self, req: &Request) -> Result<(), DeviceError> {
+        self.publish(Topic::request(&self.device), req).await
+    }
+
+    /// Publishes a request about a transfer to the gateway holding it.
+    async fn send_to(&self, gateway: &GatewayId, req: &Request) -> Result<(), DeviceError> {
+        self.publish(Topic::direct(&self.device, gateway), req).await
+    }
+
+    async fn publish(&self, topic: String, req: &Request) -> Result<(), DeviceError> {
         self.mqtt()
-            .publish(Topic::request(&self.device), QoS::AtLeastOnce, false, req.encode())
+            .publish(topic, QoS::AtLeastOnce, false, req.encode())
             .await
             .map_err(|e| DeviceError::Closed(e.to_string()))
     }
@@ -131,8 +141,17 @@ impl Client {
     /// answers it. An `error` answer becomes [`DeviceError::Remote`]; no answer within the timeout is
     /// [`DeviceError::NoGateway`].
     async fn call(&mut self, make: impl FnOnce(String, SessionId) -> Request) -> Result<Response, DeviceError> {
+        self.call_on(Topic::request(&self.device), make).await
+    }
+
+    /// Like [`call`](Self::call), on a given topic (a gateway's own, for requests about its transfers).
+    async fn call_on(
+        &mut self,
+        topic: String,
+        make: impl FnOnce(String, SessionId) -> Request,
+    ) -> Result<Response, DeviceError> {
         let id = self.request_id();
-        self.send(&make(id.clone(), self.session.clone())).await?;
+        self.publish(topic, &make(id.clone(), self.session.clone())).await?;
         loop {
             match self.next(self.timeout).await? {
                 None => return Err(DeviceError::NoGateway { after: self.timeout }),
@@ -225,7 +244,7 @@ impl Client {
         let sha = sha256.clone();
         let accepted =
             self.call(|id, session| Request::Put { id, session, path, size, sha256: sha, overwrite }).await?;
-        let Response::PutAccepted { transfer, chunk_size, window, .. } = accepted else {
+        let Response::PutAccepted { transfer, gateway, chunk_size, window, .. } = accepted else {
             return Err(unexpected(&accepted));
         };
         let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
@@ -236,7 +255,7 @@ impl Client {
             give_up_after: self.timeout,
         };
         let mut sender = Sender::new(transfer, size, params, Instant::now());
-        let up = Topic::up(&self.device);
+        let up = Topic::up(&self.device, &gateway);
         progress(Progress { done: 0, total: size });
         while !sender.is_complete() {
             while let Some(read) = sender.poll_read() {
@@ -254,7 +273,7 @@ impl Client {
             }
             if let Some((_, sent_sha)) = sender.poll_done() {
                 if hex::encode(sent_sha) != sha256 {
-                    let _ = self.send(&Request::Cancel { transfer }).await;
+                    let _ = self.send_to(&gateway, &Request::Cancel { transfer }).await;
                     return Err(DeviceError::LocalChanged {
                         path: local.to_path_buf(),
                         reason: "its content changed while it was being uploaded".into(),
@@ -280,7 +299,7 @@ impl Client {
                 Some(_) => {}
                 None => {
                     if let Err(e) = sender.handle_timeout(Instant::now()) {
-                        let _ = self.send(&Request::Cancel { transfer }).await;
+                        let _ = self.send_to(&gateway, &Request::Cancel { transfer }).await;
                         let _ = e;
                         return Err(DeviceError::Stalled { after: self.timeout, received: sender.acked(), size });
                     }
@@ -290,7 +309,8 @@ impl Client {
         // Commit is idempotent on the gateway: a lost answer is recovered by asking again.
         let mut last = None;
         for _ in 0..3 {
-            match self.call(|id, session| Request::Commit { id, session, transfer }).await {
+            let topic = Topic::direct(&self.device, &gateway);
+            match self.call_on(topic, |id, session| Request::Commit { id, session, transfer }).await {
                 Ok(Response::Committed { size, sha256, durable, .. }) => {
                     return Ok(PutOutcome { path: remote.to_string(), size, sha256, durable })
                 }
@@ -332,11 +352,13 @@ impl Client {
         let target = local_target(remote, local)?;
         let id = self.request_id();
         self.send(&Request::Get { id: id.clone(), session: self.session.clone(), path: remote.to_string() }).await?;
-        let (transfer, size) = loop {
+        let (transfer, gateway, size) = loop {
             match self.next(self.timeout).await? {
                 None => return Err(DeviceError::NoGateway { after: self.timeout }),
-                Some(Incoming::Response(Response::GetAccepted { id: got, transfer, size, .. })) if got == id => {
-                    break (transfer, size)
+                Some(Incoming::Response(Response::GetAccepted { id: got, transfer, gateway, size, .. }))
+                    if got == id =>
+                {
+                    break (transfer, gateway, size)
                 }
                 Some(Incoming::Response(Response::Error { id: Some(got), code, message, .. })) if got == id => {
                     return Err(DeviceError::Remote { code, message })
@@ -345,7 +367,7 @@ impl Client {
             }
         };
         let part = PartFile::create(&target).await?;
-        match self.receive(transfer, size, &part, &mut progress).await {
+        match self.receive(transfer, &gateway, size, &part, &mut progress).await {
             Ok(sha256) => {
                 part.commit(&target).await?;
                 Ok(GetOutcome { path: target, size, sha256 })
@@ -353,7 +375,7 @@ impl Client {
             Err(e) => {
                 part.discard().await;
                 // Tell the gateway to stop; it would give up by itself later anyway.
-                let _ = self.send(&Request::Cancel { transfer }).await;
+                let _ = self.send_to(&gateway, &Request::Cancel { transfer }).await;
                 Err(e)
             }
         }
@@ -362,6 +384,7 @@ impl Client {
     async fn receive(
         &mut self,
         transfer: TransferId,
+        gateway: &GatewayId,
         size: u64,
         part: &PartFile,
         progress: &mut impl FnMut(Progress),
@@ -389,7 +412,7 @@ impl Client {
                         }
                         Received::Reack { ack } => ack,
                     };
-                    self.send(&Request::Ack { transfer, next: ack }).await?;
+                    self.send_to(gateway, &Request::Ack { transfer, next: ack }).await?;
                 }
                 Incoming::Response(Response::GetDone { transfer: t, size: done_size, sha256 }) if t == transfer => {
                     rx.handle_done(done_size, &sha256)?;

@@ -23,14 +23,15 @@ pub async fn check(cfg: &GatewayConfig) -> Vec<CheckLine> {
             &cfg.broker,
             LinkOptions {
                 client_id: format!("mqsftp-check-{:08x}", rand::random::<u32>()),
-                subscriptions: vec![Topic::all_requests_filter()],
+                subscriptions: vec![Topic::shared_requests_filter()],
                 connect_timeout: timeout,
                 reconnect: false,
                 inflight: 8,
             },
         )
         .await;
-        let line = r.as_ref().map(|_| format!("certificate accepted, subscribed to {}", Topic::all_requests_filter()));
+        let line =
+            r.as_ref().map(|_| format!("certificate accepted, subscribed to {}", Topic::shared_requests_filter()));
         lines.push(CheckLine { name: "broker client certificate", result: line.map_err(|e| e.to_string()) });
         r.ok()
     } else {

@@ -91,6 +91,7 @@ async fn serve_get(
             device,
             session,
             &Response::GetAccepted {
+                gateway: shared.id.clone(),
                 id: id.to_string(),
                 transfer,
                 size,

@@ -112,7 +112,13 @@ async fn serve_put(
         .respond(
             device,
             &req.session,
-            &Response::PutAccepted { id: req.id.clone(), transfer, chunk_size: t.chunk_size, window: t.window },
+            &Response::PutAccepted {
+                gateway: shared.id.clone(),
+                id: req.id.clone(),
+                transfer,
+                chunk_size: t.chunk_size,
+                window: t.window,
+            },
         )
         .await;
     let mut receiver = Receiver::new(transfer, req.size);

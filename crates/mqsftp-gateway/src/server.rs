@@ -11,7 +11,7 @@ use bytes::Bytes;
 use mqsftp_mqtt::rumqttc::{AsyncClient, QoS};
 use mqsftp_mqtt::{LinkOptions, MqttError, MqttLink};
 use mqsftp_proto::{
-    confine, Chunk, DeviceId, ErrorCode, PathError, RelPath, Request, Response, SessionId, Topic, TopicKind,
+    confine, Chunk, DeviceId, ErrorCode, GatewayId, PathError, RelPath, Request, Response, SessionId, Topic, TopicKind,
     TransferId, MAX_TRANSFER_ID, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) client: AsyncClient,
     pub(crate) store: Store,
     pub(crate) cfg: GatewayConfig,
+    /// This gateway's id in topics: devices address a running transfer's traffic to it.
+    pub(crate) id: GatewayId,
     /// Uploads committed lately, so that a commit sent again gets the same answer.
     pub(crate) committed: Mutex<Committed>,
     transfers: Mutex<HashMap<TransferId, (DeviceId, mpsc::UnboundedSender<Ctl>)>>,
@@ -96,24 +98,29 @@ impl Gateway {
     pub async fn connect(cfg: GatewayConfig) -> Result<Gateway, GatewayError> {
         let store = Store::new(cfg.sftp.clone());
         store.session().await?;
-        let client_id =
-            cfg.broker.client_id.clone().unwrap_or_else(|| format!("mqsftp-gateway-{:08x}", rand::random::<u32>()));
+        // A fresh id per start: transfers do not outlive the process that held them.
+        let id = GatewayId::from_random(rand::random());
+        // The configured client id is a prefix: several gateways may share one gateway.toml, and two MQTT clients
+        // with one id would take each other's connection over and over.
+        let prefix = cfg.broker.client_id.as_deref().unwrap_or("mqsftp-gateway");
+        let client_id = format!("{prefix}-{id}");
         let link = MqttLink::connect(
             &cfg.broker,
             LinkOptions {
                 client_id,
-                subscriptions: vec![Topic::all_requests_filter(), Topic::all_uploads_filter()],
+                subscriptions: vec![Topic::shared_requests_filter(), Topic::direct_filter(&id), Topic::up_filter(&id)],
                 connect_timeout: std::time::Duration::from_secs(15),
                 reconnect: true,
                 inflight: 64,
             },
         )
         .await?;
-        info!(broker = %cfg.broker.address(), sftp = %format!("{}:{}", cfg.sftp.host, cfg.sftp.port), "gateway connected");
+        info!(broker = %cfg.broker.address(), sftp = %format!("{}:{}", cfg.sftp.host, cfg.sftp.port), %id, "gateway connected");
         let shared = Arc::new(Shared {
             client: link.client.clone(),
             store,
             cfg,
+            id,
             transfers: Mutex::new(HashMap::new()),
             committed: Mutex::new(Committed::default()),
         });
@@ -127,7 +134,8 @@ impl Gateway {
             tokio::select! {
                 _ = &mut shutdown => {
                     info!("gateway shutting down");
-                    let _ = self.shared.client.disconnect().await;
+                    // Stop taking new requests first, so that none is handed to a gateway that is going away.
+                    self.link.close(&[Topic::shared_requests_filter()], std::time::Duration::from_secs(5)).await;
                     return Ok(());
                 }
                 msg = self.link.incoming.recv() => {
@@ -145,7 +153,8 @@ impl Gateway {
 fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
     let device = match Topic::parse(topic) {
         Some(Topic { device, kind: TopicKind::Request }) => device,
-        Some(Topic { device, kind: TopicKind::Up }) => {
+        Some(Topic { device, kind: TopicKind::Direct(g) }) if g == shared.id => device,
+        Some(Topic { device, kind: TopicKind::Up(g) }) if g == shared.id => {
             match Chunk::decode(payload) {
                 Ok(chunk) => {
                     let _ = route(shared, &device, chunk.transfer, Ctl::Chunk(chunk));

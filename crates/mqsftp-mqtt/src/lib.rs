@@ -44,7 +44,8 @@ pub struct BrokerConfig {
     pub cert: Option<PathBuf>,
     /// This client's private key (PEM).
     pub key: Option<PathBuf>,
-    /// MQTT client id; a default is derived by the caller when absent.
+    /// MQTT client id. The gateway uses it as a prefix and appends its instance id (so that several gateways can
+    /// share one config); the device uses it as given, or derives one per connection when absent.
     pub client_id: Option<String>,
     /// MQTT keep-alive interval.
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
@@ -228,6 +229,8 @@ pub struct MqttLink {
     pub incoming: mpsc::UnboundedReceiver<rumqttc::Publish>,
     /// Connection state.
     pub state: watch::Receiver<LinkState>,
+    /// UNSUBACKs received so far.
+    unsubacks: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -263,8 +266,29 @@ impl MqttLink {
             Err(_) => return Err(MqttError::Timeout { broker, after: opts.connect_timeout }),
         }
         let (state_tx, state) = watch::channel(LinkState::Up(1));
-        let task = tokio::spawn(run_eventloop(client.clone(), eventloop, opts, broker, tx, state_tx));
-        Ok(MqttLink { client, incoming, state, task })
+        let (unsub_tx, unsubacks) = watch::channel(0);
+        let task = tokio::spawn(run_eventloop(client.clone(), eventloop, opts, broker, tx, (state_tx, unsub_tx)));
+        Ok(MqttLink { client, incoming, state, unsubacks, task })
+    }
+
+    /// Leaves cleanly: unsubscribes from `filters` and waits until the broker confirmed it (so that, for a shared
+    /// subscription, the broker hands nothing more to this client), then disconnects. Each wait is bounded by
+    /// `timeout`.
+    pub async fn close(mut self, filters: &[String], timeout: Duration) {
+        let want = *self.unsubacks.borrow() + filters.len() as u64;
+        for f in filters {
+            let _ = self.client.unsubscribe(f.clone()).await;
+        }
+        let unsubscribed = async {
+            while *self.unsubacks.borrow_and_update() < want {
+                if self.unsubacks.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, unsubscribed).await;
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(timeout, self.closed()).await;
     }
 
     /// Waits until the link is closed for good and returns why.
@@ -330,7 +354,7 @@ async fn run_eventloop(
     opts: LinkOptions,
     broker: String,
     tx: mpsc::UnboundedSender<rumqttc::Publish>,
-    state: watch::Sender<LinkState>,
+    (state, unsubacks): (watch::Sender<LinkState>, watch::Sender<u64>),
 ) {
     let mut generation = 1u64;
     let mut backoff = Duration::from_millis(100);
@@ -341,6 +365,13 @@ async fn run_eventloop(
                     let _ = state.send(LinkState::Closed("owner dropped the link".into()));
                     return;
                 }
+            }
+            Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                unsubacks.send_modify(|n| *n += 1);
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                let _ = state.send(LinkState::Closed("disconnected".into()));
+                return;
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
                 generation += 1;

@@ -89,7 +89,7 @@ pub(crate) fn acl() -> String {
 # mqsftp/v1/ID/res and mqsftp/v1/ID/res/SESSION are both covered.
 #
 # Patterns come first: every line after a `user` line belongs to that user only.
-pattern write {p}/%u/req
+pattern write {p}/%u/req/#
 pattern write {p}/%u/up/#
 pattern read {p}/%u/res/#
 pattern read {p}/%u/down/#
@@ -174,7 +174,7 @@ port = {broker_port}
 ca = \"ca.crt\"  # CA that signed broker.crt
 cert = \"gateway.crt\"  # client certificate, CN = gateway
 key = \"gateway.key\"
-client_id = \"mqsftp-gateway\"
+client_id = \"mqsftp-gateway\"  # prefix: each running gateway appends its own instance id
 keep_alive = \"30s\"
 
 [sftp]

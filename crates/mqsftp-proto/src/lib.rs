@@ -25,4 +25,4 @@ pub use ids::{SessionId, SessionIdError, TransferId, MAX_TRANSFER_ID};
 pub use msg::{BadRequest, Entry, EntryKind, ErrorCode, Request, Response, MAX_LIST_PAGE, PROTOCOL_VERSION};
 pub use path::{confine, PathError, RelPath};
 pub use stream::{ReadRequest, ReceiveError, Received, Receiver, SendError, Sender, StreamParams};
-pub use topic::{Topic, TopicKind};
+pub use topic::{GatewayId, Topic, TopicKind};

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::topic::GatewayId;
 use crate::{SessionId, TransferId};
 
 /// Largest JSON request accepted, in bytes.
@@ -206,6 +207,8 @@ pub enum Response {
         id: String,
         /// Id carried by every chunk of this transfer.
         transfer: TransferId,
+        /// The gateway holding the transfer: send `ack` and `cancel` to `req/{gateway}`.
+        gateway: GatewayId,
         /// File size in bytes.
         size: u64,
         /// Data bytes per chunk (the last one may be shorter).
@@ -228,6 +231,9 @@ pub enum Response {
         id: String,
         /// Id to put in every chunk of this upload.
         transfer: TransferId,
+        /// The gateway holding the upload: send chunks to `up/{gateway}`, `commit` and `cancel` to
+        /// `req/{gateway}`.
+        gateway: GatewayId,
         /// Largest data part per chunk the gateway accepts.
         chunk_size: u32,
         /// Chunks to send before waiting for a `put_ack`.
@@ -450,8 +456,14 @@ mod tests {
 
     fn response() -> impl Strategy<Value = Response> {
         prop_oneof![
-            (any::<String>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
-                |(id, transfer, chunk_size, window)| Response::PutAccepted { id, transfer, chunk_size, window }
+            (any::<String>(), any::<u64>(), session(), any::<u32>(), any::<u32>()).prop_map(
+                |(id, transfer, gateway, chunk_size, window)| Response::PutAccepted {
+                    id,
+                    transfer,
+                    gateway,
+                    chunk_size,
+                    window
+                }
             ),
             (any::<u64>(), any::<u64>()).prop_map(|(transfer, next)| Response::PutAck { transfer, next }),
             (any::<String>(), any::<u64>(), any::<u64>(), "[0-9a-f]{64}", any::<bool>()).prop_map(
@@ -462,9 +474,14 @@ mod tests {
             (any::<String>(), entry()).prop_map(|(id, entry)| Response::Stat { id, entry }),
             any::<String>().prop_map(|id| Response::Done { id }),
             (any::<String>(), any::<u32>()).prop_map(|(id, version)| Response::Pong { id, version }),
-            (any::<String>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
-                |(id, transfer, size, chunk_size, window)| {
-                    Response::GetAccepted { id, transfer, size, chunk_size, window }
+            (any::<String>(), any::<u64>(), session(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
+                |(id, transfer, gateway, size, chunk_size, window)| Response::GetAccepted {
+                    id,
+                    transfer,
+                    gateway,
+                    size,
+                    chunk_size,
+                    window
                 }
             ),
             (any::<u64>(), any::<u64>(), "[0-9a-f]{64}")

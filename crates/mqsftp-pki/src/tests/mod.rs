@@ -359,7 +359,7 @@ fn mosquitto_conf_and_acl_contents() {
     assert_eq!(
         rules,
         [
-            "pattern write mqsftp/v1/%u/req",
+            "pattern write mqsftp/v1/%u/req/#",
             "pattern write mqsftp/v1/%u/up/#",
             "pattern read mqsftp/v1/%u/res/#",
             "pattern read mqsftp/v1/%u/down/#",

@@ -103,13 +103,13 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
 
     // Declared hash does not match the data: the commit fails, nothing appears, the temporary file goes.
     raw.send(&put("p6", "wrong.bin", 5, &sha256(b"HELLO"))).await;
-    let transfer = raw
+    let (transfer, gw_id) = raw
         .expect(|r| match r {
-            Response::PutAccepted { id, transfer, .. } if id == "p6" => Some(transfer),
+            Response::PutAccepted { id, transfer, gateway, .. } if id == "p6" => Some((transfer, gateway)),
             _ => None,
         })
         .await;
-    raw.send_chunk(transfer, 0, b"hello").await;
+    raw.send_chunk(&gw_id, transfer, 0, b"hello").await;
     let code = raw
         .expect(|r| match r {
             Response::Error { transfer: Some(t), code, .. } if t == transfer => Some(code),
@@ -122,14 +122,14 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
 
     // A commit before all data arrived is refused, and the upload goes on and commits afterwards.
     raw.send(&put("p7", "late.bin", 5, &good_sha)).await;
-    let transfer = raw
+    let (transfer, gw_id) = raw
         .expect(|r| match r {
-            Response::PutAccepted { id, transfer, .. } if id == "p7" => Some(transfer),
+            Response::PutAccepted { id, transfer, gateway, .. } if id == "p7" => Some((transfer, gateway)),
             _ => None,
         })
         .await;
-    raw.send_chunk(transfer, 0, b"hel").await;
-    raw.send(&Request::Commit { id: "c1".into(), session: session.clone(), transfer }).await;
+    raw.send_chunk(&gw_id, transfer, 0, b"hel").await;
+    raw.send_to(&gw_id, &Request::Commit { id: "c1".into(), session: session.clone(), transfer }).await;
     let code = raw
         .expect(|r| match r {
             Response::Error { id: Some(id), code, .. } if id == "c1" => Some(code),
@@ -138,9 +138,9 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
         .await;
     assert_eq!(code, ErrorCode::BadRequest);
     // An overlapping chunk with other content is not written over what was received (only the tail counts).
-    raw.send_chunk(transfer, 3, b"lo").await;
+    raw.send_chunk(&gw_id, transfer, 3, b"lo").await;
     raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
-    raw.send(&Request::Commit { id: "c2".into(), session: session.clone(), transfer }).await;
+    raw.send_to(&gw_id, &Request::Commit { id: "c2".into(), session: session.clone(), transfer }).await;
     let first = raw
         .expect(|r| match r {
             Response::Committed { id, durable, .. } if id == "c2" => Some(durable),
@@ -149,7 +149,7 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
         .await;
     assert!(first);
     // The same commit again (a lost answer): the same answer, still one file.
-    raw.send(&Request::Commit { id: "c3".into(), session: session.clone(), transfer }).await;
+    raw.send_to(&gw_id, &Request::Commit { id: "c3".into(), session: session.clone(), transfer }).await;
     raw.expect(|r| matches!(r, Response::Committed { ref id, .. } if id == "c3").then_some(())).await;
     assert_eq!(std::fs::read(stack.device_root("badput").join("late.bin")).unwrap(), b"hello");
     assert_eq!(entries(&stack.device_root("badput")), vec!["late.bin".to_string()]);
@@ -172,13 +172,13 @@ async fn incomplete_upload_expires_and_is_removed() {
         overwrite: false,
     };
     raw.send(&req).await;
-    let transfer = raw
+    let (transfer, gw_id) = raw
         .expect(|r| match r {
-            Response::PutAccepted { transfer, .. } => Some(transfer),
+            Response::PutAccepted { transfer, gateway, .. } => Some((transfer, gateway)),
             _ => None,
         })
         .await;
-    raw.send_chunk(transfer, 0, b"01234").await;
+    raw.send_chunk(&gw_id, transfer, 0, b"01234").await;
     raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
     assert_eq!(part_files(stack.store_dir()).len(), 1, "the upload in progress has its temporary file");
     let code = raw
@@ -235,4 +235,33 @@ async fn observer_never_sees_a_partial_file() {
     assert!(looks > 0, "the observer looked at files");
     assert_eq!(entries(&root.join("out")).len(), UPLOADS);
     gw.stop().await;
+}
+
+/// Two gateways share one broker: each new request goes to one of them (shared subscription), and the chunks,
+/// acknowledgements and commits of a transfer reach the gateway holding it. When one gateway stops, the other
+/// serves everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_the_work() {
+    let (stack, gw_a, cfg) = setup("shared").await;
+    let gw_b = RunningGateway::start(&stack).await;
+    let mut c = connect(&cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..12 {
+        let data = content(150_000 + i, i as u64);
+        let local = dir.path().join(format!("l{i}"));
+        std::fs::write(&local, &data).unwrap();
+        c.put(&local, &format!("f{i}"), false, |_| {}).await.unwrap_or_else(|e| panic!("put {i}: {e}"));
+        let back = dir.path().join(format!("b{i}"));
+        c.get(&format!("f{i}"), &back, |_| {}).await.unwrap_or_else(|e| panic!("get {i}: {e}"));
+        assert_eq!(std::fs::read(&back).unwrap(), data);
+    }
+    gw_a.stop().await;
+    for i in 0..4 {
+        if let Err(e) = c.get(&format!("f{i}"), &dir.path().join(format!("c{i}")), |_| {}).await {
+            let log = stack.broker_log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!("get {i} after one gateway stopped: {e}\n{}", tail.join("\n"));
+        }
+    }
+    gw_b.stop().await;
 }

@@ -139,9 +139,14 @@ impl RawDevice {
         self.link.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.unwrap();
     }
 
-    pub async fn send_chunk(&self, transfer: u64, offset: u64, data: &[u8]) {
+    /// Sends a request about a running transfer to the gateway holding it.
+    pub async fn send_to(&self, gateway: &mqsftp_proto::GatewayId, req: &mqsftp_proto::Request) {
+        self.publish(mqsftp_proto::Topic::direct(&self.device, gateway), req.encode()).await;
+    }
+
+    pub async fn send_chunk(&self, gateway: &mqsftp_proto::GatewayId, transfer: u64, offset: u64, data: &[u8]) {
         let c = mqsftp_proto::Chunk { transfer, offset, data: bytes::Bytes::copy_from_slice(data) };
-        self.publish(mqsftp_proto::Topic::up(&self.device), c.encode().to_vec()).await;
+        self.publish(mqsftp_proto::Topic::up(&self.device, gateway), c.encode().to_vec()).await;
     }
 
     /// The next response satisfying `pick`, skipping others (acks, ...).
