@@ -32,6 +32,8 @@ pub struct GetOutcome {
     pub size: u64,
     /// Its SHA-256, lowercase hex.
     pub sha256: String,
+    /// Bytes that arrived more than once (after interruptions and resumes); 0 on an undisturbed download.
+    pub resent_bytes: u64,
 }
 
 /// The result of a committed upload.
@@ -52,9 +54,18 @@ pub struct Client {
     device: DeviceId,
     session: SessionId,
     link: MqttLink,
+    /// Broker settings and MQTT options, to reconnect after the broker went away.
+    broker: mqsftp_mqtt::BrokerConfig,
+    options: LinkOptions,
     timeout: Duration,
     next_id: u64,
+    /// A transfer whose cancel could not be sent because the connection was down; sent after reconnecting so that
+    /// the gateway stops re-sending to nobody.
+    orphan: Option<(TransferId, GatewayId)>,
 }
+
+/// Attempts of one `get` (a first try and resumes) before a transient failure is reported.
+const GET_ATTEMPTS: u32 = 30;
 
 enum Incoming {
     Response(Response),
@@ -68,18 +79,47 @@ impl Client {
         let session = SessionId::from_random(rand::random());
         let device = cfg.device_id.clone();
         let client_id = cfg.broker.client_id.clone().unwrap_or_else(|| format!("mqsftp-{device}-{session}"));
-        let link = MqttLink::connect(
-            &cfg.broker,
-            LinkOptions {
-                client_id,
-                subscriptions: vec![Topic::response(&device, &session), Topic::down(&device, &session)],
-                connect_timeout: cfg.transfer.timeout,
-                reconnect: false,
-                inflight: 32,
-            },
-        )
-        .await?;
-        Ok(Client { device, session, link, timeout: cfg.transfer.timeout, next_id: 0 })
+        let options = LinkOptions {
+            client_id,
+            subscriptions: vec![Topic::response(&device, &session), Topic::down(&device, &session)],
+            connect_timeout: cfg.transfer.timeout,
+            reconnect: false,
+            inflight: 32,
+        };
+        let link = MqttLink::connect(&cfg.broker, options.clone()).await?;
+        Ok(Client {
+            device,
+            session,
+            link,
+            broker: cfg.broker.clone(),
+            options,
+            timeout: cfg.transfer.timeout,
+            next_id: 0,
+            orphan: None,
+        })
+    }
+
+    /// Connects again (same session) after the broker connection broke, retrying for up to the timeout.
+    async fn reconnect(&mut self) -> Result<(), DeviceError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match MqttLink::connect(&self.broker, self.options.clone()).await {
+                Ok(link) => {
+                    self.link = link;
+                    if let Some((transfer, gateway)) = self.orphan.take() {
+                        let _ = self.send_to(&gateway, &Request::Cancel { transfer }).await;
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_tls() || tokio::time::Instant::now() + pause >= deadline => return Err(e.into()),
+                Err(e) => {
+                    debug!(error = %e, "broker not back yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// This client's device id.
@@ -350,8 +390,55 @@ impl Client {
         mut progress: impl FnMut(Progress),
     ) -> Result<GetOutcome, DeviceError> {
         let target = local_target(remote, local)?;
+        let part = PartFile::for_target(&target);
+        let mut received = 0u64;
+        let mut held_at_start = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = received;
+            let result = self.get_once(remote, &part, &mut received, &mut held_at_start, &mut progress).await;
+            // Try again when the connection broke, or when this attempt got somewhere before it stopped (a
+            // gateway that went away mid-transfer); a first request that nobody answers is reported at once.
+            let retry = |e: &DeviceError| {
+                e.is_transient() && attempt < GET_ATTEMPTS && (matches!(e, DeviceError::Closed(_)) || received > before)
+            };
+            match result {
+                Ok((size, sha256)) => {
+                    part.commit(&target).await?;
+                    let resent_bytes = received.saturating_sub(size - held_at_start.unwrap_or(0));
+                    return Ok(GetOutcome { path: target, size, sha256, resent_bytes });
+                }
+                Err(e) if retry(&e) => {
+                    debug!(error = %e, attempt, "download interrupted; resuming");
+                    if matches!(e, DeviceError::Closed(_)) {
+                        self.reconnect().await?;
+                    }
+                }
+                // The bytes held so far stay in the part file for the next `get` of the same target.
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    part.discard().await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One attempt: continues from what the part file holds. Returns size and SHA-256 of the verified file.
+    async fn get_once(
+        &mut self,
+        remote: &str,
+        part: &PartFile,
+        received: &mut u64,
+        held_at_start: &mut Option<u64>,
+        progress: &mut impl FnMut(Progress),
+    ) -> Result<(u64, String), DeviceError> {
+        let held = part.len().await;
         let id = self.request_id();
-        self.send(&Request::Get { id: id.clone(), session: self.session.clone(), path: remote.to_string() }).await?;
+        let get =
+            Request::Get { id: id.clone(), session: self.session.clone(), path: remote.to_string(), offset: held };
+        self.send(&get).await?;
         let (transfer, gateway, size) = loop {
             match self.next(self.timeout).await? {
                 None => return Err(DeviceError::NoGateway { after: self.timeout }),
@@ -361,24 +448,25 @@ impl Client {
                     break (transfer, gateway, size)
                 }
                 Some(Incoming::Response(Response::Error { id: Some(got), code, message, .. })) if got == id => {
-                    return Err(DeviceError::Remote { code, message })
+                    // A part file longer than the remote file belongs to another version of it: start over.
+                    if code == ErrorCode::BadRequest && held > 0 {
+                        part.discard().await;
+                        return Err(DeviceError::Closed(format!("stale partial download discarded: {message}")));
+                    }
+                    return Err(DeviceError::Remote { code, message });
                 }
                 Some(_) => {}
             }
         };
-        let part = PartFile::create(&target).await?;
-        match self.receive(transfer, &gateway, size, &part, &mut progress).await {
-            Ok(sha256) => {
-                part.commit(&target).await?;
-                Ok(GetOutcome { path: target, size, sha256 })
-            }
-            Err(e) => {
-                part.discard().await;
-                // Tell the gateway to stop; it would give up by itself later anyway.
-                let _ = self.send_to(&gateway, &Request::Cancel { transfer }).await;
-                Err(e)
+        held_at_start.get_or_insert(held);
+        let result = self.receive(transfer, &gateway, size, part, received, progress).await;
+        if result.is_err() {
+            // Tell the gateway to stop; it would give up by itself later anyway.
+            if self.send_to(&gateway, &Request::Cancel { transfer }).await.is_err() {
+                self.orphan = Some((transfer, gateway));
             }
         }
+        result.map(|sha| (size, sha))
     }
 
     async fn receive(
@@ -387,23 +475,42 @@ impl Client {
         gateway: &GatewayId,
         size: u64,
         part: &PartFile,
+        received: &mut u64,
         progress: &mut impl FnMut(Progress),
     ) -> Result<String, DeviceError> {
         let mut rx = Receiver::new(transfer, size);
-        let mut file = part.open().await?;
-        progress(Progress { done: 0, total: size });
+        part.hash_into(&mut rx).await?;
+        let mut file = part.open_append().await?;
+        progress(Progress { done: rx.received(), total: size });
         loop {
             if let Some(result) = rx.poll_finished() {
-                let sha = result?;
+                let sha = match result {
+                    Ok(sha) => sha,
+                    // What is held is wrong (another version of the file?): drop it so that the next try starts clean.
+                    Err(e) => {
+                        drop(file);
+                        part.discard().await;
+                        return Err(e.into());
+                    }
+                };
                 file.flush().await.map_err(|e| part.err(e))?;
                 file.get_ref().sync_all().await.map_err(|e| part.err(e))?;
                 return Ok(hex::encode(sha));
             }
-            let Some(msg) = self.next(self.timeout).await? else {
-                return Err(DeviceError::Stalled { after: self.timeout, received: rx.received(), size });
+            let msg = match self.next(self.timeout).await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    file.flush().await.map_err(|e| part.err(e))?;
+                    return Err(DeviceError::Stalled { after: self.timeout, received: rx.received(), size });
+                }
+                Err(e) => {
+                    file.flush().await.map_err(|e| part.err(e))?;
+                    return Err(e);
+                }
             };
             match msg {
                 Incoming::Chunk(c) if c.transfer == transfer => {
+                    *received += c.data.len() as u64;
                     let ack = match rx.handle_chunk(c)? {
                         Received::Write { data, ack, .. } => {
                             file.write_all(&data).await.map_err(|e| part.err(e))?;
@@ -412,12 +519,16 @@ impl Client {
                         }
                         Received::Reack { ack } => ack,
                     };
-                    self.send_to(gateway, &Request::Ack { transfer, next: ack }).await?;
+                    if let Err(e) = self.send_to(gateway, &Request::Ack { transfer, next: ack }).await {
+                        file.flush().await.map_err(|e| part.err(e))?;
+                        return Err(e);
+                    }
                 }
                 Incoming::Response(Response::GetDone { transfer: t, size: done_size, sha256 }) if t == transfer => {
                     rx.handle_done(done_size, &sha256)?;
                 }
                 Incoming::Response(Response::Error { transfer: Some(t), code, message, .. }) if t == transfer => {
+                    file.flush().await.map_err(|e| part.err(e))?;
                     return Err(DeviceError::Remote { code, message });
                 }
                 _ => {}
@@ -464,27 +575,45 @@ fn local_target(remote: &str, local: &Path) -> Result<PathBuf, DeviceError> {
     Ok(local.to_path_buf())
 }
 
-/// A temporary file beside the target, renamed into place only when verified and removed otherwise.
-struct PartFile {
+/// The partial download beside the target (`.{name}.mqsftp-part`): kept across interruptions so that the next
+/// attempt (or the next `get` of the same target) continues from it, renamed into place only when verified, and
+/// removed on a definite failure.
+pub(crate) struct PartFile {
     path: PathBuf,
 }
 
 impl PartFile {
-    async fn create(target: &Path) -> Result<PartFile, DeviceError> {
+    fn for_target(target: &Path) -> PartFile {
         let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let path = dir.join(format!(".{name}.{:08x}.mqsftp-part", rand::random::<u32>()));
-        tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await
-            .map_err(|source| DeviceError::Local { path: path.clone(), source })?;
-        Ok(PartFile { path })
+        PartFile { path: dir.join(format!(".{name}.mqsftp-part")) }
     }
 
-    async fn open(&self) -> Result<tokio::io::BufWriter<tokio::fs::File>, DeviceError> {
-        let f = tokio::fs::OpenOptions::new().write(true).open(&self.path).await.map_err(|e| self.err(e))?;
+    /// Bytes held (0 when there is no part file).
+    async fn len(&self) -> u64 {
+        tokio::fs::metadata(&self.path).await.map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Feeds what the part file holds into `rx` (hash and position).
+    async fn hash_into(&self, rx: &mut Receiver) -> Result<(), DeviceError> {
+        let mut f = match tokio::fs::File::open(&self.path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.err(e)),
+        };
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf).await.map_err(|e| self.err(e))?;
+            if n == 0 {
+                return Ok(());
+            }
+            rx.handle_held(&buf[..n])?;
+        }
+    }
+
+    async fn open_append(&self) -> Result<tokio::io::BufWriter<tokio::fs::File>, DeviceError> {
+        let f =
+            tokio::fs::OpenOptions::new().create(true).append(true).open(&self.path).await.map_err(|e| self.err(e))?;
         Ok(tokio::io::BufWriter::with_capacity(256 * 1024, f))
     }
 
@@ -492,9 +621,8 @@ impl PartFile {
         DeviceError::Local { path: self.path.clone(), source }
     }
 
-    async fn commit(self, target: &Path) -> Result<(), DeviceError> {
+    async fn commit(&self, target: &Path) -> Result<(), DeviceError> {
         if let Err(source) = tokio::fs::rename(&self.path, target).await {
-            let _ = tokio::fs::remove_file(&self.path).await;
             return Err(DeviceError::Local { path: target.into(), source });
         }
         // Make the rename itself durable.
@@ -506,7 +634,7 @@ impl PartFile {
         Ok(())
     }
 
-    async fn discard(self) {
+    async fn discard(&self) {
         let _ = tokio::fs::remove_file(&self.path).await;
     }
 }

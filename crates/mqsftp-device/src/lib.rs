@@ -19,6 +19,20 @@ pub use config::{DeviceConfig, DeviceTransferConfig};
 pub use mqsftp_mqtt::MqttError;
 pub use mqsftp_proto::{Entry, EntryKind, ErrorCode};
 
+impl DeviceError {
+    /// Whether trying again (after reconnecting, resuming from what is held) may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DeviceError::NoGateway { .. } | DeviceError::Stalled { .. } | DeviceError::Closed(_) => true,
+            DeviceError::Remote { code, .. } => {
+                matches!(code, ErrorCode::Timeout | ErrorCode::Unavailable | ErrorCode::Busy)
+            }
+            DeviceError::Mqtt(e) => !e.is_tls() && !matches!(e, MqttError::SubscriptionRefused { .. }),
+            _ => false,
+        }
+    }
+}
+
 /// What went wrong on the device side.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {

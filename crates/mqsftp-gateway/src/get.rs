@@ -13,7 +13,13 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::server::{confine_file, sleep_until, Ctl, Failure, Registration, Shared};
 use crate::store::StoreError;
 
-pub(crate) async fn start_get(shared: Arc<Shared>, device: DeviceId, session: SessionId, id: String, path: String) {
+pub(crate) async fn start_get(
+    shared: Arc<Shared>,
+    device: DeviceId,
+    session: SessionId,
+    id: String,
+    (path, offset): (String, u64),
+) {
     let fail = |(code, message): Failure| Response::error(Some(id.clone()), code, message);
     let rel = match confine_file(&path) {
         Ok(rel) => rel,
@@ -28,7 +34,7 @@ pub(crate) async fn start_get(shared: Arc<Shared>, device: DeviceId, session: Se
     let span = info_span!("get", %device, transfer, path = %rel.as_str());
     async move {
         let _registration = Registration { shared: &shared, transfer };
-        match serve_get(&shared, &device, &session, &id, transfer, (&store_path, rel.as_str()), rx).await {
+        match serve_get(&shared, &device, &session, &id, transfer, (&store_path, rel.as_str(), offset), rx).await {
             Ok(stats) => info!(size = stats.0, resent = stats.1, "get complete"),
             Err((code, message)) => {
                 info!(%code, %message, "get failed");
@@ -47,7 +53,7 @@ async fn serve_get(
     session: &SessionId,
     id: &str,
     transfer: TransferId,
-    (store_path, rel): (&str, &str),
+    (store_path, rel, offset): (&str, &str, u64),
     mut rx: mpsc::UnboundedReceiver<Ctl>,
 ) -> Result<(u64, u64), Failure> {
     // Store errors are logged with the server path and reported with the device-relative one.
@@ -85,7 +91,11 @@ async fn serve_get(
         give_up_after: t.give_up_after,
     };
     let size = meta.len();
-    let mut sender = Sender::new(transfer, size, params, Instant::now());
+    if offset > size {
+        let msg = format!("offset {offset} is beyond the end of {rel} ({size} bytes)");
+        return Err((ErrorCode::BadRequest, msg));
+    }
+    let mut sender = Sender::resume(transfer, size, offset, params, Instant::now());
     shared
         .respond(
             device,
@@ -118,6 +128,7 @@ async fn serve_get(
             sender.handle_read(data).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         }
         while let Some(chunk) = sender.poll_transmit() {
+            shared.stats.sent_bytes.fetch_add(chunk.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             shared
                 .client
                 .publish_bytes(down.clone(), QoS::AtLeastOnce, false, chunk.encode())
@@ -177,17 +188,28 @@ impl ReadAhead {
 
     /// The next `len` bytes of the file.
     async fn read(&mut self, len: usize) -> std::io::Result<Bytes> {
-        if self.current.is_empty() {
-            self.current = match self.rx.recv().await {
-                Some(r) => r?,
-                None => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file ended early")),
-            };
+        // Usually a slice of the current block (zero-copy); a read that straddles two blocks (after a resume at an
+        // odd offset) is assembled.
+        let mut assembled: Option<bytes::BytesMut> = None;
+        loop {
+            if self.current.is_empty() {
+                self.current = match self.rx.recv().await {
+                    Some(r) => r?,
+                    None => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file ended early")),
+                };
+            }
+            let have = assembled.as_ref().map_or(0, |b| b.len());
+            let need = len - have;
+            if assembled.is_none() && self.current.len() >= need {
+                return Ok(self.current.split_to(need));
+            }
+            let take = need.min(self.current.len());
+            let buf = assembled.get_or_insert_with(|| bytes::BytesMut::with_capacity(len));
+            buf.extend_from_slice(&self.current.split_to(take));
+            if buf.len() == len {
+                return Ok(assembled.take().map(|b| b.freeze()).unwrap_or_default());
+            }
         }
-        if self.current.len() < len {
-            // Chunks never straddle blocks: block is a multiple of the chunk size and only the last chunk is short.
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short block"));
-        }
-        Ok(self.current.split_to(len))
     }
 }
 

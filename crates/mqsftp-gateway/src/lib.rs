@@ -18,5 +18,5 @@ pub mod server;
 pub mod store;
 
 pub use config::{ConfigError, GatewayConfig};
-pub use server::{Gateway, GatewayError};
+pub use server::{Gateway, GatewayError, GatewayStats};
 pub use store::{Store, StoreError, StoreSession};

@@ -148,6 +148,7 @@ async fn serve_put(
         };
         match ctl {
             Ctl::Chunk(chunk) => {
+                shared.stats.received_bytes.fetch_add(chunk.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 if chunk.data.len() > t.chunk_size as usize {
                     break Err((
                         ErrorCode::BadRequest,

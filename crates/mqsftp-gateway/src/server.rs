@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -52,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) cfg: GatewayConfig,
     /// This gateway's id in topics: devices address a running transfer's traffic to it.
     pub(crate) id: GatewayId,
+    /// Counters.
+    pub(crate) stats: Arc<GatewayStats>,
     /// Uploads committed lately, so that a commit sent again gets the same answer.
     pub(crate) committed: Mutex<Committed>,
     transfers: Mutex<HashMap<TransferId, (DeviceId, mpsc::UnboundedSender<Ctl>)>>,
@@ -92,6 +95,15 @@ pub struct Gateway {
     link: MqttLink,
 }
 
+/// Counters of a running gateway, readable while it runs (for tests, benchmarks and logs).
+#[derive(Debug, Default)]
+pub struct GatewayStats {
+    /// Chunk data bytes published to devices (downloads), re-sends included.
+    pub sent_bytes: AtomicU64,
+    /// Chunk data bytes received from devices (uploads), duplicates included.
+    pub received_bytes: AtomicU64,
+}
+
 impl Gateway {
     /// Connects to the SFTP store (checking its host key) and to the broker, and subscribes to all devices'
     /// requests. Fails fast on a bad certificate, key or host key.
@@ -123,8 +135,19 @@ impl Gateway {
             id,
             transfers: Mutex::new(HashMap::new()),
             committed: Mutex::new(Committed::default()),
+            stats: Arc::default(),
         });
         Ok(Gateway { shared, link })
+    }
+
+    /// This gateway's counters.
+    pub fn stats(&self) -> Arc<GatewayStats> {
+        self.shared.stats.clone()
+    }
+
+    /// This gateway's id (the `{gateway}` level of its transfer topics).
+    pub fn id(&self) -> &GatewayId {
+        &self.shared.id
     }
 
     /// Serves requests until `shutdown` completes or the broker link closes for good.
@@ -190,8 +213,8 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
                 shared.respond(&device, &session, &Response::Pong { id, version: PROTOCOL_VERSION }).await;
             });
         }
-        Request::Get { id, session, path } => {
-            tokio::spawn(crate::get::start_get(shared.clone(), device, session, id, path));
+        Request::Get { id, session, path, offset } => {
+            tokio::spawn(crate::get::start_get(shared.clone(), device, session, id, (path, offset)));
         }
         Request::Put { id, session, path, size, sha256, overwrite } => {
             let put = crate::put::PutRequest { id, session, path, size, sha256, overwrite };

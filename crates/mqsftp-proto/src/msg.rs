@@ -34,6 +34,10 @@ pub enum Request {
         session: SessionId,
         /// File path relative to the device root.
         path: String,
+        /// Bytes the device already holds from an interrupted download of this file; the gateway sends from
+        /// here on (and still announces the SHA-256 of the whole file).
+        #[serde(default)]
+        offset: u64,
     },
     /// Upload `size` bytes to `path`; chunks follow on the device's `up` topic once accepted.
     Put {
@@ -423,7 +427,12 @@ mod tests {
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
             (req_id(), session()).prop_map(|(id, session)| Request::Ping { id, session }),
-            (req_id(), session(), any::<String>()).prop_map(|(id, session, path)| Request::Get { id, session, path }),
+            (req_id(), session(), any::<String>(), any::<u64>()).prop_map(|(id, session, path, offset)| Request::Get {
+                id,
+                session,
+                path,
+                offset
+            }),
             (any::<u64>(), any::<u64>()).prop_map(|(transfer, next)| Request::Ack { transfer, next }),
             any::<u64>().prop_map(|transfer| Request::Cancel { transfer }),
         ]
@@ -514,7 +523,12 @@ mod tests {
         let r = Request::decode(br#"{"op":"get","id":"r1","session":"abc","path":"a/b.txt","extra":1}"#).unwrap();
         assert_eq!(
             r,
-            Request::Get { id: "r1".into(), session: SessionId::new("abc").unwrap(), path: "a/b.txt".into() }
+            Request::Get {
+                id: "r1".into(),
+                session: SessionId::new("abc").unwrap(),
+                path: "a/b.txt".into(),
+                offset: 0
+            }
         );
         let e = Response::error(Some("r1".into()), ErrorCode::NotFound, "no such file: a");
         assert_eq!(

@@ -77,6 +77,8 @@ pub struct Sender {
     transfer: TransferId,
     size: u64,
     params: StreamParams,
+    /// Bytes the receiver held before this transfer began: read for the hash, never sent.
+    start: u64,
     /// Next offset to read from the store.
     read_pos: u64,
     reading: bool,
@@ -95,15 +97,23 @@ pub struct Sender {
 impl Sender {
     /// A download of a `size`-byte file, started at `now`.
     pub fn new(transfer: TransferId, size: u64, params: StreamParams, now: Instant) -> Self {
+        Self::resume(transfer, size, 0, params, now)
+    }
+
+    /// A transfer of which the receiver already holds the first `start` bytes (capped at `size`). Those bytes are
+    /// still read (so that the whole file is hashed) but never sent.
+    pub fn resume(transfer: TransferId, size: u64, start: u64, params: StreamParams, now: Instant) -> Self {
         let params = StreamParams { chunk_size: params.chunk_size.max(1), window: params.window.max(1), ..params };
+        let start = start.min(size);
         let mut s = Self {
             transfer,
             size,
             params,
+            start,
             read_pos: 0,
             reading: false,
             unacked: VecDeque::new(),
-            acked: 0,
+            acked: start,
             hasher: Some(Sha256::new()),
             sha256: None,
             done_sent: false,
@@ -151,17 +161,26 @@ impl Sender {
 
     /// The next read the driver should perform, if the window has room.
     pub fn poll_read(&mut self) -> Option<ReadRequest> {
-        if self.reading || self.read_pos >= self.size || self.unacked.len() >= self.params.window as usize {
+        let in_prefix = self.read_pos < self.start;
+        if self.reading
+            || self.read_pos >= self.size
+            || (!in_prefix && self.unacked.len() >= self.params.window as usize)
+        {
             return None;
         }
-        let len = (self.size - self.read_pos).min(u64::from(self.params.chunk_size)) as u32;
         self.reading = true;
-        Some(ReadRequest { offset: self.read_pos, len })
+        Some(ReadRequest { offset: self.read_pos, len: self.next_len() })
+    }
+
+    /// Length of the next read: a chunk, cut short at the end of the held prefix and of the file.
+    fn next_len(&self) -> u32 {
+        let end = if self.read_pos < self.start { self.start } else { self.size };
+        (end - self.read_pos).min(u64::from(self.params.chunk_size)) as u32
     }
 
     /// The data of the read last returned by [`poll_read`](Self::poll_read).
     pub fn handle_read(&mut self, data: Bytes) -> Result<(), SendError> {
-        let want = (self.size - self.read_pos).min(u64::from(self.params.chunk_size)) as u32;
+        let want = self.next_len();
         if !self.reading || data.len() != want as usize {
             return Err(SendError::ShortRead { offset: self.read_pos, want, got: data.len() });
         }
@@ -171,7 +190,9 @@ impl Sender {
         }
         let chunk = Chunk { transfer: self.transfer, offset: self.read_pos, data };
         self.read_pos = chunk.end();
-        self.unacked.push_back((chunk, true));
+        if chunk.offset >= self.start {
+            self.unacked.push_back((chunk, true));
+        }
         self.finish_hash_if_read();
         Ok(())
     }
@@ -299,6 +320,20 @@ impl Receiver {
     /// Announced size.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Bytes the device already held before this transfer (a resumed download), in order from offset 0: hashed,
+    /// counted as received, never written again.
+    pub fn handle_held(&mut self, data: &[u8]) -> Result<(), ReceiveError> {
+        let end = self.next + data.len() as u64;
+        if end > self.size {
+            return Err(ReceiveError::PastEnd { offset: self.next, len: data.len(), size: self.size });
+        }
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(data);
+        }
+        self.next = end;
+        Ok(())
     }
 
     /// A chunk of this transfer arrived.
@@ -431,6 +466,47 @@ mod tests {
             let link = Lossy { rng: Rng(seed * 7919), loss: 0.1, dup: 0.1, reorder: 0.1, held: Vec::new() };
             let (out, _, _) = run(&data, params, link);
             assert_eq!(out, data, "seed {seed}");
+        }
+    }
+
+    /// A download resumed at any offset sends exactly the missing bytes and still hashes the whole file.
+    #[test]
+    fn resume_sends_only_what_is_missing() {
+        let data = file(10_000, 3);
+        let params = StreamParams { chunk_size: 1000, window: 3, ..StreamParams::default() };
+        for start in [0u64, 1, 999, 1000, 1001, 5500, 9999, 10_000] {
+            let now = Instant::now();
+            let mut tx = Sender::resume(9, data.len() as u64, start, params, now);
+            let mut rx = Receiver::new(9, data.len() as u64);
+            rx.handle_held(&data[..start as usize]).unwrap();
+            let mut sent = 0u64;
+            let mut out = data[..start as usize].to_vec();
+            let mut done = None;
+            for _ in 0..10_000 {
+                while let Some(r) = tx.poll_read() {
+                    let (o, l) = (r.offset as usize, r.len as usize);
+                    tx.handle_read(Bytes::copy_from_slice(&data[o..o + l])).unwrap();
+                }
+                while let Some(c) = tx.poll_transmit() {
+                    assert!(c.offset >= start, "held bytes are never sent");
+                    sent += c.data.len() as u64;
+                    if let Received::Write { data, ack, .. } = rx.handle_chunk(c).unwrap() {
+                        out.extend_from_slice(&data);
+                        tx.handle_ack(ack, now).unwrap();
+                    }
+                }
+                if let Some((size, sha)) = tx.poll_done() {
+                    rx.handle_done(size, &hex::encode(sha)).unwrap();
+                }
+                if let Some(r) = rx.poll_finished() {
+                    done = Some(r.unwrap());
+                    break;
+                }
+            }
+            assert!(done.is_some(), "start {start}: finished");
+            assert_eq!(sent, data.len() as u64 - start, "start {start}");
+            assert_eq!(out, data);
+            assert!(tx.is_complete());
         }
     }
 

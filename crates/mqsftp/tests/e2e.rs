@@ -28,3 +28,7 @@ mod put;
 /// list (paged), stat, remove, mkdir, rename, and their confinement.
 #[path = "e2e/ops.rs"]
 mod ops;
+
+/// Interruptions: broker restarts, resumed downloads.
+#[path = "e2e/faults.rs"]
+mod faults;

@@ -86,7 +86,7 @@ async fn over_the_per_device_limit_is_busy() {
     )
     .await
     .unwrap();
-    let get = Request::Get { id: "hold-1".into(), session: session.clone(), path: "big.bin".into() };
+    let get = Request::Get { id: "hold-1".into(), session: session.clone(), path: "big.bin".into(), offset: 0 };
     raw.client.publish(Topic::request(&device), QoS::AtLeastOnce, false, get.encode()).await.unwrap();
     loop {
         let p = tokio::time::timeout(LIMIT, raw.incoming.recv()).await.expect("answer in time").unwrap();

@@ -14,6 +14,7 @@ pub const LIMIT: Duration = Duration::from_secs(120);
 
 /// A gateway running in this process against `stack`, stopped on drop.
 pub struct RunningGateway {
+    pub stats: std::sync::Arc<mqsftp_gateway::GatewayStats>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), mqsftp_gateway::GatewayError>>>,
 }
@@ -22,11 +23,12 @@ impl RunningGateway {
     pub async fn start(stack: &Stack) -> RunningGateway {
         let cfg = GatewayConfig::load(stack.gateway_config()).expect("gateway config loads");
         let gw = tokio::time::timeout(LIMIT, Gateway::connect(cfg)).await.expect("in time").expect("gateway connects");
+        let stats = gw.stats();
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gw.run(async move {
             let _ = rx.await;
         }));
-        RunningGateway { stop: Some(stop), task: Some(task) }
+        RunningGateway { stats, stop: Some(stop), task: Some(task) }
     }
 
     pub async fn stop(mut self) {

@@ -1,0 +1,81 @@
+use std::sync::atomic::Ordering;
+
+use tokio::sync::watch;
+
+use crate::support::*;
+
+/// Window × chunk size of the default gateway config: the most a sender has in flight.
+const WINDOW_BYTES: u64 = 8 * 64 * 1024;
+
+/// The broker is killed and restarted three times during a download: the device reconnects and resumes from the
+/// bytes it holds each time, the file is byte-identical, and the gateway sent at most two windows again per kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_resumes_after_the_broker_is_killed() {
+    const SIZE: usize = 200 * 1024 * 1024;
+    const KILLS: u64 = 3;
+    let (mut stack, gw, cfg) = setup("bkget").await;
+    let data = content(SIZE, 77);
+    put_on_store(&stack, "bkget", "big.bin", &data);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("big.bin");
+    let mut client = connect(&cfg).await;
+    let (tx, mut done) = watch::channel(0u64);
+    let t = target.clone();
+    let get = tokio::spawn(async move {
+        client
+            .get("big.bin", &t, |p| {
+                tx.send_replace(p.done);
+            })
+            .await
+    });
+    for k in 1..=KILLS {
+        let threshold = SIZE as u64 * k / (KILLS + 1);
+        tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= threshold)).await.expect("progress").expect("alive");
+        stack.kill_broker().unwrap();
+        stack.start_broker().unwrap();
+    }
+    let outcome = tokio::time::timeout(LIMIT, get).await.expect("in time").expect("no panic").expect("get succeeds");
+    assert_eq!(sha256_file(&target), sha256(&data));
+    let sent = gw.stats.sent_bytes.load(Ordering::Relaxed);
+    let resent = sent.saturating_sub(SIZE as u64);
+    println!(
+        "broker killed {KILLS}x during a {} MiB get: gateway re-sent {resent} bytes ({:.2} windows per kill), \
+         device received {} bytes twice",
+        SIZE >> 20,
+        resent as f64 / WINDOW_BYTES as f64 / KILLS as f64,
+        outcome.resent_bytes
+    );
+    assert!(resent <= KILLS * 2 * WINDOW_BYTES, "re-sent {resent} bytes for {KILLS} kills");
+    assert!(part_files(out.path()).is_empty());
+    gw.stop().await;
+}
+
+/// A download interrupted for good (no gateway any more) keeps what it holds; the next `get` of the same target
+/// continues from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_get_continues_from_the_part_file() {
+    const SIZE: usize = 5 * 1024 * 1024 + 123;
+    let (stack, gw, cfg) = setup("later").await;
+    let data = content(SIZE, 78);
+    put_on_store(&stack, "later", "f.bin", &data);
+    let out = tempfile::tempdir().unwrap();
+    // What an interrupted download leaves: the first 3,000,001 bytes in the part file.
+    std::fs::write(out.path().join(".f.bin.mqsftp-part"), &data[..3_000_001]).unwrap();
+    let mut client = connect(&cfg).await;
+    let before = gw.stats.sent_bytes.load(Ordering::Relaxed);
+    client.get("f.bin", &out.path().join("f.bin"), |_| {}).await.unwrap();
+    let sent = gw.stats.sent_bytes.load(Ordering::Relaxed) - before;
+    assert_eq!(sent, SIZE as u64 - 3_000_001, "only the missing bytes were sent");
+    assert_eq!(std::fs::read(out.path().join("f.bin")).unwrap(), data);
+    assert_eq!(entries(out.path()), vec!["f.bin".to_string()]);
+
+    // A part file that is not a prefix of the remote file fails verification and is dropped, not kept.
+    std::fs::write(out.path().join(".g.bin.mqsftp-part"), b"garbage").unwrap();
+    put_on_store(&stack, "later", "g.bin", &data[..1000]);
+    let err = client.get("g.bin", &out.path().join("g.bin"), |_| {}).await.unwrap_err();
+    assert!(matches!(err, mqsftp_device::DeviceError::Integrity(_)), "{err}");
+    assert_eq!(entries(out.path()), vec!["f.bin".to_string()], "bad part file removed, nothing at g.bin");
+    client.get("g.bin", &out.path().join("g.bin"), |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(out.path().join("g.bin")).unwrap(), &data[..1000]);
+    gw.stop().await;
+}
