@@ -47,6 +47,8 @@ pub struct PutOutcome {
     pub sha256: String,
     /// Whether the store confirmed an fsync before the rename.
     pub durable: bool,
+    /// Bytes sent more than once (after interruptions and resumes); 0 on an undisturbed upload.
+    pub resent_bytes: u64,
 }
 
 /// A connected device client.
@@ -271,6 +273,7 @@ impl Client {
 
     /// Uploads `local` to `remote` (relative to the device root). The gateway writes a temporary file and renames
     /// it into place only after size and SHA-256 match; an existing `remote` is replaced only with `overwrite`.
+    /// After an interruption (broker restart, gateway gone) the upload continues from what the store holds.
     pub async fn put(
         &mut self,
         local: &Path,
@@ -280,13 +283,50 @@ impl Client {
     ) -> Result<PutOutcome, DeviceError> {
         let local_err = |source| DeviceError::Local { path: local.to_path_buf(), source };
         let (size, sha256) = hash_file(local).await.map_err(local_err)?;
-        let path = remote.to_string();
-        let sha = sha256.clone();
+        let mut upload = Upload { local, remote, size, sha256, overwrite, resume: None, acked: 0, sent: 0 };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = upload.acked;
+            match self.put_once(&mut upload, &mut progress).await {
+                Ok(o) => return Ok(o),
+                // The store no longer holds the interrupted upload: start it again from nothing.
+                Err(DeviceError::Remote { code: ErrorCode::Expired, .. })
+                    if upload.resume.is_some() && attempt < GET_ATTEMPTS =>
+                {
+                    upload.resume = None;
+                }
+                Err(e)
+                    if e.is_transient()
+                        && attempt < GET_ATTEMPTS
+                        && (matches!(e, DeviceError::Closed(_)) || upload.acked > before) =>
+                {
+                    debug!(error = %e, attempt, "upload interrupted; resuming");
+                    if matches!(e, DeviceError::Closed(_)) {
+                        self.reconnect().await?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt of an upload: a new one, or the continuation of `upload.resume`.
+    async fn put_once(
+        &mut self,
+        upload: &mut Upload<'_>,
+        progress: &mut impl FnMut(Progress),
+    ) -> Result<PutOutcome, DeviceError> {
+        let (local, size) = (upload.local, upload.size);
+        let local_err = |source| DeviceError::Local { path: local.to_path_buf(), source };
+        let (path, sha, overwrite, resume) =
+            (upload.remote.to_string(), upload.sha256.clone(), upload.overwrite, upload.resume);
         let accepted =
-            self.call(|id, session| Request::Put { id, session, path, size, sha256: sha, overwrite }).await?;
-        let Response::PutAccepted { transfer, gateway, chunk_size, window, .. } = accepted else {
+            self.call(|id, session| Request::Put { id, session, path, size, sha256: sha, overwrite, resume }).await?;
+        let Response::PutAccepted { transfer, gateway, chunk_size, window, offset, .. } = accepted else {
             return Err(unexpected(&accepted));
         };
+        upload.resume = Some(transfer);
         let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
         let params = StreamParams {
             chunk_size: chunk_size.clamp(1, mqsftp_proto::chunk::MAX_CHUNK_DATA as u32),
@@ -294,9 +334,10 @@ impl Client {
             retransmit_after: StreamParams::default().retransmit_after,
             give_up_after: self.timeout,
         };
-        let mut sender = Sender::new(transfer, size, params, Instant::now());
+        let mut sender = Sender::resume(transfer, size, offset, params, Instant::now());
         let up = Topic::up(&self.device, &gateway);
-        progress(Progress { done: 0, total: size });
+        upload.acked = upload.acked.max(sender.acked());
+        progress(Progress { done: sender.acked(), total: size });
         while !sender.is_complete() {
             while let Some(read) = sender.poll_read() {
                 let mut buf = vec![0u8; read.len as usize];
@@ -306,13 +347,14 @@ impl Client {
                     .map_err(|e| DeviceError::LocalChanged { path: local.to_path_buf(), reason: e.to_string() })?;
             }
             while let Some(chunk) = sender.poll_transmit() {
+                upload.sent += chunk.data.len() as u64;
                 self.mqtt()
                     .publish_bytes(up.clone(), QoS::AtLeastOnce, false, chunk.encode())
                     .await
                     .map_err(|e| DeviceError::Closed(e.to_string()))?;
             }
             if let Some((_, sent_sha)) = sender.poll_done() {
-                if hex::encode(sent_sha) != sha256 {
+                if hex::encode(sent_sha) != upload.sha256 {
                     let _ = self.send_to(&gateway, &Request::Cancel { transfer }).await;
                     return Err(DeviceError::LocalChanged {
                         path: local.to_path_buf(),
@@ -331,35 +373,31 @@ impl Client {
                         code: ErrorCode::Internal,
                         message: format!("gateway acknowledged more than was sent: {e}"),
                     })?;
+                    upload.acked = upload.acked.max(sender.acked());
                     progress(Progress { done: sender.acked(), total: size });
                 }
                 Some(Incoming::Response(Response::Error { transfer: Some(t), code, message, .. })) if t == transfer => {
+                    // The upload is over on the gateway's side: nothing to resume.
+                    upload.resume = None;
                     return Err(DeviceError::Remote { code, message });
                 }
                 Some(_) => {}
                 None => {
-                    if let Err(e) = sender.handle_timeout(Instant::now()) {
-                        let _ = self.send_to(&gateway, &Request::Cancel { transfer }).await;
-                        let _ = e;
+                    if sender.handle_timeout(Instant::now()).is_err() {
                         return Err(DeviceError::Stalled { after: self.timeout, received: sender.acked(), size });
                     }
                 }
             }
         }
         // Commit is idempotent on the gateway: a lost answer is recovered by asking again.
-        let mut last = None;
-        for _ in 0..3 {
-            let topic = Topic::direct(&self.device, &gateway);
-            match self.call_on(topic, |id, session| Request::Commit { id, session, transfer }).await {
-                Ok(Response::Committed { size, sha256, durable, .. }) => {
-                    return Ok(PutOutcome { path: remote.to_string(), size, sha256, durable })
-                }
-                Ok(other) => return Err(unexpected(&other)),
-                Err(e @ DeviceError::NoGateway { .. }) => last = Some(e),
-                Err(e) => return Err(e),
+        let topic = Topic::direct(&self.device, &gateway);
+        match self.call_on(topic, |id, session| Request::Commit { id, session, transfer }).await? {
+            Response::Committed { size, sha256, durable, .. } => {
+                let resent_bytes = upload.sent.saturating_sub(size);
+                Ok(PutOutcome { path: upload.remote.to_string(), size, sha256, durable, resent_bytes })
             }
+            other => Err(unexpected(&other)),
         }
-        Err(last.unwrap_or(DeviceError::NoGateway { after: self.timeout }))
     }
 
     /// Asks a gateway to answer; returns the round-trip time and the gateway's protocol version.
@@ -535,6 +573,21 @@ impl Client {
             }
         }
     }
+}
+
+/// An upload in progress, across attempts.
+struct Upload<'a> {
+    local: &'a Path,
+    remote: &'a str,
+    size: u64,
+    sha256: String,
+    overwrite: bool,
+    /// The transfer to continue after an interruption.
+    resume: Option<TransferId>,
+    /// Most bytes the gateway has acknowledged so far.
+    acked: u64,
+    /// Chunk bytes published, over all attempts.
+    sent: u64,
 }
 
 /// A response of a type the request does not call for.

@@ -27,7 +27,7 @@ pub(crate) async fn start_get(
     };
     let store_path = shared.cfg.store.path_of(&device, &rel);
     let (tx, rx) = mpsc::unbounded_channel();
-    let transfer = match shared.register(&device, tx) {
+    let transfer = match shared.register(&device, tx, None) {
         Ok(t) => t,
         Err(msg) => return shared.respond(&device, &session, &fail((ErrorCode::Busy, msg))).await,
     };
@@ -147,7 +147,7 @@ async fn serve_get(
                 Some(Ctl::Ack(next)) => {
                     sender.handle_ack(next, Instant::now()).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
                 }
-                Some(Ctl::Chunk(_) | Ctl::Commit { .. }) => {} // upload messages mean nothing to a download
+                Some(Ctl::Chunk(_) | Ctl::Commit { .. } | Ctl::Reattach(_)) => {} // upload messages mean nothing to a download
                 Some(Ctl::Cancel) => return Err((ErrorCode::Internal, "cancelled by the device".into())),
                 None => return Err((ErrorCode::Internal, "gateway shutting down".into())),
             },

@@ -23,6 +23,8 @@ pub(crate) struct PutRequest {
     pub size: u64,
     pub sha256: String,
     pub overwrite: bool,
+    /// The upload to continue, if this resumes one.
+    pub resume: Option<TransferId>,
 }
 
 fn is_sha256_hex(s: &str) -> bool {
@@ -45,7 +47,7 @@ pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, req: PutReq
         return shared.respond(&device, &req.session, &fail(f)).await;
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    let transfer = match shared.register(&device, tx) {
+    let transfer = match shared.register(&device, tx, req.resume) {
         Ok(t) => t,
         Err(msg) => return shared.respond(&device, &req.session, &fail((ErrorCode::Busy, msg))).await,
     };
@@ -103,11 +105,26 @@ async fn serve_put(
     let rel_dir = rel.as_str().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
     ensure_dir(shared, &sftp, &dir, rel_dir).await?;
     let mut part = Part { sftp: &sftp, path: format!("{dir}/.{name}.{transfer:x}{PART_SUFFIX}"), committed: false };
-    let mut file = match sftp.create(part.path.as_str()).await {
-        Ok(f) => Some(f),
-        Err(e) => return Err(sftp_failure(shared, "create", &part.path, rel.as_str(), e).await),
+    let mut receiver = Receiver::new(transfer, req.size);
+    let mut file = if req.resume.is_some() {
+        match adopt(shared, &sftp, &part.path, rel, &mut receiver).await {
+            Ok(f) => Some(f),
+            Err(f) => {
+                // Adopting failed: the temporary file is left to expiry unless it is plainly wrong.
+                if f.0 == ErrorCode::ChecksumMismatch || f.0 == ErrorCode::BadRequest {
+                    part.discard(None).await;
+                }
+                return Err(f);
+            }
+        }
+    } else {
+        match sftp.create(part.path.as_str()).await {
+            Ok(f) => Some(f),
+            Err(e) => return Err(sftp_failure(shared, "create", &part.path, rel.as_str(), e).await),
+        }
     };
     let t = shared.cfg.transfer;
+    let mut session = req.session.clone();
     shared
         .respond(
             device,
@@ -118,10 +135,10 @@ async fn serve_put(
                 transfer,
                 chunk_size: t.chunk_size,
                 window: t.window,
+                offset: receiver.received(),
             },
         )
         .await;
-    let mut receiver = Receiver::new(transfer, req.size);
     if let Err(e) = receiver.handle_done(req.size, &req.sha256) {
         part.discard(file.take()).await;
         return Err((ErrorCode::BadRequest, e.to_string()));
@@ -174,7 +191,7 @@ async fn serve_put(
                     Some(Err(e)) => break Err((ErrorCode::ChecksumMismatch, e.to_string())),
                     None => {}
                 }
-                shared.respond(device, &req.session, &Response::PutAck { transfer, next: ack }).await;
+                shared.respond(device, &session, &Response::PutAck { transfer, next: ack }).await;
             }
             Ctl::Commit { id, session } => {
                 if !verified {
@@ -202,6 +219,24 @@ async fn serve_put(
                     }
                     Err(f) => break Err(f),
                 }
+            }
+            Ctl::Reattach(again) => {
+                // Make what is held durable before telling the device it need not send it again.
+                if let Some(f) = file.as_mut() {
+                    if f.flush().await.is_err() || f.sync_all().await.is_err() {
+                        break Err((ErrorCode::Internal, format!("writing {} failed", rel.as_str())));
+                    }
+                }
+                session = again.session.clone();
+                let resp = Response::PutAccepted {
+                    gateway: shared.id.clone(),
+                    id: again.id,
+                    transfer,
+                    chunk_size: t.chunk_size,
+                    window: t.window,
+                    offset: receiver.received(),
+                };
+                shared.respond(device, &session, &resp).await;
             }
             Ctl::Cancel => break Err((ErrorCode::Internal, "cancelled by the device".to_string())),
             Ctl::Ack(_) => {} // download acknowledgements mean nothing to an upload
@@ -249,4 +284,58 @@ async fn commit(
     }
     part.committed = true;
     Ok(durable)
+}
+
+/// Takes over the temporary file of an interrupted upload: hashes what it holds into `receiver`, makes it durable,
+/// and returns it opened for writing at its end.
+async fn adopt(
+    shared: &Shared,
+    sftp: &StoreSession,
+    part_path: &str,
+    rel: &RelPath,
+    receiver: &mut Receiver,
+) -> Result<File, Failure> {
+    use russh_sftp::protocol::OpenFlags;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut reader = match sftp.open(part_path).await {
+        Ok(f) => f,
+        Err(russh_sftp::client::error::Error::Status(st))
+            if st.status_code == russh_sftp::protocol::StatusCode::NoSuchFile =>
+        {
+            return Err((
+                ErrorCode::Expired,
+                format!("no interrupted upload of {} to resume (it expired or was never started)", rel.as_str()),
+            ))
+        }
+        Err(e) => return Err(sftp_failure(shared, "open", part_path, rel.as_str(), e).await),
+    };
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "reading the temporary file failed");
+                return Err((ErrorCode::Internal, format!("reading the partial upload of {} failed", rel.as_str())));
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        receiver.handle_held(&buf[..n]).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+    }
+    let _ = reader.close().await;
+    let held = receiver.received();
+    let mut file = match sftp.open_with_flags(part_path, OpenFlags::WRITE).await {
+        Ok(f) => f,
+        Err(e) => return Err(sftp_failure(shared, "open", part_path, rel.as_str(), e).await),
+    };
+    if let Err(e) = file.seek(std::io::SeekFrom::Start(held)).await {
+        warn!(error = %e, "seek failed");
+        return Err((ErrorCode::Internal, format!("reopening the partial upload of {} failed", rel.as_str())));
+    }
+    if let Err(e) = file.sync_all().await {
+        return Err(sftp_failure(shared, "fsync", part_path, rel.as_str(), e).await);
+    }
+    info!(held, "resuming an interrupted upload");
+    Ok(file)
 }

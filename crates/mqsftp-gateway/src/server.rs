@@ -45,6 +45,8 @@ pub(crate) enum Ctl {
     Chunk(Chunk),
     /// Commit an upload; answer request `id` on `session`.
     Commit { id: String, session: SessionId },
+    /// The device resumes this upload (after losing its connection): answer with what is held.
+    Reattach(crate::put::PutRequest),
 }
 
 pub(crate) struct Shared {
@@ -70,7 +72,13 @@ impl Shared {
 
     /// Checks the concurrency limits and registers a new transfer under one lock, so that simultaneous requests
     /// cannot overshoot them. Returns the new transfer id, or why the gateway is busy.
-    pub(crate) fn register(&self, device: &DeviceId, tx: mpsc::UnboundedSender<Ctl>) -> Result<TransferId, String> {
+    /// `wanted`: the id of an upload being resumed (it keeps its id, which names its temporary file).
+    pub(crate) fn register(
+        &self,
+        device: &DeviceId,
+        tx: mpsc::UnboundedSender<Ctl>,
+        wanted: Option<TransferId>,
+    ) -> Result<TransferId, String> {
         let limits = self.cfg.transfer;
         let mut t = self.transfers.lock().map_err(|_| "transfer table unavailable".to_string())?;
         let (all, mine) = (t.len(), t.values().filter(|(d, _)| d == device).count());
@@ -80,7 +88,12 @@ impl Shared {
                 limits.max_transfers_per_device, limits.max_transfers
             ));
         }
-        let mut transfer = rand::random::<u64>() & MAX_TRANSFER_ID;
+        if let Some(w) = wanted {
+            if t.contains_key(&w) {
+                return Err(format!("upload {w} is already running here"));
+            }
+        }
+        let mut transfer = wanted.unwrap_or_else(|| rand::random::<u64>() & MAX_TRANSFER_ID);
         while t.contains_key(&transfer) {
             transfer = rand::random::<u64>() & MAX_TRANSFER_ID;
         }
@@ -216,8 +229,36 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
         Request::Get { id, session, path, offset } => {
             tokio::spawn(crate::get::start_get(shared.clone(), device, session, id, (path, offset)));
         }
-        Request::Put { id, session, path, size, sha256, overwrite } => {
-            let put = crate::put::PutRequest { id, session, path, size, sha256, overwrite };
+        Request::Put { id, session, path, size, sha256, overwrite, resume } => {
+            // An upload this gateway still runs (the device lost only its broker connection) takes the device back;
+            // otherwise a new task adopts what the store holds.
+            let put = crate::put::PutRequest { id, session, path, size, sha256, overwrite, resume };
+            let committed_size = resume.and_then(|t| shared.committed.lock().ok()?.size_of(&device, t));
+            if let (Some(t), Some(size)) = (resume, committed_size) {
+                // Already committed (the answer to the commit was lost): let the device commit again.
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let t_cfg = shared.cfg.transfer;
+                    let resp = Response::PutAccepted {
+                        id: put.id,
+                        transfer: t,
+                        gateway: shared.id.clone(),
+                        chunk_size: t_cfg.chunk_size,
+                        window: t_cfg.window,
+                        offset: size,
+                    };
+                    shared.respond(&device, &put.session, &resp).await;
+                });
+                return;
+            }
+            let put = match resume {
+                Some(t) => match route(shared, &device, t, Ctl::Reattach(put)) {
+                    Ok(()) => return,
+                    Err(Ctl::Reattach(put)) => put,
+                    Err(_) => return,
+                },
+                None => put,
+            };
             tokio::spawn(crate::put::start_put(shared.clone(), device, put));
         }
         Request::Commit { id, session, transfer } => {
@@ -384,6 +425,14 @@ impl Committed {
         }
         self.order.push_back(transfer);
         self.answers.insert(transfer, (device, answer));
+    }
+
+    /// The size of `device`'s committed upload `transfer`, if it is remembered.
+    fn size_of(&self, device: &DeviceId, transfer: TransferId) -> Option<u64> {
+        match self.answers.get(&transfer) {
+            Some((owner, Response::Committed { size, .. })) if owner == device => Some(*size),
+            _ => None,
+        }
     }
 
     /// The answer for `transfer` of `device`, re-addressed to request `id`.

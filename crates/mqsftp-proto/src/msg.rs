@@ -54,6 +54,9 @@ pub enum Request {
         /// Replace an existing file at `path` (otherwise the commit fails with `exists`).
         #[serde(default)]
         overwrite: bool,
+        /// Continue upload `resume` (same path, size and hash) from what the store holds, after an interruption.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<TransferId>,
     },
     /// All chunks of upload `transfer` are acknowledged: verify, make durable and rename into place.
     Commit {
@@ -242,6 +245,9 @@ pub enum Response {
         chunk_size: u32,
         /// Chunks to send before waiting for a `put_ack`.
         window: u32,
+        /// Bytes the store already holds (durably) for this upload: send from here on. 0 for a new upload.
+        #[serde(default)]
+        offset: u64,
     },
     /// The gateway holds everything below `next` of an upload.
     PutAck {
@@ -433,6 +439,35 @@ mod tests {
                 path,
                 offset
             }),
+            (
+                (req_id(), session(), any::<String>(), any::<u64>()),
+                ("[0-9a-f]{64}", any::<bool>(), proptest::option::of(any::<u64>()))
+            )
+                .prop_map(|((id, session, path, size), (sha256, overwrite, resume))| Request::Put {
+                    id,
+                    session,
+                    path,
+                    size,
+                    sha256,
+                    overwrite,
+                    resume
+                }),
+            (req_id(), session(), any::<u64>()).prop_map(|(id, session, transfer)| Request::Commit {
+                id,
+                session,
+                transfer
+            }),
+            (req_id(), session(), any::<String>(), any::<u64>(), proptest::option::of(any::<u32>()))
+                .prop_map(|(id, session, path, offset, limit)| Request::List { id, session, path, offset, limit }),
+            (req_id(), session(), any::<String>()).prop_map(|(id, session, path)| Request::Stat { id, session, path }),
+            (req_id(), session(), any::<String>()).prop_map(|(id, session, path)| Request::Remove {
+                id,
+                session,
+                path
+            }),
+            (req_id(), session(), any::<String>()).prop_map(|(id, session, path)| Request::Mkdir { id, session, path }),
+            (req_id(), session(), any::<String>(), any::<String>(), any::<bool>())
+                .prop_map(|(id, session, from, to, overwrite)| Request::Rename { id, session, from, to, overwrite }),
             (any::<u64>(), any::<u64>()).prop_map(|(transfer, next)| Request::Ack { transfer, next }),
             any::<u64>().prop_map(|transfer| Request::Cancel { transfer }),
         ]
@@ -465,13 +500,14 @@ mod tests {
 
     fn response() -> impl Strategy<Value = Response> {
         prop_oneof![
-            (any::<String>(), any::<u64>(), session(), any::<u32>(), any::<u32>()).prop_map(
-                |(id, transfer, gateway, chunk_size, window)| Response::PutAccepted {
+            (any::<String>(), any::<u64>(), session(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
+                |(id, transfer, gateway, chunk_size, window, offset)| Response::PutAccepted {
                     id,
                     transfer,
                     gateway,
                     chunk_size,
-                    window
+                    window,
+                    offset
                 }
             ),
             (any::<u64>(), any::<u64>()).prop_map(|(transfer, next)| Response::PutAck { transfer, next }),

@@ -79,3 +79,53 @@ async fn a_later_get_continues_from_the_part_file() {
     assert_eq!(std::fs::read(out.path().join("g.bin")).unwrap(), &data[..1000]);
     gw.stop().await;
 }
+
+/// The broker is killed and restarted three times during an upload: the device reconnects, asks to resume, and
+/// continues from what the store holds; exactly one file is committed, byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_resumes_after_the_broker_is_killed() {
+    const SIZE: usize = 200 * 1024 * 1024;
+    const KILLS: u64 = 3;
+    let (mut stack, gw, cfg) = setup("bkput").await;
+    let data = content(SIZE, 79);
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("big.bin");
+    std::fs::write(&local, &data).unwrap();
+    let mut client = connect(&cfg).await;
+    let (tx, mut done) = watch::channel(0u64);
+    let l = local.clone();
+    let put = tokio::spawn(async move {
+        client
+            .put(&l, "up/big.bin", false, |p| {
+                tx.send_replace(p.done);
+            })
+            .await
+    });
+    for k in 1..=KILLS {
+        let threshold = SIZE as u64 * k / (KILLS + 1);
+        tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= threshold)).await.expect("progress").expect("alive");
+        stack.kill_broker().unwrap();
+        stack.start_broker().unwrap();
+    }
+    let outcome = tokio::time::timeout(LIMIT, put).await.expect("in time").expect("no panic").expect("put succeeds");
+    assert_eq!(outcome.sha256, sha256(&data));
+    let root = stack.device_root("bkput");
+    assert_eq!(sha256_file(&root.join("up/big.bin")), sha256(&data));
+    assert_eq!(entries(&root.join("up")), vec!["big.bin".to_string()], "one file, no temporary file left");
+    let received = gw.stats.received_bytes.load(Ordering::Relaxed);
+    let resent = received.saturating_sub(SIZE as u64);
+    println!(
+        "broker killed {KILLS}x during a {} MiB put: device sent {} bytes again ({:.2} windows per kill), \
+         gateway received {resent} bytes twice",
+        SIZE >> 20,
+        outcome.resent_bytes,
+        outcome.resent_bytes as f64 / WINDOW_BYTES as f64 / KILLS as f64
+    );
+    assert!(
+        outcome.resent_bytes <= KILLS * 2 * WINDOW_BYTES,
+        "re-sent {} bytes for {KILLS} kills",
+        outcome.resent_bytes
+    );
+    assert!(resent <= outcome.resent_bytes);
+    gw.stop().await;
+}

@@ -82,6 +82,7 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
         size,
         sha256: sha256.into(),
         overwrite: false,
+        resume: None,
     };
     let good_sha = sha256(b"hello");
     for (id, req, want) in [
@@ -170,6 +171,7 @@ async fn incomplete_upload_expires_and_is_removed() {
         size: 10,
         sha256: sha256(b"0123456789"),
         overwrite: false,
+        resume: None,
     };
     raw.send(&req).await;
     let (transfer, gw_id) = raw
