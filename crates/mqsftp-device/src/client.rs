@@ -101,6 +101,20 @@ impl Client {
         })
     }
 
+    /// After a broker restart the gateways reconnect too, on their own schedule; a request published before one has
+    /// subscribed again would be dropped by the broker. So ping (harmless to repeat) until a gateway answers.
+    async fn await_gateway(&mut self, deadline: tokio::time::Instant) -> Result<(), DeviceError> {
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.ping_within(left.min(Duration::from_millis(500))).await {
+                Ok(_) => return Ok(()),
+                Err(DeviceError::NoGateway { .. }) if !left.is_zero() => {}
+                Err(DeviceError::NoGateway { .. }) => return Err(DeviceError::NoGateway { after: self.timeout }),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Connects again (same session) after the broker connection broke, retrying for up to the timeout.
     async fn reconnect(&mut self) -> Result<(), DeviceError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -112,7 +126,7 @@ impl Client {
                     if let Some((transfer, gateway)) = self.orphan.take() {
                         let _ = self.send_to(&gateway, &Request::Cancel { transfer }).await;
                     }
-                    return Ok(());
+                    return self.await_gateway(deadline).await;
                 }
                 Err(e) if e.is_tls() || tokio::time::Instant::now() + pause >= deadline => return Err(e.into()),
                 Err(e) => {
@@ -402,12 +416,16 @@ impl Client {
 
     /// Asks a gateway to answer; returns the round-trip time and the gateway's protocol version.
     pub async fn ping(&mut self) -> Result<(Duration, u32), DeviceError> {
+        self.ping_within(self.timeout).await
+    }
+
+    async fn ping_within(&mut self, wait: Duration) -> Result<(Duration, u32), DeviceError> {
         let id = self.request_id();
         let started = Instant::now();
         self.send(&Request::Ping { id: id.clone(), session: self.session.clone() }).await?;
         loop {
-            match self.next(self.timeout).await? {
-                None => return Err(DeviceError::NoGateway { after: self.timeout }),
+            match self.next(wait.saturating_sub(started.elapsed())).await? {
+                None => return Err(DeviceError::NoGateway { after: wait }),
                 Some(Incoming::Response(Response::Pong { id: got, version })) if got == id => {
                     return Ok((started.elapsed(), version))
                 }

@@ -46,7 +46,7 @@ pub(crate) enum Ctl {
     /// Commit an upload; answer request `id` on `session`.
     Commit { id: String, session: SessionId },
     /// The device resumes this upload (after losing its connection): answer with what is held.
-    Reattach(crate::put::PutRequest),
+    Reattach(Box<crate::put::PutRequest>),
 }
 
 pub(crate) struct Shared {
@@ -252,9 +252,9 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
                 return;
             }
             let put = match resume {
-                Some(t) => match route(shared, &device, t, Ctl::Reattach(put)) {
+                Some(t) => match route(shared, &device, t, Ctl::Reattach(Box::new(put))) {
                     Ok(()) => return,
-                    Err(Ctl::Reattach(put)) => put,
+                    Err(Ctl::Reattach(put)) => *put,
                     Err(_) => return,
                 },
                 None => put,

@@ -400,7 +400,7 @@ async fn run_eventloop(
                 }
                 let _ = state.send(LinkState::Down(err.to_string()));
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }

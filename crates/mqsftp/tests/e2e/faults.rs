@@ -30,7 +30,11 @@ async fn get_resumes_after_the_broker_is_killed() {
     });
     for k in 1..=KILLS {
         let threshold = SIZE as u64 * k / (KILLS + 1);
-        tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= threshold)).await.expect("progress").expect("alive");
+        let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= threshold)).await.expect("progress");
+        if reached.is_err() {
+            let ended = get.await.expect("no panic");
+            panic!("the download ended before {threshold} bytes: {ended:?}");
+        }
         stack.kill_broker().unwrap();
         stack.start_broker().unwrap();
     }
@@ -103,7 +107,11 @@ async fn put_resumes_after_the_broker_is_killed() {
     });
     for k in 1..=KILLS {
         let threshold = SIZE as u64 * k / (KILLS + 1);
-        tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= threshold)).await.expect("progress").expect("alive");
+        let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= threshold)).await.expect("progress");
+        if reached.is_err() {
+            let ended = put.await.expect("no panic");
+            panic!("the upload ended before {threshold} bytes: {ended:?}");
+        }
         stack.kill_broker().unwrap();
         stack.start_broker().unwrap();
     }
