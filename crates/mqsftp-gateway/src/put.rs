@@ -53,8 +53,18 @@ pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, req: PutReq
     };
     let span = info_span!("put", %device, transfer, path = %rel.as_str(), size = req.size);
     async move {
-        let _registration = Registration { shared: &shared, transfer };
-        if let Err((code, message)) = serve_put(&shared, &device, &req, transfer, &rel, rx).await {
+        let mut rx = rx;
+        let registration = Registration { shared: &shared, transfer };
+        let result = serve_put(&shared, &device, &req, transfer, &rel, &mut rx).await;
+        // Once out of the table nothing more is queued for this task; commits that were queued meanwhile (several
+        // sent at once) get the remembered answer like any later one.
+        drop(registration);
+        while let Ok(ctl) = rx.try_recv() {
+            if let Ctl::Commit { id, session } = ctl {
+                crate::server::answer_stale_commit(&shared, &device, &session, transfer, id).await;
+            }
+        }
+        if let Err((code, message)) = result {
             info!(%code, %message, "put failed");
             let resp = Response::Error { id: Some(req.id.clone()), transfer: Some(transfer), code, message };
             shared.respond(&device, &req.session, &resp).await;
@@ -91,7 +101,7 @@ async fn serve_put(
     req: &PutRequest,
     transfer: TransferId,
     rel: &RelPath,
-    mut rx: mpsc::UnboundedReceiver<Ctl>,
+    rx: &mut mpsc::UnboundedReceiver<Ctl>,
 ) -> Result<(), Failure> {
     let sftp = session(shared).await?;
     let final_path = shared.cfg.store.path_of(device, rel);

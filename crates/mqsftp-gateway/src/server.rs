@@ -331,7 +331,7 @@ fn route(shared: &Shared, device: &DeviceId, transfer: TransferId, ctl: Ctl) -> 
 }
 
 /// A commit for a transfer that is no longer running: the remembered answer if it was committed, else an error.
-async fn answer_stale_commit(
+pub(crate) async fn answer_stale_commit(
     shared: &Shared,
     device: &DeviceId,
     session: &SessionId,

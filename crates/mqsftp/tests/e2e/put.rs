@@ -267,3 +267,115 @@ async fn two_gateways_share_the_work() {
     }
     gw_b.stop().await;
 }
+
+/// Three commits of one upload sent at once: three identical answers, exactly one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_concurrent_commits_give_one_file() {
+    let (stack, gw, cfg) = setup("tri").await;
+    let mut raw = RawDevice::connect(&cfg, "tri1").await;
+    let session = raw.session.clone();
+    let data = content(300_000, 12);
+    raw.send(&Request::Put {
+        id: "p".into(),
+        session: session.clone(),
+        path: "tri.bin".into(),
+        size: data.len() as u64,
+        sha256: sha256(&data),
+        overwrite: false,
+        resume: None,
+    })
+    .await;
+    let (transfer, gw_id) = raw
+        .expect(|r| match r {
+            Response::PutAccepted { transfer, gateway, .. } => Some((transfer, gateway)),
+            _ => None,
+        })
+        .await;
+    for (i, piece) in data.chunks(64 * 1024).enumerate() {
+        raw.send_chunk(&gw_id, transfer, (i * 64 * 1024) as u64, piece).await;
+    }
+    let size = data.len() as u64;
+    raw.expect(|r| matches!(r, Response::PutAck { next, .. } if next == size).then_some(())).await;
+    for id in ["c1", "c2", "c3"] {
+        raw.send_to(&gw_id, &Request::Commit { id: id.into(), session: session.clone(), transfer }).await;
+    }
+    let mut answered = Vec::new();
+    while answered.len() < 3 {
+        let (id, sha) = raw
+            .expect(|r| match r {
+                Response::Committed { id, sha256, .. } => Some((id, sha256)),
+                Response::Error { id, code, message, .. } => panic!("{id:?}: {code}: {message}"),
+                _ => None,
+            })
+            .await;
+        assert_eq!(sha, sha256(&data));
+        answered.push(id);
+    }
+    answered.sort();
+    assert_eq!(answered, ["c1", "c2", "c3"]);
+    assert_eq!(entries(&stack.device_root("tri")), vec!["tri.bin".to_string()]);
+    assert_eq!(std::fs::read(stack.device_root("tri").join("tri.bin")).unwrap(), data);
+    gw.stop().await;
+}
+
+/// Bad requests of every kind, sent while a large download runs, are each answered with their code, and the
+/// download finishes intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_do_not_disturb_a_running_transfer() {
+    let (stack, gw, cfg) = setup("noisy").await;
+    let data = content(40 * 1024 * 1024, 13);
+    put_on_store(&stack, "noisy", "big.bin", &data);
+    let mut client = connect(&cfg).await;
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("big.bin");
+    let t = target.clone();
+    let get = tokio::spawn(async move { client.get("big.bin", &t, |_| {}).await });
+    let mut raw = RawDevice::connect(&cfg, "noise").await;
+    let s = raw.session.as_str().to_string();
+    let cases: Vec<(String, mqsftp_proto::ErrorCode)> = vec![
+        (format!(r#"{{"op":"frob","id":"b1","session":"{s}"}}"#), mqsftp_proto::ErrorCode::BadRequest),
+        (format!(r#"{{"op":"get","id":"b2","session":"{s}","path":7}}"#), mqsftp_proto::ErrorCode::BadRequest),
+        (
+            format!(r#"{{"op":"get","id":"b3","session":"{s}","path":"x","offset":-1}}"#),
+            mqsftp_proto::ErrorCode::BadRequest,
+        ),
+        (
+            format!(r#"{{"op":"get","id":"b4","session":"{s}","path":"big.bin","offset":99999999999}}"#),
+            mqsftp_proto::ErrorCode::BadRequest,
+        ),
+        (
+            format!(r#"{{"op":"stat","id":"b5","session":"{s}","path":"../x"}}"#),
+            mqsftp_proto::ErrorCode::PermissionDenied,
+        ),
+        (format!(r#"{{"op":"list","id":"b6","session":"{s}","path":"nope"}}"#), mqsftp_proto::ErrorCode::NotFound),
+        (
+            format!(r#"{{"op":"commit","id":"b7","session":"{s}","transfer":12345}}"#),
+            mqsftp_proto::ErrorCode::BadRequest,
+        ),
+        (
+            format!(r#"{{"op":"put","id":"b8","session":"{s}","path":"a","size":1,"sha256":"00"}}"#),
+            mqsftp_proto::ErrorCode::BadRequest,
+        ),
+        (
+            format!(r#"{{"op":"get","id":"{}","session":"{s}","path":"a"}}"#, "i".repeat(65)),
+            mqsftp_proto::ErrorCode::BadRequest,
+        ),
+    ];
+    for (payload, want) in cases {
+        let id = serde_json::from_str::<serde_json::Value>(&payload).unwrap()["id"].as_str().unwrap().to_string();
+        raw.publish(mqsftp_proto::Topic::request(&cfg.device_id), payload.clone()).await;
+        let code = raw
+            .expect(|r| match r {
+                Response::Error { id: Some(got), code, .. } if got == id => Some(code),
+                _ => None,
+            })
+            .await;
+        assert_eq!(code, want, "{payload}");
+    }
+    // A chunk for a transfer nobody runs, and garbage on the upload topic, are dropped.
+    raw.publish(format!("mqsftp/v1/{}/up/deadbeef", cfg.device_id), b"garbage".to_vec()).await;
+    raw.send_chunk(&mqsftp_proto::SessionId::new("deadbeef").unwrap(), 424242, 0, b"x").await;
+    tokio::time::timeout(LIMIT, get).await.expect("in time").expect("no panic").expect("download succeeds");
+    assert_eq!(sha256_file(&target), sha256(&data));
+    gw.stop().await;
+}
