@@ -115,6 +115,15 @@ impl Client {
         }
     }
 
+    /// Gets ready to try again after `e`: reconnects after a lost connection; after a gateway fell silent, waits
+    /// (up to the timeout) until some gateway answers.
+    async fn recover(&mut self, e: &DeviceError) -> Result<(), DeviceError> {
+        match e {
+            DeviceError::Closed(_) => self.reconnect().await,
+            _ => self.await_gateway(tokio::time::Instant::now() + self.timeout).await,
+        }
+    }
+
     /// Connects again (same session) after the broker connection broke, retrying for up to the timeout.
     async fn reconnect(&mut self) -> Result<(), DeviceError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -316,9 +325,7 @@ impl Client {
                         && (matches!(e, DeviceError::Closed(_)) || upload.acked > before) =>
                 {
                     debug!(error = %e, attempt, "upload interrupted; resuming");
-                    if matches!(e, DeviceError::Closed(_)) {
-                        self.reconnect().await?;
-                    }
+                    self.recover(&e).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -467,9 +474,7 @@ impl Client {
                 }
                 Err(e) if retry(&e) => {
                     debug!(error = %e, attempt, "download interrupted; resuming");
-                    if matches!(e, DeviceError::Closed(_)) {
-                        self.reconnect().await?;
-                    }
+                    self.recover(&e).await?;
                 }
                 // The bytes held so far stay in the part file for the next `get` of the same target.
                 Err(e) if e.is_transient() => return Err(e),

@@ -186,6 +186,13 @@ pub fn classify(broker: &str, err: &rumqttc::ConnectionError) -> MqttError {
     if let rumqttc::ConnectionError::ConnectionRefused(code) = err {
         return MqttError::Refused { broker, code: *code };
     }
+    // rumqttc reports I/O failures during the handshake (a broker going down mid-connect) as TLS errors; those are
+    // reachability, not trust.
+    if let rumqttc::ConnectionError::Tls(rumqttc::TlsError::Io(e)) = err {
+        if rustls_cause(e).is_none() {
+            return MqttError::Connection { broker, reason: e.to_string() };
+        }
+    }
     if let Some(reason) = rustls_cause(err) {
         return MqttError::Tls { broker, reason };
     }

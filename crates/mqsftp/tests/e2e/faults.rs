@@ -30,8 +30,9 @@ async fn get_resumes_after_the_broker_is_killed() {
     });
     for k in 1..=KILLS {
         let threshold = SIZE as u64 * k / (KILLS + 1);
-        let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= threshold)).await.expect("progress");
-        if reached.is_err() {
+        // A bool, not the borrow: holding the watch borrow would block the sender (the transfer).
+        let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= threshold)).await.expect("progress").is_ok();
+        if !reached {
             let ended = get.await.expect("no panic");
             panic!("the download ended before {threshold} bytes: {ended:?}");
         }
@@ -107,8 +108,9 @@ async fn put_resumes_after_the_broker_is_killed() {
     });
     for k in 1..=KILLS {
         let threshold = SIZE as u64 * k / (KILLS + 1);
-        let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= threshold)).await.expect("progress");
-        if reached.is_err() {
+        // A bool, not the borrow: holding the watch borrow would block the sender (the transfer).
+        let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= threshold)).await.expect("progress").is_ok();
+        if !reached {
             let ended = put.await.expect("no panic");
             panic!("the upload ended before {threshold} bytes: {ended:?}");
         }
@@ -136,4 +138,93 @@ async fn put_resumes_after_the_broker_is_killed() {
     );
     assert!(resent <= outcome.resent_bytes);
     gw.stop().await;
+}
+
+enum Second {
+    /// Another gateway is already running when the first is killed.
+    Running,
+    /// The only gateway is killed and a new one started.
+    Restarted,
+}
+
+/// The gateway serving a transfer is SIGKILLed at 40 %; the device notices the silence, finds a gateway (another
+/// one, or the restarted one) and continues from what it (get) or the store (put) holds.
+async fn transfer_survives_a_killed_gateway(upload: bool, second: Second) {
+    const SIZE: usize = 120 * 1024 * 1024;
+    let stack = mqsftp_testkit::Stack::start().unwrap();
+    let id = if upload { "gkput" } else { "gkget" };
+    let cfg = device_with_timeout(&stack, id, "3s");
+    let data = content(SIZE, 80);
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("f.bin");
+    if upload {
+        std::fs::write(&local, &data).unwrap();
+    } else {
+        put_on_store(&stack, id, "f.bin", &data);
+    }
+    let first = GatewayProcess::spawn(&stack).await;
+    let mut client = connect(&cfg).await;
+    let (tx, mut done) = watch::channel(0u64);
+    let l = local.clone();
+    let task = tokio::spawn(async move {
+        let report = |p: mqsftp_device::Progress| {
+            tx.send_replace(p.done);
+        };
+        if upload {
+            client.put(&l, "f.bin", false, report).await.map(|o| o.resent_bytes)
+        } else {
+            client.get("f.bin", &l, report).await.map(|o| o.resent_bytes)
+        }
+    });
+    // A bool, not the borrow: holding the watch borrow would block the sender (the transfer).
+    let reached =
+        tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= SIZE as u64 * 2 / 5)).await.expect("progress").is_ok();
+    if !reached {
+        panic!("the transfer ended early: {:?}", task.await.expect("no panic"));
+    }
+    let other = match second {
+        Second::Running => Some(GatewayProcess::spawn(&stack).await),
+        Second::Restarted => None,
+    };
+    first.kill().await;
+    let other = match other {
+        Some(g) => g,
+        None => GatewayProcess::spawn(&stack).await,
+    };
+    let resent = match tokio::time::timeout(LIMIT, task).await {
+        Ok(r) => r.expect("no panic").expect("succeeds"),
+        Err(_) => panic!("the transfer did not finish; broker log:\n{}", stack.broker_log()),
+    };
+    let result = if upload { stack.device_root(id).join("f.bin") } else { local.clone() };
+    assert_eq!(sha256_file(&result), sha256(&data));
+    if upload {
+        assert_eq!(entries(&stack.device_root(id)), vec!["f.bin".to_string()], "one file, no temporary file");
+    }
+    println!(
+        "gateway killed at 40 % of a {} MiB {}: {} bytes sent again",
+        SIZE >> 20,
+        if upload { "put" } else { "get" },
+        resent
+    );
+    other.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_continues_through_a_second_gateway() {
+    transfer_survives_a_killed_gateway(false, Second::Running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_continues_through_a_second_gateway() {
+    transfer_survives_a_killed_gateway(true, Second::Running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_continues_through_a_restarted_gateway() {
+    transfer_survives_a_killed_gateway(false, Second::Restarted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_continues_through_a_restarted_gateway() {
+    transfer_survives_a_killed_gateway(true, Second::Restarted).await;
 }

@@ -190,3 +190,58 @@ pub fn part_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A gateway running as its own process (`mqsftp gateway`), so that it can be SIGKILLed like a crashed one.
+pub struct GatewayProcess {
+    child: tokio::process::Child,
+}
+
+impl GatewayProcess {
+    pub async fn spawn(stack: &Stack) -> GatewayProcess {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqsftp"))
+            .args(["gateway", "--config"])
+            .env("RUST_LOG", "info")
+            .arg(stack.gateway_config())
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("mqsftp gateway starts");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let ready = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("gateway connected") {
+                    return true;
+                }
+            }
+            false
+        };
+        assert!(tokio::time::timeout(LIMIT, ready).await.expect("gateway ready in time"), "gateway exited early");
+        // Keep reading its log (shown with a failing test's output) so that it never blocks on a full pipe.
+        let pid = child.id().unwrap_or(0);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[gateway {pid}] {line}");
+            }
+        });
+        GatewayProcess { child }
+    }
+
+    /// SIGKILL: no goodbye to the broker, no cleanup on the store.
+    pub async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        let _ = tokio::time::timeout(LIMIT, self.child.wait()).await.expect("killed gateway exits");
+    }
+}
+
+/// A device config with a short timeout, so that a silent gateway is noticed quickly.
+pub fn device_with_timeout(stack: &Stack, id: &str, timeout: &str) -> DeviceConfig {
+    let path = stack.device(id).unwrap();
+    let mut t: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    let mut transfer = toml::Table::new();
+    transfer.insert("timeout".into(), timeout.into());
+    t.insert("transfer".into(), transfer.into());
+    std::fs::write(&path, toml::to_string(&t).unwrap()).unwrap();
+    DeviceConfig::load(&path).unwrap()
+}
