@@ -16,6 +16,7 @@ mod ops;
 mod put;
 pub mod server;
 pub mod store;
+mod sweep;
 
 pub use config::{ConfigError, GatewayConfig};
 pub use server::{Gateway, GatewayError, GatewayStats};

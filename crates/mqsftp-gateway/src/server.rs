@@ -166,6 +166,17 @@ impl Gateway {
     /// Serves requests until `shutdown` completes or the broker link closes for good.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         tokio::pin!(shutdown);
+        let sweeper = {
+            let shared = self.shared.clone();
+            let every = (shared.cfg.transfer.upload_expiry / 2).max(std::time::Duration::from_secs(1));
+            tokio::spawn(async move {
+                loop {
+                    crate::sweep::sweep(&shared).await;
+                    tokio::time::sleep(every).await;
+                }
+            })
+        };
+        let _stop_sweeper = AbortOnDrop(sweeper);
         loop {
             tokio::select! {
                 _ = &mut shutdown => {
@@ -449,5 +460,14 @@ impl Committed {
             }
             _ => None,
         }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

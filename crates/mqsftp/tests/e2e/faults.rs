@@ -228,3 +228,32 @@ async fn get_continues_through_a_restarted_gateway() {
 async fn put_continues_through_a_restarted_gateway() {
     transfer_survives_a_killed_gateway(true, Second::Restarted).await;
 }
+
+/// A gateway starting after a crash removes the temporary files that nobody will finish (older than
+/// `upload_expiry`), and leaves fresh ones (an upload another gateway may still be running) alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_uploads_are_swept() {
+    let stack = mqsftp_testkit::Stack::start().unwrap();
+    set_transfer_option(&stack, "upload_expiry", "3s".into());
+    let dir = stack.device_root("crashed").join("sub");
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = dir.join(".a.bin.1f.mqsftp-part");
+    let fresh = dir.join(".b.bin.2f.mqsftp-part");
+    let kept = dir.join("c.bin");
+    for p in [&old, &fresh, &kept] {
+        std::fs::write(p, b"partial").unwrap();
+    }
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(an_hour_ago).unwrap();
+    std::fs::File::options().write(true).open(&kept).unwrap().set_modified(an_hour_ago).unwrap();
+    let gw = RunningGateway::start(&stack).await;
+    let swept = async {
+        while old.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), swept).await.expect("old temporary file swept");
+    assert!(fresh.exists(), "a recently written temporary file is left alone");
+    assert!(kept.exists(), "ordinary files are never touched");
+    gw.stop().await;
+}
