@@ -7,7 +7,7 @@ use mqsftp_mqtt::{check_broker_tls, LinkOptions, MqttLink};
 use mqsftp_proto::Topic;
 use tokio::io::AsyncWriteExt;
 
-use crate::config::{GatewayConfig, DEVICE_PLACEHOLDER};
+use crate::config::GatewayConfig;
 use crate::store::{self, StoreError};
 
 /// Runs every check against the broker and the store named in `cfg`. Later checks that depend on a failed one
@@ -74,27 +74,12 @@ pub async fn check(cfg: &GatewayConfig) -> Vec<CheckLine> {
 
 /// Writes and removes a probe file in the directory that holds the device roots.
 async fn probe_write(cfg: &GatewayConfig, session: &store::StoreSession) -> Result<String, String> {
-    let root = &cfg.store.device_root;
-    let base = root.split(DEVICE_PLACEHOLDER).next().unwrap_or("").trim_end_matches('/');
-    let base = if base.is_empty() { "." } else { base };
+    let base = cfg.store.roots_dir();
     let probe = format!("{base}/.mqsftp-check-{:08x}", rand::random::<u32>());
     // A fresh store may not have the directory of device roots yet; the gateway creates it when needed, and so does
     // the check.
-    let mut created = Vec::new();
-    if base != "." && !session.try_exists(base).await.unwrap_or(false) {
-        let mut prefix = String::new();
-        for name in base.split('/') {
-            if !prefix.is_empty() || base.starts_with('/') {
-                prefix.push('/');
-            }
-            prefix.push_str(name);
-            if name.is_empty() || session.try_exists(prefix.as_str()).await.unwrap_or(false) {
-                continue;
-            }
-            session.create_dir(prefix.as_str()).await.map_err(|e| format!("cannot create directory {prefix}: {e}"))?;
-            created.push(prefix.clone());
-        }
-    }
+    let created =
+        session.create_dir_all(base).await.map_err(|(dir, e)| format!("cannot create directory {dir}: {e}"))?;
     let mut f = session.create(probe.as_str()).await.map_err(|e| format!("cannot create {probe}: {e}"))?;
     f.write_all(b"mqsftp check\n").await.map_err(|e| format!("cannot write {probe}: {e}"))?;
     f.shutdown().await.map_err(|e| format!("cannot close {probe}: {e}"))?;

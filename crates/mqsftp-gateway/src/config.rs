@@ -88,6 +88,16 @@ impl StoreConfig {
         }
     }
 
+    /// The directory that holds all device roots: the part of `device_root` before `{device}` (`.` when empty).
+    pub fn roots_dir(&self) -> &str {
+        let base = self.device_root.split(DEVICE_PLACEHOLDER).next().unwrap_or("").trim_end_matches('/');
+        if base.is_empty() {
+            "."
+        } else {
+            base
+        }
+    }
+
     /// `device`'s root on the store.
     pub fn root_of(&self, device: &DeviceId) -> String {
         self.device_root.replace(DEVICE_PLACEHOLDER, device.as_str())

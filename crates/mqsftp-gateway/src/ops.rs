@@ -202,24 +202,8 @@ pub(crate) async fn ensure_dir(
     store_dir: &str,
     rel: &str,
 ) -> Result<(), Failure> {
-    if sftp.try_exists(store_dir).await.unwrap_or(false) {
-        return Ok(());
+    match sftp.create_dir_all(store_dir).await {
+        Ok(_) => Ok(()),
+        Err((prefix, e)) => Err(sftp_failure(shared, "mkdir", &prefix, rel, e).await),
     }
-    let mut prefix = String::new();
-    for name in store_dir.split('/') {
-        if !prefix.is_empty() || store_dir.starts_with('/') {
-            prefix.push('/');
-        }
-        prefix.push_str(name);
-        if name.is_empty() || sftp.try_exists(prefix.as_str()).await.unwrap_or(false) {
-            continue;
-        }
-        if let Err(e) = sftp.create_dir(prefix.as_str()).await {
-            // Another request may have created it meanwhile.
-            if !sftp.try_exists(prefix.as_str()).await.unwrap_or(false) {
-                return Err(sftp_failure(shared, "mkdir", &prefix, rel, e).await);
-            }
-        }
-    }
-    Ok(())
 }

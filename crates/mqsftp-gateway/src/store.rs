@@ -159,6 +159,31 @@ pub struct StoreSession {
 }
 
 impl StoreSession {
+    /// Creates `dir` and its missing parents; returns the directories created. A directory that appears meanwhile
+    /// (another request creating it) is not an error.
+    pub async fn create_dir_all(&self, dir: &str) -> Result<Vec<String>, (String, russh_sftp::client::error::Error)> {
+        let mut created = Vec::new();
+        if dir == "." || self.try_exists(dir).await.unwrap_or(false) {
+            return Ok(created);
+        }
+        let mut prefix = String::new();
+        for name in dir.split('/') {
+            if !prefix.is_empty() || dir.starts_with('/') {
+                prefix.push('/');
+            }
+            prefix.push_str(name);
+            if name.is_empty() || self.try_exists(prefix.as_str()).await.unwrap_or(false) {
+                continue;
+            }
+            match self.create_dir(prefix.as_str()).await {
+                Ok(()) => created.push(prefix.clone()),
+                Err(_) if self.try_exists(prefix.as_str()).await.unwrap_or(false) => {}
+                Err(e) => return Err((prefix, e)),
+            }
+        }
+        Ok(created)
+    }
+
     /// Renames `from` to `to`, atomically replacing `to` if it exists. Fails with `OpUnsupported` when the server
     /// lacks `posix-rename@openssh.com`.
     pub async fn rename_replacing(&self, from: &str, to: &str) -> Result<(), russh_sftp::client::error::Error> {

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
-use crate::config::DEVICE_PLACEHOLDER;
 use crate::ops::PART_SUFFIX;
 use crate::server::Shared;
 use crate::store::StoreSession;
@@ -17,9 +16,7 @@ const MAX_DEPTH: usize = 32;
 
 /// Sweeps once; returns how many stale temporary files were removed.
 pub(crate) async fn sweep(shared: &Shared) -> usize {
-    let root = &shared.cfg.store.device_root;
-    let base = root.split(DEVICE_PLACEHOLDER).next().unwrap_or("").trim_end_matches('/');
-    let base = if base.is_empty() { "." } else { base };
+    let base = shared.cfg.store.roots_dir();
     let sftp = match shared.store.session().await {
         Ok(s) => s,
         Err(e) => {

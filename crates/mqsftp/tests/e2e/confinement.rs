@@ -1,13 +1,6 @@
-use mqsftp_device::{DeviceError, ErrorCode};
+use mqsftp_device::ErrorCode;
 
 use crate::support::*;
-
-fn code(e: DeviceError) -> ErrorCode {
-    match e {
-        DeviceError::Remote { code, .. } => code,
-        other => panic!("expected a remote error, got {other}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_file_is_not_found_and_leaves_nothing() {
@@ -16,7 +9,7 @@ async fn missing_file_is_not_found_and_leaves_nothing() {
     let out = tempfile::tempdir().unwrap();
     let err = client.get("no/such/file", &out.path().join("x"), |_| {}).await.unwrap_err();
     let msg = err.to_string();
-    assert_eq!(code(err), ErrorCode::NotFound);
+    assert_eq!(remote_code(err), ErrorCode::NotFound);
     assert!(msg.contains("no/such/file"), "message names the path: {msg}");
     assert!(!msg.contains("devices/"), "message must not reveal the store layout: {msg}");
     assert!(entries(out.path()).is_empty(), "no partial file: {:?}", entries(out.path()));
@@ -37,15 +30,15 @@ async fn escapes_are_denied_even_when_the_target_exists() {
     {
         let err = client.get(path, &out.path().join("x"), |_| {}).await.unwrap_err();
         let msg = err.to_string();
-        assert_eq!(code(err), ErrorCode::PermissionDenied, "{path}: {msg}");
+        assert_eq!(remote_code(err), ErrorCode::PermissionDenied, "{path}: {msg}");
     }
     for path in ["bad\0name", "bad\nname"] {
         let err = client.get(path, &out.path().join("x"), |_| {}).await.unwrap_err();
-        assert_eq!(code(err), ErrorCode::BadRequest, "{path:?}");
+        assert_eq!(remote_code(err), ErrorCode::BadRequest, "{path:?}");
     }
     std::fs::create_dir_all(stack.device_root("jail").join("subdir")).unwrap();
     let err = client.get("subdir", &out.path().join("x"), |_| {}).await.unwrap_err();
-    assert_eq!(code(err), ErrorCode::IsDirectory);
+    assert_eq!(remote_code(err), ErrorCode::IsDirectory);
     assert!(entries(out.path()).is_empty());
     // A path that stays inside the root after normalising is fine.
     put_on_store(&stack, "jail", "ok.txt", b"fine");
@@ -99,7 +92,7 @@ async fn over_the_per_device_limit_is_busy() {
     let out = tempfile::tempdir().unwrap();
     let err = client.get("big.bin", &out.path().join("x"), |_| {}).await.unwrap_err();
     let msg = err.to_string();
-    assert_eq!(code(err), ErrorCode::Busy, "{msg}");
+    assert_eq!(remote_code(err), ErrorCode::Busy, "{msg}");
     assert!(msg.contains("limit 1"), "names the limit: {msg}");
     assert!(entries(out.path()).is_empty());
     gw.stop().await;

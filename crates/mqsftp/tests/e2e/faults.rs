@@ -4,6 +4,16 @@ use tokio::sync::watch;
 
 use crate::support::*;
 
+/// Waits until the transfer has done `at` bytes; if it ended first, fails with its result.
+async fn reach<T: std::fmt::Debug>(done: &mut watch::Receiver<u64>, at: u64, task: &mut tokio::task::JoinHandle<T>) {
+    // A bool, not the borrow: holding the watch borrow would block the sender (the transfer).
+    let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= at)).await.expect("progress").is_ok();
+    if !reached {
+        let ended = task.await.expect("no panic");
+        panic!("the transfer ended before {at} bytes: {ended:?}");
+    }
+}
+
 /// Window × chunk size of the default gateway config: the most a sender has in flight.
 const WINDOW_BYTES: u64 = 8 * 64 * 1024;
 
@@ -21,7 +31,7 @@ async fn get_resumes_after_the_broker_is_killed() {
     let mut client = connect(&cfg).await;
     let (tx, mut done) = watch::channel(0u64);
     let t = target.clone();
-    let get = tokio::spawn(async move {
+    let mut get = tokio::spawn(async move {
         client
             .get("big.bin", &t, |p| {
                 tx.send_replace(p.done);
@@ -30,12 +40,7 @@ async fn get_resumes_after_the_broker_is_killed() {
     });
     for k in 1..=KILLS {
         let threshold = SIZE as u64 * k / (KILLS + 1);
-        // A bool, not the borrow: holding the watch borrow would block the sender (the transfer).
-        let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= threshold)).await.expect("progress").is_ok();
-        if !reached {
-            let ended = get.await.expect("no panic");
-            panic!("the download ended before {threshold} bytes: {ended:?}");
-        }
+        reach(&mut done, threshold, &mut get).await;
         stack.kill_broker().unwrap();
         stack.start_broker().unwrap();
     }
@@ -99,7 +104,7 @@ async fn put_resumes_after_the_broker_is_killed() {
     let mut client = connect(&cfg).await;
     let (tx, mut done) = watch::channel(0u64);
     let l = local.clone();
-    let put = tokio::spawn(async move {
+    let mut put = tokio::spawn(async move {
         client
             .put(&l, "up/big.bin", false, |p| {
                 tx.send_replace(p.done);
@@ -108,12 +113,7 @@ async fn put_resumes_after_the_broker_is_killed() {
     });
     for k in 1..=KILLS {
         let threshold = SIZE as u64 * k / (KILLS + 1);
-        // A bool, not the borrow: holding the watch borrow would block the sender (the transfer).
-        let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= threshold)).await.expect("progress").is_ok();
-        if !reached {
-            let ended = put.await.expect("no panic");
-            panic!("the upload ended before {threshold} bytes: {ended:?}");
-        }
+        reach(&mut done, threshold, &mut put).await;
         stack.kill_broker().unwrap();
         stack.start_broker().unwrap();
     }
@@ -166,7 +166,7 @@ async fn transfer_survives_a_killed_gateway(upload: bool, second: Second) {
     let mut client = connect(&cfg).await;
     let (tx, mut done) = watch::channel(0u64);
     let l = local.clone();
-    let task = tokio::spawn(async move {
+    let mut task = tokio::spawn(async move {
         let report = |p: mqsftp_device::Progress| {
             tx.send_replace(p.done);
         };
@@ -176,12 +176,7 @@ async fn transfer_survives_a_killed_gateway(upload: bool, second: Second) {
             client.get("f.bin", &l, report).await.map(|o| o.resent_bytes)
         }
     });
-    // A bool, not the borrow: holding the watch borrow would block the sender (the transfer).
-    let reached =
-        tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= SIZE as u64 * 2 / 5)).await.expect("progress").is_ok();
-    if !reached {
-        panic!("the transfer ended early: {:?}", task.await.expect("no panic"));
-    }
+    reach(&mut done, SIZE as u64 * 2 / 5, &mut task).await;
     let other = match second {
         Second::Running => Some(GatewayProcess::spawn(&stack).await),
         Second::Restarted => None,

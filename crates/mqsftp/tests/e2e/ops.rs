@@ -1,13 +1,6 @@
-use mqsftp_device::{DeviceError, EntryKind, ErrorCode};
+use mqsftp_device::{EntryKind, ErrorCode};
 
 use crate::support::*;
-
-fn remote_code(e: DeviceError) -> ErrorCode {
-    match e {
-        DeviceError::Remote { code, .. } => code,
-        other => panic!("expected a remote error, got {other}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mkdir_ls_stat_mv_rm() {

@@ -1,14 +1,7 @@
-use mqsftp_device::{DeviceError, ErrorCode};
+use mqsftp_device::ErrorCode;
 use mqsftp_proto::{Request, Response};
 
 use crate::support::*;
-
-fn remote_code(e: DeviceError) -> ErrorCode {
-    match e {
-        DeviceError::Remote { code, .. } => code,
-        other => panic!("expected a remote error, got {other}"),
-    }
-}
 
 async fn put_and_get_back(sizes: &[usize]) {
     let (stack, gw, cfg) = setup("putter").await;

@@ -245,3 +245,11 @@ pub fn device_with_timeout(stack: &Stack, id: &str, timeout: &str) -> DeviceConf
     std::fs::write(&path, toml::to_string(&t).unwrap()).unwrap();
     DeviceConfig::load(&path).unwrap()
 }
+
+/// The protocol error code of a failed request (panics on any other kind of failure).
+pub fn remote_code(e: mqsftp_device::DeviceError) -> mqsftp_device::ErrorCode {
+    match e {
+        mqsftp_device::DeviceError::Remote { code, .. } => code,
+        other => panic!("expected a remote error, got {other}"),
+    }
+}
