@@ -651,6 +651,22 @@ fn local_target(remote: &str, local: &Path) -> Result<PathBuf, DeviceError> {
     Ok(local.to_path_buf())
 }
 
+/// The name of the partial download of `name`: `.{name}.mqsftp-part`, or, when that would pass the 255-byte name
+/// limit of common file systems, a cut name plus a hash of the whole name, so that long names still differ.
+fn part_name(name: &str) -> String {
+    const SUFFIX: &str = ".mqsftp-part";
+    if name.len() + 1 + SUFFIX.len() <= 255 {
+        return format!(".{name}{SUFFIX}");
+    }
+    use sha2::Digest;
+    let tag = &hex::encode(sha2::Sha256::digest(name.as_bytes()))[..16];
+    let mut cut = 255 - 1 - 1 - tag.len() - SUFFIX.len();
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}.{tag}{SUFFIX}", &name[..cut])
+}
+
 /// The partial download beside the target (`.{name}.mqsftp-part`): kept across interruptions so that the next
 /// attempt (or the next `get` of the same target) continues from it, renamed into place only when verified, and
 /// removed on a definite failure.
@@ -662,7 +678,7 @@ impl PartFile {
     fn for_target(target: &Path) -> PartFile {
         let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        PartFile { path: dir.join(format!(".{name}.mqsftp-part")) }
+        PartFile { path: dir.join(part_name(&name)) }
     }
 
     /// Bytes held (0 when there is no part file).
@@ -712,5 +728,19 @@ impl PartFile {
 
     async fn discard(&self) {
         let _ = tokio::fs::remove_file(&self.path).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::part_name;
+
+    #[test]
+    fn part_names_fit_the_name_limit_and_stay_distinct() {
+        assert_eq!(part_name("a.bin"), ".a.bin.mqsftp-part");
+        let a = format!("{}a", "日".repeat(84)); // 253 bytes
+        let b = format!("{}b", "日".repeat(84));
+        assert!(part_name(&a).len() <= 255 && part_name(&b).len() <= 255);
+        assert_ne!(part_name(&a), part_name(&b));
     }
 }

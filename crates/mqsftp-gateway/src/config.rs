@@ -23,6 +23,9 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("{path}: {key} = {value}: {reason}")]
     Invalid { path: PathBuf, key: &'static str, value: String, reason: String },
+    /// The policy file it names was refused.
+    #[error(transparent)]
+    Policy(crate::policy::PolicyError),
 }
 
 /// The whole `gateway.toml`.
@@ -38,6 +41,18 @@ pub struct GatewayConfig {
     /// Transfer tuning.
     #[serde(default)]
     pub transfer: TransferConfig,
+    /// Per-device policy (see `policy.rs`).
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// The `[policy]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The policy file; without one every device gets its own root, every operation and the `[transfer]` limits.
+    /// Re-read on SIGHUP.
+    pub file: Option<PathBuf>,
 }
 
 /// The `[sftp]` section.
@@ -157,13 +172,14 @@ impl GatewayConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
         cfg.validate(path)?;
+        crate::policy::Policy::for_config(&cfg).map_err(ConfigError::Policy)?;
         Ok(cfg)
     }
 
     /// Makes relative file paths relative to `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
         self.broker.resolve_paths(base);
-        for p in [&mut self.sftp.key, &mut self.sftp.known_hosts] {
+        for p in [&mut self.sftp.key, &mut self.sftp.known_hosts].into_iter().chain(self.policy.file.as_mut()) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

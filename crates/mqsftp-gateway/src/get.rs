@@ -10,12 +10,14 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::server::{confine_file, sleep_until, Ctl, Failure, Registration, Shared};
+use crate::policy::Access;
+use crate::server::{confine_file, sleep_until, Claim, Ctl, Failure, Registration, Shared};
 use crate::store::StoreError;
 
 pub(crate) async fn start_get(
     shared: Arc<Shared>,
     device: DeviceId,
+    access: Arc<Access>,
     session: SessionId,
     id: String,
     (path, offset): (String, u64),
@@ -25,16 +27,17 @@ pub(crate) async fn start_get(
         Ok(rel) => rel,
         Err(f) => return shared.respond(&device, &session, &fail(f)).await,
     };
-    let store_path = shared.cfg.store.path_of(&device, &rel);
+    let store_path = access.path_of(&rel);
     let (tx, rx) = mpsc::unbounded_channel();
-    let transfer = match shared.register(&device, tx, None) {
+    let transfer = match shared.register(&device, tx, Claim { access: &access, wanted: None, quota_use: None }) {
         Ok(t) => t,
-        Err(msg) => return shared.respond(&device, &session, &fail((ErrorCode::Busy, msg))).await,
+        Err(f) => return shared.respond(&device, &session, &fail(f)).await,
     };
     let span = info_span!("get", %device, transfer, path = %rel.as_str());
     async move {
         let _registration = Registration { shared: &shared, transfer };
-        match serve_get(&shared, &device, &session, &id, transfer, (&store_path, rel.as_str(), offset), rx).await {
+        let target = (store_path.as_str(), rel.as_str(), offset);
+        match serve_get(&shared, (&device, &access), &session, &id, transfer, target, rx).await {
             Ok(stats) => info!(size = stats.0, resent = stats.1, "get complete"),
             Err((code, message)) => {
                 info!(%code, %message, "get failed");
@@ -49,7 +52,7 @@ pub(crate) async fn start_get(
 
 async fn serve_get(
     shared: &Shared,
-    device: &DeviceId,
+    (device, access): (&DeviceId, &Access),
     session: &SessionId,
     id: &str,
     transfer: TransferId,
@@ -65,6 +68,8 @@ async fn serve_get(
         let (code, msg, _) = fail(e);
         (code, msg)
     })?;
+    crate::ops::check_resolved(shared, &sftp, access, store_path, rel).await?;
+    let bucket = shared.buckets.get(device, access.rate);
     let sftp_err = |op: &'static str| move |source| StoreError::Sftp { op, path: store_path.to_string(), source };
     let opened = async {
         let meta = sftp.metadata(store_path).await.map_err(sftp_err("stat"))?;
@@ -128,6 +133,9 @@ async fn serve_get(
             sender.handle_read(data).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         }
         while let Some(chunk) = sender.poll_transmit() {
+            if let Some(b) = &bucket {
+                b.take(chunk.data.len()).await;
+            }
             shared.stats.sent_bytes.fetch_add(chunk.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             shared
                 .client

@@ -12,12 +12,15 @@
 pub mod check;
 pub mod config;
 mod get;
+mod limit;
 mod ops;
+pub mod policy;
 mod put;
 pub mod server;
 pub mod store;
 mod sweep;
 
 pub use config::{ConfigError, GatewayConfig};
-pub use server::{Gateway, GatewayError, GatewayStats};
+pub use policy::{Policy, PolicyError};
+pub use server::{Gateway, GatewayError, GatewayStats, PolicyReloader};
 pub use store::{Store, StoreError, StoreSession};

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use mqsftp_proto::{confine, DeviceId, Entry, EntryKind, ErrorCode, RelPath, MAX_LIST_PAGE};
+use mqsftp_proto::{confine, Entry, EntryKind, ErrorCode, RelPath, MAX_LIST_PAGE};
 use russh_sftp::protocol::FileAttributes;
 use tracing::warn;
 
+use crate::policy::Access;
 use crate::server::{confine_file, path_failure, Failure, OpResult, Shared};
 use crate::store::{StoreError, StoreSession};
 
@@ -55,15 +56,16 @@ fn any_path(path: &str) -> Result<RelPath, Failure> {
 
 pub(crate) async fn list(
     shared: &Shared,
-    device: &DeviceId,
+    access: &Access,
     path: &str,
     offset: u64,
     limit: Option<u32>,
 ) -> Result<OpResult, Failure> {
     let rel = any_path(path)?;
     let limit = limit.unwrap_or(MAX_LIST_PAGE).clamp(1, MAX_LIST_PAGE) as usize;
-    let store_path = shared.cfg.store.path_of(device, &rel);
+    let store_path = access.path_of(&rel);
     let sftp = session(shared).await?;
+    check_resolved(shared, &sftp, access, &store_path, rel.as_str()).await?;
     let dir = match sftp.read_dir(store_path.as_str()).await {
         Ok(d) => d,
         // A device that has never uploaded has no root yet: its root is empty, not missing.
@@ -89,20 +91,23 @@ pub(crate) async fn list(
     Ok(OpResult::Listing { entries: page, next })
 }
 
-pub(crate) async fn stat(shared: &Shared, device: &DeviceId, path: &str) -> Result<OpResult, Failure> {
+pub(crate) async fn stat(shared: &Shared, access: &Access, path: &str) -> Result<OpResult, Failure> {
     let rel = any_path(path)?;
-    let store_path = shared.cfg.store.path_of(device, &rel);
+    let store_path = access.path_of(&rel);
     let sftp = session(shared).await?;
+    check_resolved(shared, &sftp, access, &store_path, rel.as_str()).await?;
     match sftp.metadata(store_path.as_str()).await {
         Ok(m) => Ok(OpResult::Stat(entry(rel.file_name().unwrap_or("").to_string(), &m))),
         Err(e) => Err(sftp_failure(shared, "stat", &store_path, rel.as_str(), e).await),
     }
 }
 
-pub(crate) async fn remove(shared: &Shared, device: &DeviceId, path: &str) -> Result<OpResult, Failure> {
+pub(crate) async fn remove(shared: &Shared, access: &Access, path: &str) -> Result<OpResult, Failure> {
     let rel = confine_file(path).map_err(|(_, m)| (ErrorCode::PermissionDenied, format!("cannot remove: {m}")))?;
-    let store_path = shared.cfg.store.path_of(device, &rel);
+    let store_path = access.path_of(&rel);
     let sftp = session(shared).await?;
+    // Removing a symlink removes the link, never its target, so only the directory it is in must be inside.
+    check_resolved(shared, &sftp, access, parent(&store_path), rel.as_str()).await?;
     let meta = match sftp.symlink_metadata(store_path.as_str()).await {
         Ok(m) => m,
         Err(e) => return Err(sftp_failure(shared, "stat", &store_path, rel.as_str(), e).await),
@@ -125,7 +130,7 @@ pub(crate) async fn remove(shared: &Shared, device: &DeviceId, path: &str) -> Re
     Ok(OpResult::Done)
 }
 
-pub(crate) async fn mkdir(shared: &Shared, device: &DeviceId, path: &str) -> Result<OpResult, Failure> {
+pub(crate) async fn mkdir(shared: &Shared, access: &Access, path: &str) -> Result<OpResult, Failure> {
     let rel = confine_file(path).map_err(
         |(c, m)| {
             if c == ErrorCode::IsDirectory {
@@ -136,9 +141,10 @@ pub(crate) async fn mkdir(shared: &Shared, device: &DeviceId, path: &str) -> Res
         },
     )?;
     let sftp = session(shared).await?;
+    let store_path = access.path_of(&rel);
+    check_resolved(shared, &sftp, access, &store_path, rel.as_str()).await?;
     // The device root itself is created on demand, so that a new device can make its first directory.
-    ensure_dir(shared, &sftp, &shared.cfg.store.root_of(device), "").await?;
-    let store_path = shared.cfg.store.path_of(device, &rel);
+    ensure_dir(shared, &sftp, &access.root, "").await?;
     if sftp.try_exists(store_path.as_str()).await.unwrap_or(false) {
         return Err((ErrorCode::Exists, format!("already exists: {}", rel.as_str())));
     }
@@ -150,17 +156,20 @@ pub(crate) async fn mkdir(shared: &Shared, device: &DeviceId, path: &str) -> Res
 
 pub(crate) async fn rename(
     shared: &Shared,
-    device: &DeviceId,
+    access: &Access,
     from: &str,
     to: &str,
     overwrite: bool,
 ) -> Result<OpResult, Failure> {
     let (from_rel, to_rel) = (confine_file(from)?, confine_file(to)?);
-    let (from_path, to_path) = (shared.cfg.store.path_of(device, &from_rel), shared.cfg.store.path_of(device, &to_rel));
+    let (from_path, to_path) = (access.path_of(&from_rel), access.path_of(&to_rel));
     if from_rel == to_rel {
         return Ok(OpResult::Done);
     }
     let sftp = session(shared).await?;
+    // A rename moves the link itself, so the directories it moves between must be inside.
+    check_resolved(shared, &sftp, access, parent(&from_path), from_rel.as_str()).await?;
+    check_resolved(shared, &sftp, access, parent(&to_path), to_rel.as_str()).await?;
     if let Err(e) = sftp.symlink_metadata(from_path.as_str()).await {
         return Err(sftp_failure(shared, "stat", &from_path, from_rel.as_str(), e).await);
     }
@@ -206,4 +215,62 @@ pub(crate) async fn ensure_dir(
         Ok(_) => Ok(()),
         Err((prefix, e)) => Err(sftp_failure(shared, "mkdir", &prefix, rel, e).await),
     }
+}
+
+/// The directory part of a store path.
+pub(crate) fn parent(store_path: &str) -> &str {
+    match store_path.rsplit_once('/') {
+        Some(("", _)) => "/",
+        Some((dir, _)) => dir,
+        None => ".",
+    }
+}
+
+/// Resolves symlinks on the server and refuses `store_path` when it, or the nearest part of it that exists, leads
+/// outside the device root. Devices cannot make symlinks through mqsftp, but other users of the store can; without
+/// this check a link inside a root would hand a device whatever it points at. Costs two `realpath` round trips.
+pub(crate) async fn check_resolved(
+    shared: &Shared,
+    sftp: &StoreSession,
+    access: &Access,
+    store_path: &str,
+    rel: &str,
+) -> Result<(), Failure> {
+    let (root, target) = tokio::join!(sftp.canonicalize(access.root.as_str()), sftp.canonicalize(store_path));
+    let root = match root {
+        Ok(r) => r,
+        // No root yet: nothing exists below it, so nothing can lead out.
+        Err(e) if is_not_found(&e) => return Ok(()),
+        Err(e) => return Err(sftp_failure(shared, "realpath", &access.root, "", e).await),
+    };
+    let mut target = target;
+    let mut candidate = store_path;
+    loop {
+        match target {
+            Ok(real) => {
+                let inside = real == root || real.strip_prefix(root.as_str()).is_some_and(|r| r.starts_with('/'));
+                if inside {
+                    return Ok(());
+                }
+                warn!(path = %store_path, resolved = %real, root = %root, "a symlink leads outside the device root");
+                return Err((
+                    ErrorCode::PermissionDenied,
+                    format!("{rel} leads outside the device root (through a symbolic link on the store)"),
+                ));
+            }
+            Err(e) if is_not_found(&e) => {
+                // Check the part that exists: what will be created below it stays where it resolves.
+                if candidate.len() <= access.root.len() {
+                    return Ok(());
+                }
+                candidate = parent(candidate);
+                target = sftp.canonicalize(candidate).await;
+            }
+            Err(e) => return Err(sftp_failure(shared, "realpath", store_path, rel, e).await),
+        }
+    }
+}
+
+fn is_not_found(e: &russh_sftp::client::error::Error) -> bool {
+    matches!(e, russh_sftp::client::error::Error::Status(s) if s.status_code == russh_sftp::protocol::StatusCode::NoSuchFile)
 }

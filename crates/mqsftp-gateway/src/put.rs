@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::ops::{ensure_dir, move_into_place, session, sftp_failure, PART_SUFFIX};
-use crate::server::{confine_file, Ctl, Failure, Registration, Shared};
+use crate::policy::Access;
+use crate::server::{confine_file, Claim, Ctl, Failure, Registration, Shared};
 use crate::store::StoreSession;
 
 /// A `put` request, as the device sent it.
@@ -31,7 +32,7 @@ fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, req: PutRequest) {
+pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, access: Arc<Access>, req: PutRequest) {
     let fail = |(code, message): Failure| Response::error(Some(req.id.clone()), code, message);
     let rel = match confine_file(&req.path) {
         Ok(rel) => rel,
@@ -41,21 +42,31 @@ pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, req: PutReq
         let f = (ErrorCode::BadRequest, format!("field sha256 must be 64 lowercase hex digits, got {:?}", req.sha256));
         return shared.respond(&device, &req.session, &fail(f)).await;
     }
-    let max = shared.cfg.transfer.max_file_size;
+    let max = access.max_file_size;
     if req.size > max {
-        let f = (ErrorCode::TooLarge, format!("{} is {} bytes; the limit is {max}", rel.as_str(), req.size));
+        let f = (
+            ErrorCode::TooLarge,
+            format!("{} is {} bytes; the limit is {max} ({})", rel.as_str(), req.size, access.rule),
+        );
         return shared.respond(&device, &req.session, &fail(f)).await;
     }
+    let quota_use = match access.quota {
+        Some(_) => match stored_bytes(&shared, &access.root).await {
+            Ok(used) => Some((used, req.size)),
+            Err(f) => return shared.respond(&device, &req.session, &fail(f)).await,
+        },
+        None => None,
+    };
     let (tx, rx) = mpsc::unbounded_channel();
-    let transfer = match shared.register(&device, tx, req.resume) {
+    let transfer = match shared.register(&device, tx, Claim { access: &access, wanted: req.resume, quota_use }) {
         Ok(t) => t,
-        Err(msg) => return shared.respond(&device, &req.session, &fail((ErrorCode::Busy, msg))).await,
+        Err(f) => return shared.respond(&device, &req.session, &fail(f)).await,
     };
     let span = info_span!("put", %device, transfer, path = %rel.as_str(), size = req.size);
     async move {
         let mut rx = rx;
         let registration = Registration { shared: &shared, transfer };
-        let result = serve_put(&shared, &device, &req, transfer, &rel, &mut rx).await;
+        let result = serve_put(&shared, (&device, &access), &req, transfer, &rel, &mut rx).await;
         // Once out of the table nothing more is queued for this task; commits that were queued meanwhile (several
         // sent at once) get the remembered answer like any later one.
         drop(registration);
@@ -97,14 +108,15 @@ impl Part<'_> {
 
 async fn serve_put(
     shared: &Shared,
-    device: &DeviceId,
+    (device, access): (&DeviceId, &Access),
     req: &PutRequest,
     transfer: TransferId,
     rel: &RelPath,
     rx: &mut mpsc::UnboundedReceiver<Ctl>,
 ) -> Result<(), Failure> {
     let sftp = session(shared).await?;
-    let final_path = shared.cfg.store.path_of(device, rel);
+    let final_path = access.path_of(rel);
+    crate::ops::check_resolved(shared, &sftp, access, &final_path, rel.as_str()).await?;
     if !req.overwrite && sftp.try_exists(final_path.as_str()).await.unwrap_or(false) {
         return Err((ErrorCode::Exists, format!("already exists: {} (ask to overwrite to replace it)", rel.as_str())));
     }
@@ -114,7 +126,7 @@ async fn serve_put(
     };
     let rel_dir = rel.as_str().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
     ensure_dir(shared, &sftp, &dir, rel_dir).await?;
-    let mut part = Part { sftp: &sftp, path: format!("{dir}/.{name}.{transfer:x}{PART_SUFFIX}"), committed: false };
+    let mut part = Part { sftp: &sftp, path: format!("{dir}/{}", part_name(&name, transfer)), committed: false };
     let mut receiver = Receiver::new(transfer, req.size);
     let mut file = if req.resume.is_some() {
         match adopt(shared, &sftp, &part.path, rel, &mut receiver).await {
@@ -134,6 +146,7 @@ async fn serve_put(
         }
     };
     let t = shared.cfg.transfer;
+    let bucket = shared.buckets.get(device, access.rate);
     let mut session = req.session.clone();
     shared
         .respond(
@@ -175,6 +188,10 @@ async fn serve_put(
         };
         match ctl {
             Ctl::Chunk(chunk) => {
+                if let Some(b) = &bucket {
+                    // Holding the acknowledgement back is what slows the device down.
+                    b.take(chunk.data.len()).await;
+                }
                 shared.stats.received_bytes.fetch_add(chunk.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 if chunk.data.len() > t.chunk_size as usize {
                     break Err((
@@ -348,4 +365,73 @@ async fn adopt(
     }
     info!(held, "resuming an interrupted upload");
     Ok(file)
+}
+
+/// The name of an upload's temporary file beside `name`: hidden, tagged with the transfer (so a resume finds it
+/// and concurrent uploads of one name never share it), and cut so it stays within the 255-byte name limit of
+/// common file systems even for the longest names a device may use.
+pub(crate) fn part_name(name: &str, transfer: TransferId) -> String {
+    let suffix = format!(".{transfer:x}{PART_SUFFIX}");
+    let mut cut = name.len().min(mqsftp_proto::path::MAX_NAME_LEN - 1 - suffix.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}{suffix}", &name[..cut])
+}
+
+/// Files below a device root counted against its quota (temporary files of uploads are counted by the
+/// reservations of the uploads instead); bounded so a huge tree cannot stall the gateway.
+const QUOTA_WALK_LIMIT: usize = 100_000;
+
+/// The bytes stored under `root`: the sum of the sizes of its regular files.
+async fn stored_bytes(shared: &Shared, root: &str) -> Result<u64, Failure> {
+    let sftp = session(shared).await?;
+    let (mut total, mut seen) = (0u64, 0usize);
+    let mut dirs = vec![root.to_string()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match sftp.read_dir(dir.as_str()).await {
+            Ok(e) => e,
+            Err(russh_sftp::client::error::Error::Status(s))
+                if s.status_code == russh_sftp::protocol::StatusCode::NoSuchFile =>
+            {
+                continue
+            }
+            Err(e) => return Err(sftp_failure(shared, "list", &dir, "", e).await),
+        };
+        for e in entries {
+            let name = e.file_name();
+            if name == "." || name == ".." || name.ends_with(PART_SUFFIX) {
+                continue;
+            }
+            seen += 1;
+            if seen > QUOTA_WALK_LIMIT {
+                return Err((
+                    ErrorCode::QuotaExceeded,
+                    format!("the device root holds more than {QUOTA_WALK_LIMIT} entries; the quota cannot be checked"),
+                ));
+            }
+            let meta = e.metadata();
+            if meta.file_type().is_dir() {
+                dirs.push(format!("{dir}/{name}"));
+            } else if meta.file_type().is_file() {
+                total = total.saturating_add(meta.size.unwrap_or(0));
+            }
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_names_fit_and_stay_unique_per_transfer() {
+        assert_eq!(part_name("a.bin", 0x1f), ".a.bin.1f.mqsftp-part");
+        let long = "é".repeat(127); // 254 bytes
+        let p = part_name(&long, mqsftp_proto::MAX_TRANSFER_ID);
+        assert!(p.len() <= 255, "{}", p.len());
+        assert!(p.ends_with(&format!(".{:x}.mqsftp-part", mqsftp_proto::MAX_TRANSFER_ID)));
+        assert_ne!(part_name(&long, 1), part_name(&long, 2));
+    }
 }

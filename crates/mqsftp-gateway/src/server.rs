@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::GatewayConfig;
+use crate::limit::Buckets;
+use crate::policy::{Access, Op, Policy, PolicyCell, PolicyError};
 use crate::store::{Store, StoreError};
 
 /// Why the gateway stopped.
@@ -33,6 +35,9 @@ pub enum GatewayError {
     /// The broker link closed for good.
     #[error("the broker connection closed: {0}")]
     LinkClosed(String),
+    /// The policy file was refused.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 }
 
 /// Control messages for a running transfer, routed to it only from the device that owns it.
@@ -59,7 +64,28 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<GatewayStats>,
     /// Uploads committed lately, so that a commit sent again gets the same answer.
     pub(crate) committed: Mutex<Committed>,
-    transfers: Mutex<HashMap<TransferId, (DeviceId, mpsc::UnboundedSender<Ctl>)>>,
+    /// The per-device policy in force.
+    pub(crate) policy: PolicyCell,
+    /// Rate limits of devices that have one.
+    pub(crate) buckets: Buckets,
+    transfers: Mutex<HashMap<TransferId, Entry>>,
+}
+
+/// A running transfer in the table.
+struct Entry {
+    device: DeviceId,
+    tx: mpsc::UnboundedSender<Ctl>,
+    /// Bytes an upload will add to the store (for quotas); 0 for downloads.
+    reserved: u64,
+}
+
+/// What a new transfer asks of the limits in [`Shared::register`].
+pub(crate) struct Claim<'a> {
+    pub(crate) access: &'a Access,
+    /// The id of an upload being resumed (it keeps its id, which names its temporary file).
+    pub(crate) wanted: Option<TransferId>,
+    /// For an upload under a quota: the bytes the device already stores, and the upload's size.
+    pub(crate) quota_use: Option<(u64, u64)>,
 }
 
 impl Shared {
@@ -70,34 +96,50 @@ impl Shared {
         }
     }
 
-    /// Checks the concurrency limits and registers a new transfer under one lock, so that simultaneous requests
-    /// cannot overshoot them. Returns the new transfer id, or why the gateway is busy.
-    /// `wanted`: the id of an upload being resumed (it keeps its id, which names its temporary file).
+    /// Checks the concurrency limits and the quota and registers a new transfer under one lock, so that
+    /// simultaneous requests cannot overshoot them. Returns the new transfer id, or the code and reason of refusal.
     pub(crate) fn register(
         &self,
         device: &DeviceId,
         tx: mpsc::UnboundedSender<Ctl>,
-        wanted: Option<TransferId>,
-    ) -> Result<TransferId, String> {
-        let limits = self.cfg.transfer;
-        let mut t = self.transfers.lock().map_err(|_| "transfer table unavailable".to_string())?;
-        let (all, mine) = (t.len(), t.values().filter(|(d, _)| d == device).count());
-        if all >= limits.max_transfers || mine >= limits.max_transfers_per_device {
-            return Err(format!(
-                "too many transfers in progress ({mine} for this device, limit {}; {all} in all, limit {})",
-                limits.max_transfers_per_device, limits.max_transfers
-            ));
+        claim: Claim<'_>,
+    ) -> Result<TransferId, Failure> {
+        let busy = |m: String| (ErrorCode::Busy, m);
+        let max_all = self.cfg.transfer.max_transfers;
+        let max_mine = claim.access.max_transfers;
+        let mut t = self.transfers.lock().map_err(|_| busy("transfer table unavailable".to_string()))?;
+        let (all, mine) = (t.len(), t.values().filter(|e| &e.device == device).count());
+        if all >= max_all || mine >= max_mine {
+            return Err(busy(format!(
+                "too many transfers in progress ({mine} for this device, limit {max_mine}; {all} in all, limit {max_all})"
+            )));
         }
-        if let Some(w) = wanted {
+        if let Some(w) = claim.wanted {
             if t.contains_key(&w) {
-                return Err(format!("upload {w} is already running here"));
+                return Err(busy(format!("upload {w} is already running here")));
             }
         }
-        let mut transfer = wanted.unwrap_or_else(|| rand::random::<u64>() & MAX_TRANSFER_ID);
+        let mut reserved = 0;
+        if let (Some(quota), Some((stored, size))) = (claim.access.quota, claim.quota_use) {
+            let pending: u64 = t.values().filter(|e| &e.device == device).map(|e| e.reserved).sum();
+            let need = stored.saturating_add(pending).saturating_add(size);
+            if need > quota {
+                return Err((
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "uploading {size} bytes would exceed the quota of {quota} bytes ({stored} stored, {pending} \
+                         in uploads in progress; {})",
+                        claim.access.rule
+                    ),
+                ));
+            }
+            reserved = size;
+        }
+        let mut transfer = claim.wanted.unwrap_or_else(|| rand::random::<u64>() & MAX_TRANSFER_ID);
         while t.contains_key(&transfer) {
             transfer = rand::random::<u64>() & MAX_TRANSFER_ID;
         }
-        t.insert(transfer, (device.clone(), tx));
+        t.insert(transfer, Entry { device: device.clone(), tx, reserved });
         Ok(transfer)
     }
 }
@@ -115,12 +157,15 @@ pub struct GatewayStats {
     pub sent_bytes: AtomicU64,
     /// Chunk data bytes received from devices (uploads), duplicates included.
     pub received_bytes: AtomicU64,
+    /// Messages answered on a device's errors topic (no session to answer on).
+    pub rejected: AtomicU64,
 }
 
 impl Gateway {
     /// Connects to the SFTP store (checking its host key) and to the broker, and subscribes to all devices'
     /// requests. Fails fast on a bad certificate, key or host key.
     pub async fn connect(cfg: GatewayConfig) -> Result<Gateway, GatewayError> {
+        let policy = Policy::for_config(&cfg)?;
         let store = Store::new(cfg.sftp.clone());
         store.session().await?;
         // A fresh id per start: transfers do not outlive the process that held them.
@@ -149,6 +194,8 @@ impl Gateway {
             transfers: Mutex::new(HashMap::new()),
             committed: Mutex::new(Committed::default()),
             stats: Arc::default(),
+            policy: PolicyCell::new(policy),
+            buckets: Buckets::default(),
         });
         Ok(Gateway { shared, link })
     }
@@ -156,6 +203,11 @@ impl Gateway {
     /// This gateway's counters.
     pub fn stats(&self) -> Arc<GatewayStats> {
         self.shared.stats.clone()
+    }
+
+    /// A handle that re-reads the policy file (on SIGHUP) while the gateway runs.
+    pub fn policy_reloader(&self) -> PolicyReloader {
+        PolicyReloader(self.shared.clone())
     }
 
     /// This gateway's id (the `{gateway}` level of its transfer topics).
@@ -197,6 +249,35 @@ impl Gateway {
     }
 }
 
+/// Re-reads the policy file of a running gateway.
+#[derive(Clone)]
+pub struct PolicyReloader(Arc<Shared>);
+
+impl PolicyReloader {
+    /// Loads the policy file again. On success the new policy applies to every request that arrives from now on
+    /// (running transfers keep their limits) and the number of rules is returned; on error the policy in force
+    /// stays and the error names the file, line and reason.
+    pub fn reload(&self) -> Result<usize, PolicyError> {
+        let p = Policy::for_config(&self.0.cfg)?;
+        let rules = p.rules();
+        self.0.policy.set(p);
+        Ok(rules)
+    }
+}
+
+/// The operation a request needs the policy to allow, with the id and session to answer a refusal on.
+fn needs(request: &Request) -> Option<(Op, &str, &SessionId)> {
+    Some(match request {
+        Request::Get { id, session, .. } => (Op::Get, id, session),
+        Request::Put { id, session, .. } => (Op::Put, id, session),
+        Request::List { id, session, .. } | Request::Stat { id, session, .. } => (Op::Ls, id, session),
+        Request::Remove { id, session, .. } => (Op::Rm, id, session),
+        Request::Rename { id, session, .. } => (Op::Mv, id, session),
+        Request::Mkdir { id, session, .. } => (Op::Mkdir, id, session),
+        Request::Ping { .. } | Request::Commit { .. } | Request::Ack { .. } | Request::Cancel { .. } => return None,
+    })
+}
+
 fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
     let device = match Topic::parse(topic) {
         Some(Topic { device, kind: TopicKind::Request }) => device,
@@ -204,10 +285,17 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
         Some(Topic { device, kind: TopicKind::Up(g) }) if g == shared.id => {
             match Chunk::decode(payload) {
                 Ok(chunk) => {
-                    let _ = route(shared, &device, chunk.transfer, Ctl::Chunk(chunk));
+                    let transfer = chunk.transfer;
+                    if route(shared, &device, transfer, Ctl::Chunk(chunk)).is_err() {
+                        let why = format!("upload chunk for transfer {transfer}, which is not an upload of this device in progress on this gateway");
+                        report_unaddressed(shared, device, Some(transfer), why);
+                    }
                 }
-                // A corrupt chunk is dropped: the device resends what is not acknowledged.
-                Err(e) => debug!(%device, error = %e, "dropping a bad upload chunk"),
+                // A corrupt chunk is dropped (the device resends what is not acknowledged) and reported.
+                Err(e) => {
+                    debug!(%device, error = %e, "dropping a bad upload chunk");
+                    report_unaddressed(shared, device, None, format!("bad upload chunk: {e}"));
+                }
             }
             return;
         }
@@ -220,16 +308,32 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
         Ok(r) => r,
         Err(bad) => {
             info!(%device, reason = %bad.reason, "bad request");
-            if let Some(session) = bad.session {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let resp = Response::error(bad.id, ErrorCode::BadRequest, bad.reason);
-                    shared.respond(&device, &session, &resp).await;
-                });
+            match bad.session {
+                Some(session) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let resp = Response::error(bad.id, ErrorCode::BadRequest, bad.reason);
+                        shared.respond(&device, &session, &resp).await;
+                    });
+                }
+                None => report_unaddressed(shared, device, None, bad.reason),
             }
             return;
         }
     };
+    let access = Arc::new(shared.policy.get().access(&device));
+    if let Some((op, id, session)) = needs(&request) {
+        if let Err(message) = access.check(&device, op) {
+            info!(%device, %op, "denied by policy");
+            let (shared, resp, session) = (
+                shared.clone(),
+                Response::error(Some(id.to_string()), ErrorCode::PermissionDenied, message),
+                session.clone(),
+            );
+            tokio::spawn(async move { shared.respond(&device, &session, &resp).await });
+            return;
+        }
+    }
     match request {
         Request::Ping { id, session } => {
             let shared = shared.clone();
@@ -238,7 +342,7 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
             });
         }
         Request::Get { id, session, path, offset } => {
-            tokio::spawn(crate::get::start_get(shared.clone(), device, session, id, (path, offset)));
+            tokio::spawn(crate::get::start_get(shared.clone(), device, access, session, id, (path, offset)));
         }
         Request::Put { id, session, path, size, sha256, overwrite, resume } => {
             // An upload this gateway still runs (the device lost only its broker connection) takes the device back;
@@ -270,7 +374,7 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
                 },
                 None => put,
             };
-            tokio::spawn(crate::put::start_put(shared.clone(), device, put));
+            tokio::spawn(crate::put::start_put(shared.clone(), device, access, put));
         }
         Request::Commit { id, session, transfer } => {
             if let Err(Ctl::Commit { id, session }) = route(shared, &device, transfer, Ctl::Commit { id, session }) {
@@ -281,45 +385,68 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
         Request::List { id, session, path, offset, limit } => {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let r = crate::ops::list(&shared, &device, &path, offset, limit).await;
+                let r = crate::ops::list(&shared, &access, &path, offset, limit).await;
                 shared.respond(&device, &session, &answer(id, r)).await;
             });
         }
         Request::Stat { id, session, path } => {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let r = crate::ops::stat(&shared, &device, &path).await;
+                let r = crate::ops::stat(&shared, &access, &path).await;
                 shared.respond(&device, &session, &answer(id, r)).await;
             });
         }
         Request::Remove { id, session, path } => {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let r = crate::ops::remove(&shared, &device, &path).await;
+                let r = crate::ops::remove(&shared, &access, &path).await;
                 shared.respond(&device, &session, &answer(id, r)).await;
             });
         }
         Request::Mkdir { id, session, path } => {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let r = crate::ops::mkdir(&shared, &device, &path).await;
+                let r = crate::ops::mkdir(&shared, &access, &path).await;
                 shared.respond(&device, &session, &answer(id, r)).await;
             });
         }
         Request::Rename { id, session, from, to, overwrite } => {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let r = crate::ops::rename(&shared, &device, &from, &to, overwrite).await;
+                let r = crate::ops::rename(&shared, &access, &from, &to, overwrite).await;
                 shared.respond(&device, &session, &answer(id, r)).await;
             });
         }
         Request::Ack { transfer, next } => {
-            let _ = route(shared, &device, transfer, Ctl::Ack(next));
+            if route(shared, &device, transfer, Ctl::Ack(next)).is_err() {
+                let why = format!(
+                    "ack for transfer {transfer}, which is not a download of this device in progress on this gateway"
+                );
+                report_unaddressed(shared, device, Some(transfer), why);
+            }
         }
         Request::Cancel { transfer } => {
-            let _ = route(shared, &device, transfer, Ctl::Cancel);
+            if route(shared, &device, transfer, Ctl::Cancel).is_err() {
+                let why = format!(
+                    "cancel of transfer {transfer}, which is not a transfer of this device in progress on this gateway"
+                );
+                report_unaddressed(shared, device, Some(transfer), why);
+            }
         }
     }
+}
+
+/// Answers a message that names no session on the device's errors topic ([`Topic::errors`]), so that even
+/// garbage gets a reason a device (or its developer) can read.
+fn report_unaddressed(shared: &Arc<Shared>, device: DeviceId, transfer: Option<TransferId>, reason: String) {
+    shared.stats.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let client = shared.client.clone();
+    tokio::spawn(async move {
+        let resp = Response::Error { id: None, transfer, code: ErrorCode::BadRequest, message: reason };
+        if let Err(e) = client.publish(Topic::errors(&device), QoS::AtLeastOnce, false, resp.encode()).await {
+            debug!(%device, error = %e, "could not queue an error report");
+        }
+    });
 }
 
 /// Hands `ctl` to `transfer` if `device` owns it; gives it back when there is no such transfer of this device.
@@ -329,7 +456,7 @@ fn route(shared: &Shared, device: &DeviceId, transfer: TransferId, ctl: Ctl) -> 
     };
     match transfers.get(&transfer) {
         // A device can only steer its own transfers.
-        Some((owner, tx)) if owner == device => tx.send(ctl).map_err(|e| e.0),
+        Some(Entry { device: owner, tx, .. }) if owner == device => tx.send(ctl).map_err(|e| e.0),
         Some(_) => {
             warn!(%device, transfer, "device addressed another device's transfer; ignored");
             Err(ctl)

@@ -16,7 +16,7 @@ const MAX_DEPTH: usize = 32;
 
 /// Sweeps once; returns how many stale temporary files were removed.
 pub(crate) async fn sweep(shared: &Shared) -> usize {
-    let base = shared.cfg.store.roots_dir();
+    let bases = shared.policy.get().root_dirs();
     let sftp = match shared.store.session().await {
         Ok(s) => s,
         Err(e) => {
@@ -26,7 +26,7 @@ pub(crate) async fn sweep(shared: &Shared) -> usize {
     };
     let expiry = shared.cfg.transfer.upload_expiry;
     let mut removed = 0;
-    let mut dirs = vec![(base.to_string(), 0usize)];
+    let mut dirs: Vec<(String, usize)> = bases.into_iter().map(|b| (b, 0)).collect();
     while let Some((dir, depth)) = dirs.pop() {
         let Ok(entries) = sftp.read_dir(dir.as_str()).await else { continue };
         for e in entries {

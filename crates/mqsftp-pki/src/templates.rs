@@ -69,7 +69,9 @@ require_certificate true
 use_identity_as_username true
 # Minimum TLS version.
 tls_version tlsv1.2
-# max_packet_size is left at its default; the gateway's chunk_size must fit in a packet.
+# Largest MQTT packet, in bytes: a 1 MiB chunk plus headers. A client that sends a bigger one is disconnected
+# here, so it can never reach (and disconnect) the gateway, whose client refuses packets above this size.
+max_packet_size 1049600
 ",
         install = MOSQUITTO_INSTALL_DIR,
     )

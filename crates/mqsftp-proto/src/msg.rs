@@ -162,6 +162,8 @@ pub enum ErrorCode {
     NotEmpty,
     /// The file is larger than the gateway allows.
     TooLarge,
+    /// The upload would take the device over its storage quota.
+    QuotaExceeded,
     /// The uploaded data does not match the declared size or SHA-256.
     ChecksumMismatch,
     /// The upload saw no data for longer than the gateway keeps incomplete uploads.
@@ -184,6 +186,7 @@ impl ErrorCode {
             ErrorCode::Exists => "exists",
             ErrorCode::NotEmpty => "not_empty",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::ChecksumMismatch => "checksum_mismatch",
             ErrorCode::Expired => "expired",
             ErrorCode::Internal => "internal",
@@ -485,6 +488,7 @@ mod tests {
             Just(ErrorCode::Exists),
             Just(ErrorCode::NotEmpty),
             Just(ErrorCode::TooLarge),
+            Just(ErrorCode::QuotaExceeded),
             Just(ErrorCode::ChecksumMismatch),
             Just(ErrorCode::Expired),
             Just(ErrorCode::Internal),

@@ -7,6 +7,7 @@
 //! | `mqsftp/v1/{device}/up/{gateway}`   | device → the gateway running an upload | binary [`Chunk`](crate::Chunk) |
 //! | `mqsftp/v1/{device}/res/{session}`  | gateway → device | JSON [`Response`](crate::Response) |
 //! | `mqsftp/v1/{device}/down/{session}` | gateway → device | binary [`Chunk`](crate::Chunk) |
+//! | `mqsftp/v1/{device}/res/_errors`    | gateway → device | JSON `error` for a message that names no session (unparsable JSON, a chunk or ack for an unknown transfer) |
 //!
 //! `{session}` is chosen by each device client when it connects so that several clients of one device do not
 //! receive each other's data. `{gateway}` is the id a gateway announces when it accepts a transfer: new requests
@@ -20,6 +21,9 @@ pub const PREFIX: &str = "mqsftp/v1";
 
 /// Shared-subscription group of the gateways: each new request goes to one of them.
 pub const GATEWAY_GROUP: &str = "mqsftp-gateways";
+
+/// Last level of [`Topic::errors`].
+pub const ERRORS_LEVEL: &str = "_errors";
 
 /// A gateway's id in topics: the same alphabet and length as a session id.
 pub type GatewayId = SessionId;
@@ -64,6 +68,12 @@ impl Topic {
     /// Topic the gateway answers a session on.
     pub fn response(device: &DeviceId, session: &SessionId) -> String {
         format!("{PREFIX}/{device}/res/{session}")
+    }
+    /// Topic the gateway reports errors on that it cannot address to a session: a request it could not parse far
+    /// enough to read its session, or a chunk, ack or cancel for a transfer it does not hold. `_` is not in the
+    /// session alphabet, so this never collides with a session's responses, and the ACL's `res/#` covers it.
+    pub fn errors(device: &DeviceId) -> String {
+        format!("{PREFIX}/{device}/res/{ERRORS_LEVEL}")
     }
     /// Topic the gateway sends a session's chunks on.
     pub fn down(device: &DeviceId, session: &SessionId) -> String {

@@ -360,8 +360,37 @@ fn pki(cmd: PkiCommand) -> anyhow::Result<u8> {
 async fn gateway(config: &Path) -> anyhow::Result<u8> {
     let cfg = GatewayConfig::load(config)?;
     let gw = Gateway::connect(cfg).await.context("gateway could not start")?;
+    let _reload = reload_policy_on_sighup(gw.policy_reloader());
     gw.run(shutdown_signal()).await?;
     Ok(exit::OK)
+}
+
+/// Re-reads the policy file on every SIGHUP; a refused file is logged and the policy in force stays.
+fn reload_policy_on_sighup(reloader: mqsftp_gateway::PolicyReloader) -> Option<tokio::task::JoinHandle<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; the policy will not be reloaded");
+                return None;
+            }
+        };
+        Some(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match reloader.reload() {
+                    Ok(rules) => tracing::info!(rules, "policy reloaded"),
+                    Err(e) => tracing::error!("policy reload refused, the previous policy stays in force: {e}"),
+                }
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+        None
+    }
 }
 
 async fn shutdown_signal() {

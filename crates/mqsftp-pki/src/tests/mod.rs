@@ -352,6 +352,7 @@ fn mosquitto_conf_and_acl_contents() {
             "require_certificate true".into(),
             "use_identity_as_username true".into(),
             "tls_version tlsv1.2".into(),
+            "max_packet_size 1049600".into(),
         ]
     );
     let acl = std::fs::read_to_string(dir.join("acl")).unwrap();

@@ -15,6 +15,7 @@ pub const LIMIT: Duration = Duration::from_secs(120);
 /// A gateway running in this process against `stack`, stopped on drop.
 pub struct RunningGateway {
     pub stats: std::sync::Arc<mqsftp_gateway::GatewayStats>,
+    pub id: mqsftp_proto::GatewayId,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), mqsftp_gateway::GatewayError>>>,
 }
@@ -24,11 +25,12 @@ impl RunningGateway {
         let cfg = GatewayConfig::load(stack.gateway_config()).expect("gateway config loads");
         let gw = tokio::time::timeout(LIMIT, Gateway::connect(cfg)).await.expect("in time").expect("gateway connects");
         let stats = gw.stats();
+        let id = gw.id().clone();
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gw.run(async move {
             let _ = rx.await;
         }));
-        RunningGateway { stats, stop: Some(stop), task: Some(task) }
+        RunningGateway { stats, id, stop: Some(stop), task: Some(task) }
     }
 
     pub async fn stop(mut self) {
@@ -115,13 +117,20 @@ pub struct RawDevice {
 
 impl RawDevice {
     pub async fn connect(cfg: &DeviceConfig, session: &str) -> RawDevice {
+        RawDevice::connect_with(cfg, session, Vec::new()).await
+    }
+
+    /// Connects subscribed to the session's responses and to `extra` filters.
+    pub async fn connect_with(cfg: &DeviceConfig, session: &str, extra: Vec<String>) -> RawDevice {
         let device = cfg.device_id.clone();
         let session = mqsftp_proto::SessionId::new(session).unwrap();
+        let mut subscriptions = vec![mqsftp_proto::Topic::response(&device, &session)];
+        subscriptions.extend(extra);
         let link = mqsftp_mqtt::MqttLink::connect(
             &cfg.broker,
             mqsftp_mqtt::LinkOptions {
                 client_id: format!("raw-{device}-{session}"),
-                subscriptions: vec![mqsftp_proto::Topic::response(&device, &session)],
+                subscriptions,
                 connect_timeout: LIMIT,
                 reconnect: false,
                 inflight: 16,
@@ -191,9 +200,23 @@ pub fn part_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Writes `text` as the stack's policy file and points gateway.toml's `[policy] file` at it.
+pub fn set_policy(stack: &Stack, text: &str) -> PathBuf {
+    let policy = stack.dir().join("policy.toml");
+    std::fs::write(&policy, text).unwrap();
+    let path = stack.gateway_config();
+    let mut t: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+    let mut section = toml::Table::new();
+    section.insert("file".into(), policy.to_str().unwrap().into());
+    t.insert("policy".into(), section.into());
+    std::fs::write(path, toml::to_string(&t).unwrap()).unwrap();
+    policy
+}
+
 /// A gateway running as its own process (`mqsftp gateway`), so that it can be SIGKILLed like a crashed one.
 pub struct GatewayProcess {
     child: tokio::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl GatewayProcess {
@@ -220,12 +243,35 @@ impl GatewayProcess {
         assert!(tokio::time::timeout(LIMIT, ready).await.expect("gateway ready in time"), "gateway exited early");
         // Keep reading its log (shown with a failing test's output) so that it never blocks on a full pipe.
         let pid = child.id().unwrap_or(0);
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("[gateway {pid}] {line}");
+                kept.lock().unwrap().push(line);
             }
         });
-        GatewayProcess { child }
+        GatewayProcess { child, log }
+    }
+
+    /// Sends SIGHUP (re-read the policy file).
+    pub fn hangup(&self) {
+        let pid = self.child.id().expect("gateway running").to_string();
+        let ok = std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success();
+        assert!(ok, "kill -HUP {pid}");
+    }
+
+    /// Waits until the gateway's log has a line containing `needle`, and returns it.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let found = async {
+            loop {
+                if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                    return l.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(LIMIT, found).await.unwrap_or_else(|_| panic!("gateway never logged {needle:?}"))
     }
 
     /// SIGKILL: no goodbye to the broker, no cleanup on the store.
