@@ -35,7 +35,11 @@ impl Fail {
 
     /// The status OpenSSH would send for this error, with the system's message (which names no path).
     pub(crate) fn io(e: io::Error) -> Self {
-        Self { code: status_of(&e), message: e.to_string() }
+        let mut message = e.to_string();
+        if let Some(at) = message.find(" (os error") {
+            message.truncate(at);
+        }
+        Self { code: status_of(&e), message }
     }
 
     fn outside() -> Self {
