@@ -5,14 +5,14 @@
 //! time. This loop uses russh-sftp's packet types but runs each request as its own job on tokio's blocking
 //! pool (all of them are file system calls), so file I/O stays off the async runtime and requests overlap.
 //!
-//! Order: READ, WRITE, STAT, LSTAT, READLINK and REALPATH run concurrently with each other; every other
-//! request (open, close, fsync, rename, remove, …) waits for all earlier requests and holds back all later
+//! Order: READ, WRITE (except to a handle opened with APPEND), STAT, LSTAT, READLINK and REALPATH run
+//! concurrently with each other; every other request (open, close, fsync, rename, remove, …) waits for all earlier requests and holds back all later
 //! ones. A fair read/write lock taken in arrival order does that. So a client gets the same results as from a
 //! sequential server, except that pipelined reads and writes of the same bytes of a file race (as with any
 //! server that does not serialise them; no client relies on it). At most [`MAX_IN_FLIGHT`] requests run at
 //! once; beyond that the loop stops reading and SSH flow control holds the client back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, ReadDir};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -139,10 +139,11 @@ async fn run<R: AsyncRead + Unpin>(
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(request) = read_packet(reader).await? {
         let kind = request.first().copied().unwrap_or(0);
-        let concurrent = matches!(
-            kind,
-            SSH_FXP_READ | SSH_FXP_WRITE | SSH_FXP_STAT | SSH_FXP_LSTAT | SSH_FXP_READLINK | SSH_FXP_REALPATH
-        );
+        let concurrent = match kind {
+            SSH_FXP_READ | SSH_FXP_STAT | SSH_FXP_LSTAT | SSH_FXP_READLINK | SSH_FXP_REALPATH => true,
+            SSH_FXP_WRITE => !session.is_append_write(&request),
+            _ => false,
+        };
         let Ok(slot) = slots.clone().acquire_owned().await else { break };
         let guard = if concurrent {
             Order::Shared(order.clone().read_owned().await)
@@ -172,6 +173,9 @@ enum Open {
 struct Handles {
     next: u64,
     open: HashMap<String, Open>,
+    /// Handles opened with APPEND: their WRITEs land at the end of the file whatever the offset, so they are
+    /// run one after the other, in order.
+    append: HashSet<String>,
 }
 
 struct Session {
@@ -221,6 +225,13 @@ impl Session {
         Ok(handle)
     }
 
+    /// Whether `request` (an SSH_FXP_WRITE: type, id, handle, …) writes to a handle opened with APPEND.
+    fn is_append_write(&self, request: &[u8]) -> bool {
+        let mut rest = request.get(5..).unwrap_or_default();
+        let Some(handle) = take_string(&mut rest) else { return false };
+        lock(&self.handles).append.contains(&handle)
+    }
+
     fn file(&self, handle: &str) -> Result<Arc<File>, Fail> {
         match lock(&self.handles).open.get(handle) {
             Some(Open::File(f)) => Ok(f.clone()),
@@ -262,13 +273,20 @@ impl Session {
                 let path = root.resolve(&r.filename, last)?;
                 let file = fs::open_file(&path, r.pflags, &r.attrs)?;
                 let handle = self.insert(Open::File(Arc::new(file)))?;
+                if r.pflags.contains(russh_sftp::protocol::OpenFlags::APPEND) {
+                    lock(&self.handles).append.insert(handle.clone());
+                }
                 debug!(path = %r.filename, handle, "opened");
                 Ok(Reply::Packet(Packet::Handle(Handle { id: r.id, handle })))
             }
-            Packet::Close(r) => match lock(&self.handles).open.remove(&r.handle) {
-                Some(_) => ok(),
-                None => Err(no_handle()),
-            },
+            Packet::Close(r) => {
+                let mut handles = lock(&self.handles);
+                handles.append.remove(&r.handle);
+                match handles.open.remove(&r.handle) {
+                    Some(_) => ok(),
+                    None => Err(no_handle()),
+                }
+            }
             Packet::Read(r) => {
                 let file = self.file(&r.handle)?;
                 #[cfg(test)]
@@ -438,7 +456,7 @@ fn name(id: u32, path: String) -> Reply {
 }
 
 /// An SSH string (u32 length, bytes) holding UTF-8.
-fn take_string(data: &mut Bytes) -> Option<String> {
+fn take_string(data: &mut impl Buf) -> Option<String> {
     if data.remaining() < 4 {
         return None;
     }
@@ -446,7 +464,7 @@ fn take_string(data: &mut Bytes) -> Option<String> {
     if data.remaining() < len {
         return None;
     }
-    String::from_utf8(data.split_to(len).to_vec()).ok()
+    String::from_utf8(data.copy_to_bytes(len).to_vec()).ok()
 }
 
 fn encode(packet: Packet, id: u32) -> Bytes {
@@ -572,6 +590,52 @@ mod tests {
             "{:?}",
             replies[4]
         );
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
+    }
+
+    /// Pipelined writes to a handle opened with APPEND land in the order sent (they are not run concurrently).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = Session::new(Arc::new(Root::open(dir.path()).unwrap()));
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let (mut server_read, _server_write) = tokio::io::split(server);
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = tokio::spawn(async move { run(&mut server_read, Arc::new(session), tx).await });
+        let mut requests = vec![
+            Packet::Init(Init { version: 3, extensions: HashMap::new() }),
+            Packet::Open(Open {
+                id: 1,
+                filename: "log".into(),
+                pflags: OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::APPEND,
+                attrs: FileAttributes::empty(),
+            }),
+        ];
+        let blocks: Vec<Vec<u8>> = (0..60u8).map(|i| vec![i; 700]).collect();
+        for (i, block) in blocks.iter().enumerate() {
+            let id = 2 + i as u32;
+            requests.push(Packet::Write(russh_sftp::protocol::Write {
+                id,
+                handle: "1".into(),
+                offset: 0,
+                data: block.clone(),
+            }));
+        }
+        requests.push(Packet::Close(Close { id: 100, handle: "1".into() }));
+        let count = requests.len();
+        for request in requests {
+            client.write_all(&Bytes::try_from(request).unwrap()).await.unwrap();
+        }
+        for _ in 0..count {
+            let reply = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
+            match decode(reply) {
+                Packet::Status(s) => assert_eq!(s.status_code, StatusCode::Ok, "{s:?}"),
+                Packet::Version(_) | Packet::Handle(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(std::fs::read(dir.path().join("log")).unwrap() == blocks.concat());
         drop(client);
         tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
     }
