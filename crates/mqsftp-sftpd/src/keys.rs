@@ -43,11 +43,16 @@ pub(crate) fn load_host_key(path: &Path) -> Result<PrivateKey, SftpdError> {
     Ok(key)
 }
 
-/// `ssh-ed25519 AAAA…` without a comment.
-pub(crate) fn public_openssh(key: &PrivateKey) -> String {
+/// `ssh-ed25519 AAAA…` without a comment; `path` names the key in the error.
+pub(crate) fn public_openssh(key: &PrivateKey, path: &Path) -> Result<String, SftpdError> {
     let mut public = key.public_key().clone();
     public.set_comment("");
-    public.to_openssh().map(|s| s.trim_end().to_string()).unwrap_or_default()
+    match public.to_openssh() {
+        Ok(s) => Ok(s.trim_end().to_string()),
+        Err(e) => {
+            Err(SftpdError::HostKey { path: path.to_path_buf(), reason: format!("cannot encode its public key: {e}") })
+        }
+    }
 }
 
 /// Parses `authorized_keys`: blank lines and `#` comments are skipped; every other line must be a key with

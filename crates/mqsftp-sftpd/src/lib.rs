@@ -110,7 +110,7 @@ impl Sftpd {
         let host_key = keys::load_host_key(&config.host_key)?;
         let authorized = keys::load_authorized_keys(&config.authorized_keys)?;
         let root = fs::Root::open(&config.root)?;
-        let host_public_key = keys::public_openssh(&host_key);
+        let host_public_key = keys::public_openssh(&host_key, &config.host_key)?;
         let shared = Arc::new(ssh::Shared { user: config.user.clone(), authorized, root: Arc::new(root) });
         let ssh_config = Arc::new(ssh::server_config(host_key));
         let (stop, stopped) = watch::channel(false);

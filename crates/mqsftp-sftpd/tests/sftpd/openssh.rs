@@ -7,8 +7,11 @@ async fn round_trip(ciphers: Option<&str>, expect_cipher: &str) {
     let src = fx.dir.path().join("src.bin");
     let dst = fx.dir.path().join("dst.bin");
     std::fs::write(&src, &data).unwrap();
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    std::fs::File::options().write(true).open(&src).unwrap().set_modified(mtime).unwrap();
+    // put -f: fsync@openssh.com; put -p: FSETSTAT with mode and times; chmod: SETSTAT.
     let batch = format!(
-        "pwd\nmkdir docs\nput -f {} docs/big.bin\nls -l docs\nrename docs/big.bin docs/moved.bin\nget docs/moved.bin {}\nls docs\n",
+        "pwd\nmkdir docs\nput -fp {} docs/big.bin\nls -l docs\nrename docs/big.bin docs/moved.bin\nchmod 640 docs/moved.bin\nget docs/moved.bin {}\nls docs\n",
         src.display(),
         dst.display()
     );
@@ -31,6 +34,9 @@ async fn round_trip(ciphers: Option<&str>, expect_cipher: &str) {
     assert!(std::fs::read(&dst).unwrap() == data, "downloaded file differs");
     assert!(std::fs::read(fx.root.join("docs/moved.bin")).unwrap() == data, "uploaded file differs");
     assert!(!fx.root.join("docs/big.bin").exists());
+    let md = std::fs::metadata(fx.root.join("docs/moved.bin")).unwrap();
+    assert_eq!(md.modified().unwrap(), mtime, "put -p did not set the time");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777, 0o640, "chmod");
 
     let out = fx.sftp("rm docs/moved.bin\nrmdir docs\nls -a\n", &[]).await;
     assert_success(&out);
