@@ -204,6 +204,9 @@ async fn serve_connection(
     tokio::select! {
         result = session => match result {
             Ok(()) => debug!("connection closed"),
+            // A client that just goes away (no SSH disconnect message) is not worth more than a debug line.
+            Err(russh::Error::IO(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => debug!("connection closed"),
+            Err(russh::Error::Disconnect) => debug!("connection closed"),
             Err(e) => info!(error = %e, "connection ended with an error"),
         },
         () = stop_requested(&mut stopped) => {
