@@ -532,6 +532,10 @@ mod tests {
         }
     }
 
+    async fn next(rx: &mut mpsc::Receiver<Bytes>) -> Packet {
+        decode(tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap())
+    }
+
     fn decode(mut reply: Bytes) -> Packet {
         let len = reply.get_u32() as usize;
         assert_eq!(len, reply.len());
@@ -638,6 +642,41 @@ mod tests {
         assert!(std::fs::read(dir.path().join("log")).unwrap() == blocks.concat());
         drop(client);
         tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
+    }
+
+    /// Unknown and malformed requests get a status with their id; an oversized one ends the session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_requests_get_a_status_and_oversized_ones_end_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = Session::new(Arc::new(Root::open(dir.path()).unwrap()));
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let (mut server_read, _server_write) = tokio::io::split(server);
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = tokio::spawn(async move { run(&mut server_read, Arc::new(session), tx).await });
+        let init = Packet::Init(Init { version: 3, extensions: HashMap::new() });
+        client.write_all(&Bytes::try_from(init).unwrap()).await.unwrap();
+        let raw = |kind: u8, id: u32, rest: &[u8]| {
+            let mut b = BytesMut::new();
+            b.put_u32((5 + rest.len()) as u32);
+            b.put_u8(kind);
+            b.put_u32(id);
+            b.put_slice(rest);
+            b.freeze()
+        };
+        client.write_all(&raw(99, 7, b"")).await.unwrap();
+        client.write_all(&raw(SSH_FXP_OPEN, 8, &[0, 0, 0, 200, b'x'])).await.unwrap();
+        client.write_all(&raw(SSH_FXP_EXTENDED, 9, &[0, 0, 0, 3, b'f', b'o', b'o'])).await.unwrap();
+        assert!(matches!(next(&mut rx).await, Packet::Version(v) if v.extensions.contains_key(FSYNC)));
+        for (id, code) in [(7, StatusCode::OpUnsupported), (8, StatusCode::BadMessage), (9, StatusCode::OpUnsupported)]
+        {
+            match next(&mut rx).await {
+                Packet::Status(s) => assert_eq!((s.id, s.status_code), (id, code), "{s:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        client.write_all(&(MAX_PACKET + 1).to_be_bytes()).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap();
+        assert!(matches!(ended, Err(SessionError::TooLong(n)) if n == MAX_PACKET + 1), "{ended:?}");
     }
 
     #[test]
