@@ -35,6 +35,8 @@
 //!   that a client sees the same results as from a sequential server (see its module doc).
 //! * `fs.rs`: path confinement (`..`, symlinks) and the file system operations, with OpenSSH's mapping
 //!   of errors to SFTP status codes.
+//! * `tests/sftpd/`: one integration binary: OpenSSH's `sftp`/`ssh`, russh and the gateway's store session against
+//!   the server. `examples/throughput.rs`: OpenSSH `sftp` get/put throughput (a benchmark that prints a table).
 
 mod fs;
 mod keys;
