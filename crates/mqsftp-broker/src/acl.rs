@@ -56,8 +56,11 @@ pub(crate) struct Acl {
 impl Acl {
     /// Reads and parses the ACL file at `path`.
     pub(crate) fn load(path: &Path) -> Result<Acl, BrokerError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| BrokerError::Read { what: "the ACL file", path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| BrokerError::Read {
+            what: "the ACL file",
+            path: path.to_path_buf(),
+            source,
+        })?;
         Acl::parse(&text).map_err(|(line, reason)| BrokerError::Acl { path: path.to_path_buf(), line, reason })
     }
 
@@ -124,11 +127,8 @@ impl Acl {
         }
         for rule in &self.patterns {
             match substitute(&rule.topic, user, client_id) {
-                Some(pattern) => {
-                    if !check(rule.access, &pattern) {
-                        return false;
-                    }
-                }
+                Some(pattern) if !check(rule.access, &pattern) => return false,
+                Some(_) => {}
                 // A user name or client id with `/`, `+` or `#` could widen a pattern: it does not apply (as in
                 // Mosquitto), and a deny pattern that cannot be applied denies.
                 None if rule.access == Access::Deny => return false,

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck};
+use rumqttc::mqttbytes::v4::{
+    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+};
 use rumqttc::mqttbytes::{self, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -176,17 +178,18 @@ async fn serve(
     let reader = ctx.reader(&mut rd, &mut buf, keep_alive, in_tx, ctrl_tx);
     let mut router = std::pin::pin!(ctx.router(in_rx, ack_tx));
     let writer = ctx.writer(&mut wr, ctrl_rx, ack_rx, data_rx);
-    let result = tokio::select! {
-        r = reader => r,
-        r = &mut router => r.map(|()| Ending::Eof),
-        r = writer => r.map(|()| Ending::Eof),
-        reason = kick.kicked() => Err(ConnError::Kicked(reason)),
-        _ = shutdown.changed() => Err(ConnError::Kicked("the broker is shutting down")),
+    let (result, reader_done) = tokio::select! {
+        r = reader => (r, true),
+        r = &mut router => (r.map(|()| Ending::Eof), false),
+        r = writer => (r.map(|()| Ending::Eof), false),
+        reason = kick.kicked() => (Err(ConnError::Kicked(reason)), false),
+        _ = shutdown.changed() => (Err(ConnError::Kicked("the broker is shutting down")), false),
     };
     shared.router.unregister(conn_id);
-    if matches!(result, Ok(_)) {
-        // The reader is done and has closed the incoming queue: route what the client sent before it left (a
-        // QoS 0 publish followed at once by DISCONNECT, as mosquitto_pub does).
+    if reader_done {
+        // The reader has stopped (DISCONNECT, end of stream or a bad packet) and so closed the incoming queue:
+        // route what the client sent before, as a broker that handles packets one by one would have (e.g. a QoS 0
+        // publish followed at once by DISCONNECT, as mosquitto_pub does).
         tokio::select! {
             _ = &mut router => {}
             _ = shutdown.changed() => {}
@@ -430,7 +433,8 @@ impl Shared {
     /// disconnected rather than holding every publisher up. A QoS 0 delivery to a full queue is dropped.
     pub(crate) async fn route(&self, topic: &str, qos: QoS, payload: Bytes) {
         for target in self.router.targets(topic) {
-            let delivery = Delivery { topic: topic.to_string(), payload: payload.clone(), qos: min_qos(qos, target.qos) };
+            let delivery =
+                Delivery { topic: topic.to_string(), payload: payload.clone(), qos: min_qos(qos, target.qos) };
             let outbox = target.outbox;
             if delivery.qos == QoS::AtMostOnce {
                 if outbox.tx.try_send(delivery).is_err() {
@@ -468,7 +472,11 @@ async fn read_packet<R: AsyncRead + Unpin>(
             Err(e) => return Err(ConnError::Malformed(e)),
         }
         if rd.read_buf(buf).await? == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err(ConnError::Violation("connection closed mid-packet".into())) };
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(ConnError::Violation("connection closed mid-packet".into()))
+            };
         }
     }
 }

@@ -118,8 +118,7 @@ impl Broker {
         let addr = listener.local_addr().map_err(BrokerError::LocalAddr)?;
         let tls = tokio_rustls::TlsAcceptor::from(tls::server_config(&settings)?);
         let acl = acl::Acl::load(&settings.acl)?;
-        let shared =
-            Arc::new(Shared { tls, acl, router: router::Router::default(), next_conn_id: AtomicU64::new(1) });
+        let shared = Arc::new(Shared { tls, acl, router: router::Router::default(), next_conn_id: AtomicU64::new(1) });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared, shutdown_rx));
         info!(%addr, "MQTT broker listening");
