@@ -168,6 +168,7 @@ async fn serve(
         client_id,
         user,
         pending_q1: AtomicUsize::new(0),
+        queued_q0: AtomicUsize::new(0),
         outstanding: Mutex::new(Outstanding::default()),
         slots: Semaphore::new(MAX_INFLIGHT_OUT),
     };
@@ -186,10 +187,13 @@ async fn serve(
         _ = shutdown.changed() => (Err(ConnError::Kicked("the broker is shutting down")), false),
     };
     shared.router.unregister(conn_id);
+    // Close the connection now: the client must not wait for what follows.
+    drop((rd, wr));
     if reader_done {
         // The reader has stopped (DISCONNECT, end of stream or a bad packet) and so closed the incoming queue:
         // route what the client sent before, as a broker that handles packets one by one would have (e.g. a QoS 0
-        // publish followed at once by DISCONNECT, as mosquitto_pub does).
+        // publish followed at once by DISCONNECT, as mosquitto_pub does). This may wait for a slow subscriber, at
+        // most STALL_TIMEOUT per message; the queue holds at most MAX_INFLIGHT_IN + QOS0_SLACK of them.
         tokio::select! {
             _ = &mut router => {}
             _ = shutdown.changed() => {}
@@ -211,6 +215,8 @@ struct Ctx {
     user: String,
     /// QoS 1 publishes received whose PUBACK is not written yet.
     pending_q1: AtomicUsize,
+    /// QoS 0 publishes in the incoming queue.
+    queued_q0: AtomicUsize,
     /// Packet ids of QoS 1 deliveries awaiting the client's PUBACK.
     outstanding: Mutex<Outstanding>,
     /// Free in-flight slots for QoS 1 deliveries.
@@ -270,9 +276,15 @@ impl Ctx {
                             in_tx.try_send(p).map_err(|_| ConnError::InflightExceeded)?;
                         }
                         QoS::AtMostOnce => {
-                            // Keep MAX_INFLIGHT_IN places for QoS 1; QoS 0 beyond the slack is dropped.
-                            if in_tx.capacity() <= MAX_INFLIGHT_IN || in_tx.try_send(p).is_err() {
+                            // At most QOS0_SLACK QoS 0 publishes wait, so that the QoS 1 ones always fit.
+                            if self.queued_q0.load(Ordering::Acquire) >= QOS0_SLACK {
                                 debug!("incoming queue full: QoS 0 publish dropped");
+                            } else {
+                                self.queued_q0.fetch_add(1, Ordering::AcqRel);
+                                if in_tx.try_send(p).is_err() {
+                                    self.queued_q0.fetch_sub(1, Ordering::AcqRel);
+                                    debug!("incoming queue full: QoS 0 publish dropped");
+                                }
                             }
                         }
                         QoS::ExactlyOnce => {
@@ -325,6 +337,9 @@ impl Ctx {
     /// Routes incoming publishes in order; queues each QoS 1 PUBACK once the message is in every subscriber's queue.
     async fn router(&self, mut in_rx: mpsc::Receiver<Publish>, ack_tx: mpsc::Sender<u16>) -> Result<(), ConnError> {
         while let Some(publish) = in_rx.recv().await {
+            if publish.qos == QoS::AtMostOnce {
+                self.queued_q0.fetch_sub(1, Ordering::AcqRel);
+            }
             if self.shared.acl.allows(&self.user, &self.client_id, Want::Publish, &publish.topic) {
                 self.shared.route(&publish.topic, publish.qos, publish.payload).await;
             } else {

@@ -33,9 +33,11 @@
 //! | subscriber with a full queue taking nothing | [`STALL_TIMEOUT`] | that subscriber is disconnected |
 //! | silence from a client | 1.5 × its keepalive | the connection is closed |
 //! | TLS handshake / CONNECT | [`HANDSHAKE_TIMEOUT`] / [`CONNECT_TIMEOUT`] | the connection is closed |
+//! | connections | [`MAX_CONNECTIONS`] | new ones are closed at once |
 //!
-//! So a connection holds at most `MAX_INFLIGHT_IN + OUT_QUEUE` messages (plus 32 QoS 0 ones), each at most
-//! [`MAX_PACKET_SIZE`]: with 64 KiB messages, about 12 MiB per connection in the worst case.
+//! So a connection holds at most `MAX_INFLIGHT_IN + OUT_QUEUE` messages (plus 32 QoS 0 ones waiting to be routed),
+//! each at most [`MAX_PACKET_SIZE`] and shared, not copied, between subscribers: with 64 KiB messages about 14 MiB
+//! per connection in the worst case, besides the TLS and socket buffers.
 //!
 //! # Layout
 //!
@@ -78,6 +80,8 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed between the TLS handshake and CONNECT.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed right after accept.
+pub const MAX_CONNECTIONS: usize = 1024;
 /// How long [`Broker::shutdown`] waits for connections to close before it aborts them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -153,6 +157,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: w
         tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) if conns.len() >= MAX_CONNECTIONS => {
+                    warn!(%peer, "connection refused: already {MAX_CONNECTIONS} connections");
+                    drop(tcp);
+                }
                 Ok((tcp, peer)) => {
                     conns.spawn(connection::run(tcp, peer, shared.clone(), shutdown.clone()));
                 }

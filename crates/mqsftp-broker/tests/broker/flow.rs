@@ -2,6 +2,8 @@ use std::time::Duration;
 
 use rumqttc::{Event, EventLoop, Packet, QoS};
 
+use mqsftp_broker::{MAX_INFLIGHT_IN, MAX_INFLIGHT_OUT, OUT_QUEUE};
+
 use crate::support::{next_message, until_subacked, Pki, WAIT};
 
 const SIZE: usize = 64 * 1024;
@@ -98,6 +100,9 @@ async fn a_subscriber_that_stops_reading_stalls_the_publisher_and_loses_nothing(
         assert!(acks < COUNT as usize, "all {COUNT} messages were acknowledged while the subscriber read nothing");
     }
     println!("stalled after {acks} PUBACKs");
+    // What the broker took from the publisher is what the subscriber's queue and in-flight window hold; the next
+    // message waits in the publisher's connection, unacknowledged.
+    assert!(acks <= OUT_QUEUE + MAX_INFLIGHT_OUT, "the broker took {acks} messages for a stalled subscriber");
     // Now the subscriber reads; everything arrives, and the publisher finishes.
     let acks_left = COUNT as usize - acks;
     let publisher_done = tokio::spawn(count_pubacks(pub_events, acks_left));
@@ -106,6 +111,48 @@ async fn a_subscriber_that_stops_reading_stalls_the_publisher_and_loses_nothing(
         .expect("subscriber timed out");
     sending.await.unwrap();
     tokio::time::timeout(WAIT, publisher_done).await.unwrap().unwrap();
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_over_the_inflight_limit_is_disconnected() {
+    let pki = Pki::new();
+    let broker = pki.start_broker().await;
+    let addr = broker.local_addr();
+    let (sub, mut sub_events) = pki.gateway().raw(addr, "gw");
+    sub.subscribe("mqsftp/v1/d1/req", QoS::AtLeastOnce).await.unwrap();
+    until_subacked(&mut sub_events, 1).await;
+    // The subscriber reads nothing from now on, so the broker stops acknowledging; a client that keeps more
+    // than MAX_INFLIGHT_IN publishes unacknowledged is closed instead of being buffered for.
+    let inflight = (MAX_INFLIGHT_IN + 72) as u16;
+    let (publisher, mut pub_events) = pki.device("d1").raw_with(addr, "d1", |o| {
+        o.set_inflight(inflight);
+    });
+    let count = OUT_QUEUE + MAX_INFLIGHT_OUT + usize::from(inflight) + 1;
+    tokio::spawn(async move {
+        for seq in 0..count as u64 {
+            if publisher.publish("mqsftp/v1/d1/req", QoS::AtLeastOnce, false, message(seq)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut acks = 0;
+    let error = tokio::time::timeout(WAIT, async {
+        loop {
+            match pub_events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acks += 1,
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the publisher was not disconnected");
+    println!("publisher: {error} after {acks} PUBACKs");
+    // Closed by the broker, at once: not the client giving up because the broker stopped reading (a connection that
+    // ended with an error used to stay open while its queued messages waited for the stalled subscriber).
+    assert!(!matches!(error, rumqttc::ConnectionError::FlushTimeout), "the broker stopped reading instead of closing");
+    assert!(acks <= OUT_QUEUE + MAX_INFLIGHT_OUT);
     broker.shutdown().await;
 }
 

@@ -26,6 +26,11 @@ pub struct Identity {
 
 impl Pki {
     pub fn new() -> Pki {
+        // RUST_LOG=mqsftp_broker=debug shows what the broker does.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         mqsftp_pki::init(&mqsftp_pki::InitOptions { dir: dir.path().to_path_buf(), ..Default::default() }).unwrap();
         Pki { dir }
