@@ -242,4 +242,18 @@ topic readwrite mqsftp/v1/#
         assert_eq!(Acl::parse("\n\npattern read\n").unwrap_err().0, 3);
         assert_eq!(Acl::parse("user\n").unwrap_err().0, 1);
     }
+
+    /// `overlaps` (used for deny rules) says yes exactly when some topic matches both filters.
+    #[test]
+    fn overlap_agrees_with_matching_exhaustively() {
+        use crate::topic::{tests::all_names, valid_filter};
+        let filters: Vec<String> = all_names(&["a", "+", "#"], 3).into_iter().filter(|f| valid_filter(f)).collect();
+        let topics = all_names(&["a", "z"], 5);
+        for a in &filters {
+            for b in &filters {
+                let by_matching = topics.iter().any(|t| matches(t, a) && matches(t, b));
+                assert_eq!(overlaps(a, b), by_matching, "{a} and {b}");
+            }
+        }
+    }
 }

@@ -80,7 +80,8 @@ pub(crate) fn covers(pattern: &str, filter: &str) -> bool {
         return false;
     }
     let pattern: Vec<&str> = pattern.split('/').collect();
-    let filter: Vec<&str> = filter.split('/').collect();
+    // A topic has at least one level, so the filter `#` matches exactly what `+/#` matches.
+    let filter: Vec<&str> = if filter == "#" { vec!["+", "#"] } else { filter.split('/').collect() };
     covers_levels(&pattern, &filter)
 }
 
@@ -99,7 +100,7 @@ fn covers_levels(pattern: &[&str], filter: &[&str]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
@@ -160,5 +161,30 @@ mod tests {
         assert!(!covers("a/b", "a/+"));
         assert!(covers("#", "a/+/#"));
         assert!(!covers("#", "$SYS/x"));
+    }
+
+    /// Every string made of up to `max` levels from `alphabet`.
+    pub(crate) fn all_names(alphabet: &[&str], max: usize) -> Vec<String> {
+        let mut out: Vec<String> = alphabet.iter().map(|s| s.to_string()).collect();
+        let mut last = out.clone();
+        for _ in 1..max {
+            last = last.iter().flat_map(|p| alphabet.iter().map(move |l| format!("{p}/{l}"))).collect();
+            out.extend(last.iter().cloned());
+        }
+        out
+    }
+
+    /// `covers` agrees with `matches` on every small filter: it says yes exactly when every topic the filter matches
+    /// is matched by the pattern ("z" stands for any other level).
+    #[test]
+    fn coverage_agrees_with_matching_exhaustively() {
+        let filters: Vec<String> = all_names(&["a", "+", "#"], 3).into_iter().filter(|f| valid_filter(f)).collect();
+        let topics = all_names(&["a", "z"], 5);
+        for pattern in &filters {
+            for filter in &filters {
+                let by_matching = topics.iter().filter(|t| matches(t, filter)).all(|t| matches(t, pattern));
+                assert_eq!(covers(pattern, filter), by_matching, "pattern {pattern}, filter {filter}");
+            }
+        }
     }
 }
