@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use mqsftp_device::{Client, DeviceConfig, DeviceError, EntryKind, ErrorCode, MqttError};
 use mqsftp_gateway::{Gateway, GatewayConfig};
 
+mod demo;
+
 /// Exit codes, documented in `--help` and the README.
 mod exit {
     pub const OK: u8 = 0;
@@ -48,6 +50,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// See mqsftp work in one command: a private deployment with embedded broker and SFTP server in a temporary
+    /// directory, then a device uploads, lists, downloads and verifies a file. Exit 0 only if all verified.
+    Demo {
+        /// Size of the generated file (bytes, or with KiB, MiB, GiB).
+        #[arg(long, default_value = "64 MiB", value_parser = parse_size)]
+        size: u64,
+        /// Keep the temporary directory (PKI, store, files) and print where it is.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run the demo deployment (embedded broker and SFTP server, gateway) in DIR until Ctrl-C, and print the
+    /// commands to try from another terminal. Run again with the same DIR to reuse its keys and ports.
+    Dev {
+        /// Where the PKI, configs and store live.
+        #[arg(long, default_value = "mqsftp-dev")]
+        dir: PathBuf,
+    },
     /// Create certificates, keys and server config files for a deployment.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -236,7 +255,7 @@ fn main() -> ExitCode {
 
 fn default_log_filter(cmd: &Command) -> &'static str {
     match cmd {
-        Command::Gateway { .. } => "info",
+        Command::Gateway { .. } | Command::Dev { .. } => "info",
         _ => "warn",
     }
 }
@@ -262,6 +281,8 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
 async fn run(cmd: Command, json: bool) -> anyhow::Result<u8> {
     match cmd {
         Command::Pki(p) => pki(p),
+        Command::Demo { size, keep } => demo::demo(size, keep).await.map(|()| exit::OK),
+        Command::Dev { dir } => demo::dev(&dir, shutdown_signal()).await.map(|()| exit::OK),
         Command::Gateway { config } => gateway(&config).await,
         Command::Get { config, remote, local, quiet } => get(&config, &remote, local, quiet || json, json).await,
         Command::Put { config, local, remote, overwrite, quiet } => {
@@ -419,6 +440,16 @@ fn progress_bar(quiet: bool, label: &str) -> Option<indicatif::ProgressBar> {
         bar.set_message(label.to_string());
         bar
     })
+}
+
+fn finish(bar: &Option<indicatif::ProgressBar>) {
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    mqsftp_gateway::policy::parse_size(s)
 }
 
 fn show(bar: &Option<indicatif::ProgressBar>, p: mqsftp_device::Progress) {

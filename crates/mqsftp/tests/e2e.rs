@@ -36,3 +36,7 @@ mod faults;
 /// Issue 4: policy, symlinks, names, malformed floods, a permissive broker.
 #[path = "e2e/security.rs"]
 mod security;
+
+/// Issue 5: `mqsftp demo` and `mqsftp dev` on the embedded servers.
+#[path = "e2e/demo.rs"]
+mod demo;
