@@ -29,8 +29,10 @@ struct Running {
     store: PathBuf,
     broker: Broker,
     sftpd: Sftpd,
-    gateway: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), mqsftp_gateway::GatewayError>>)>,
+    gateway: Option<(oneshot::Sender<()>, GatewayTask)>,
 }
+
+type GatewayTask = tokio::task::JoinHandle<Result<(), mqsftp_gateway::GatewayError>>;
 
 impl Running {
     /// Starts the stack in `dir`: creates the PKI on first use (ports chosen by the OS), or reuses the one there
