@@ -51,11 +51,14 @@
 //! * `error.rs`: [`PkiError`].
 
 mod certs;
+mod crl;
 mod device;
 mod error;
 mod fsutil;
 mod init;
+mod keys;
 mod names;
+mod passphrase;
 mod ssh;
 mod templates;
 
@@ -63,6 +66,9 @@ mod templates;
 mod tests;
 
 pub use certs::{CA_COMMON_NAME, GATEWAY_COMMON_NAME};
+pub use crl::{revoke, RevokeReason, RevokeReport, REASONS};
+pub use keys::encrypt_key_file;
+pub use passphrase::{Passphrase, PASSPHRASE_ENV};
 pub use device::{device_files, issue_device, parse_device_id, DeviceFiles, DeviceOptions};
 pub use error::PkiError;
 pub use init::{

@@ -31,6 +31,8 @@ const INIT_FILES: &[(&str, u32)] = &[
     ("authorized_keys", 0o644),
     ("known_hosts", 0o644),
     ("gateway.toml", 0o644),
+    ("crl.pem", 0o644),
+    ("issued.json", 0o644),
 ];
 
 fn mode(path: &Path) -> u32 {
@@ -351,6 +353,7 @@ fn mosquitto_conf_and_acl_contents() {
             format!("keyfile {abs}/broker.key"),
             "require_certificate true".into(),
             "use_identity_as_username true".into(),
+            format!("crlfile {abs}/crl.pem"),
             "tls_version tlsv1.2".into(),
         ]
     );
@@ -373,7 +376,12 @@ fn mosquitto_conf_and_acl_contents() {
 fn issue_device_writes_a_signed_certificate_and_config() {
     let (_tmp, dir) = fresh_pki();
     let id = parse_device_id("sensor-7").unwrap();
-    let opts = DeviceOptions { broker_host: "mqtt.example.com".into(), broker_port: 18883, cert_days: 30 };
+    let opts = DeviceOptions {
+        broker_host: "mqtt.example.com".into(),
+        broker_port: 18883,
+        cert_days: 30,
+        ..DeviceOptions::default()
+    };
     let files = issue_device(&dir, &id, &opts).unwrap();
 
     let dev_dir = dir.join("devices").join("sensor-7");
