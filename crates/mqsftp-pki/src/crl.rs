@@ -251,10 +251,16 @@ pub struct RevokeReport {
 /// (the current `devices/ID/device.crt`, and older ones the index lists), and rewrites
 /// `DIR/crl.pem`, signed by the CA (whose key is decrypted with `pass` if it is encrypted).
 ///
-/// The broker keeps using the CRL it loaded until it re-reads it: Mosquitto 2.0 does so when
-/// restarted (a SIGHUP does not reload a listener's TLS files). Refuses, changing nothing, when
-/// the device is unknown or all its certificates are revoked already.
-pub fn revoke(dir: &Path, id: &DeviceId, reason: RevokeReason, pass: Option<&Passphrase>) -> Result<RevokeReport, PkiError> {
+/// The broker keeps using the CRL it loaded until it re-reads it: Mosquitto 2.0 does on SIGHUP
+/// (it reloads its config and every listener's certificates and CRL; tested against 2.0.11) or a
+/// restart. Refuses, changing nothing, when the device is unknown or all its certificates are
+/// revoked already.
+pub fn revoke(
+    dir: &Path,
+    id: &DeviceId,
+    reason: RevokeReason,
+    pass: Option<&Passphrase>,
+) -> Result<RevokeReport, PkiError> {
     let _lock = DirLock::acquire(dir)?;
     let ca = certs::load_ca(&dir.join(files::CA_KEY), &dir.join(files::CA_CERT), pass)?;
     let mut index = Index::load(dir)?;

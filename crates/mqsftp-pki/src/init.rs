@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use crate::certs::{self, GATEWAY_COMMON_NAME};
 use crate::crl::Index;
-use crate::keys;
 use crate::fsutil::{self, Batch, Kind};
+use crate::keys;
 use crate::names::{self, Host};
 use crate::ssh;
 use crate::templates::{self, GatewayToml, SFTP_CHROOT};

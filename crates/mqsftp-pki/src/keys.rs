@@ -116,7 +116,8 @@ pub fn encrypt_key_file(path: &Path, pass: &Passphrase) -> Result<(), PkiError> 
             let check = PrivateKey::from_openssh(&encrypted)
                 .and_then(|k| k.decrypt(pass.as_bytes()))
                 .map_err(|e| PkiError::SshKey(path.to_path_buf(), e))?;
-            let original = PrivateKey::from_openssh(text.as_str()).map_err(|e| PkiError::SshKey(path.to_path_buf(), e))?;
+            let original =
+                PrivateKey::from_openssh(text.as_str()).map_err(|e| PkiError::SshKey(path.to_path_buf(), e))?;
             if check.public_key() != original.public_key() {
                 return Err(PkiError::KeyEncryption { path: path.to_path_buf(), reason: "round trip failed".into() });
             }

@@ -67,14 +67,14 @@ mod tests;
 
 pub use certs::{CA_COMMON_NAME, GATEWAY_COMMON_NAME};
 pub use crl::{revoke, RevokeReason, RevokeReport, REASONS};
-pub use keys::encrypt_key_file;
-pub use passphrase::{Passphrase, PASSPHRASE_ENV};
 pub use device::{device_files, issue_device, parse_device_id, DeviceFiles, DeviceOptions};
 pub use error::PkiError;
 pub use init::{
     files, init, InitOptions, InitReport, DEFAULT_BROKER_PORT, DEFAULT_CA_DAYS, DEFAULT_CERT_DAYS, DEFAULT_SFTP_USER,
 };
+pub use keys::encrypt_key_file;
 pub use names::Host;
+pub use passphrase::{Passphrase, PASSPHRASE_ENV};
 pub use ssh::{generate_ssh_key, known_hosts_line, known_hosts_line_from_file, public_key_path};
 pub use templates::{sshd_config_snippet, MOSQUITTO_INSTALL_DIR, SFTP_CHROOT};
 

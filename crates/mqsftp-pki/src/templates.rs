@@ -53,8 +53,8 @@ pub(crate) fn mosquitto_conf(dir: &str, port: u16) -> String {
 # already has listeners of its own, check that they fit `per_listener_settings false`.
 #
 # After `mqsftp pki revoke ID` (or `pki device ID --reissue`), copy the new crl.pem to
-# {install}/ and restart Mosquitto: it reads the CRL when the listener starts, and a SIGHUP
-# does not reload a listener's TLS files.
+# {install}/ and reload Mosquitto (`systemctl reload mosquitto`, i.e. SIGHUP): until then it
+# keeps using the CRL it loaded.
 
 # One set of security settings (anonymous access, ACL) for every listener.
 per_listener_settings false
