@@ -211,7 +211,7 @@ impl Index {
 }
 
 fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
-    if hex.is_empty() || hex.len() % 2 != 0 || hex.len() > 40 {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || hex.len() > 40 {
         return None;
     }
     (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
