@@ -109,6 +109,13 @@ pub fn issue_device(dir: &Path, id: &DeviceId, opts: &DeviceOptions) -> Result<D
     let mut index = Index::load(dir)?;
     let old = if opts.reissue { Some(certs::cert_info(&out.cert)?) } else { None };
     let issued = certs::client_cert(&ca.issuer, id.as_str(), "device certificate", opts.cert_days)?;
+    if issued.not_after > ca.not_after {
+        return Err(PkiError::LifetimeBeyondCa {
+            what: "device certificate",
+            days: opts.cert_days,
+            ca_until: ca.not_after.date().to_string(),
+        });
+    }
     index.record(&issued);
 
     if let Some((serial, subject, not_after)) = old {

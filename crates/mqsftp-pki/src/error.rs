@@ -68,6 +68,18 @@ pub enum PkiError {
         /// The rejected number of days.
         days: u32,
     },
+    /// A certificate would be valid longer than the CA that signs it.
+    #[error(
+        "a {what} lifetime of {days} days outlasts the CA certificate (valid until {ca_until}); choose fewer days"
+    )]
+    LifetimeBeyondCa {
+        /// Which certificate.
+        what: &'static str,
+        /// The requested number of days.
+        days: u32,
+        /// End of the CA's validity.
+        ca_until: String,
+    },
     /// A string that is not a valid device id (the inner error names it).
     #[error(transparent)]
     DeviceId(#[from] DeviceIdError),

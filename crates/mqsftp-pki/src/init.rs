@@ -163,6 +163,13 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
         None => Host::Dns("localhost".into()),
     };
     names::validate_user(&opts.sftp_user)?;
+    if opts.cert_days > opts.ca_days {
+        return Err(PkiError::LifetimeBeyondCa {
+            what: "broker and gateway certificate",
+            days: opts.cert_days,
+            ca_until: format!("{} days from now", opts.ca_days),
+        });
+    }
     let sftp_host = Host::parse(&opts.sftp_host)?;
     for (name, kind) in OUTPUTS {
         fsutil::ensure_absent(&opts.dir.join(name), *kind)?;

@@ -75,7 +75,7 @@ pub use init::{
 pub use keys::encrypt_key_file;
 pub use names::Host;
 pub use passphrase::{Passphrase, PASSPHRASE_ENV};
-pub use ssh::{generate_ssh_key, known_hosts_line, known_hosts_line_from_file, public_key_path};
+pub use ssh::{generate_ssh_key, hash_known_hosts_line, known_hosts_line, known_hosts_line_from_file, public_key_path};
 pub use templates::{sshd_config_snippet, MOSQUITTO_INSTALL_DIR, SFTP_CHROOT};
 
 pub use mqsftp_proto::DeviceId;

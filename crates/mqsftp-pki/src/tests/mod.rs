@@ -169,7 +169,8 @@ fn init_rejects_bad_options_before_writing() {
         (InitOptions { sftp_host: "a b".into(), ..options(&dir) }, "\"a b\""),
         (InitOptions { sftp_user: "x y".into(), ..options(&dir) }, "\"x y\""),
         (InitOptions { cert_days: 0, ..options(&dir) }, "0 days"),
-        (InitOptions { ca_days: u32::MAX, ..options(&dir) }, "4294967295 days"),
+        (InitOptions { ca_days: u32::MAX, cert_days: 10, ..options(&dir) }, "4294967295 days"),
+        (InitOptions { ca_days: 30, cert_days: 31, ..options(&dir) }, "31 days outlasts the CA"),
         (InitOptions { sftp_host_key: Some(tmp.path().join("missing.pub")), ..options(&dir) }, "missing.pub"),
     ];
     for (opts, needle) in cases {
@@ -646,4 +647,22 @@ fn damaged_index_is_named_and_nothing_changes() {
     let mut after = snapshot(&dir);
     after.remove(&dir.join(".lock"));
     assert_eq!(after, before);
+}
+
+#[test]
+fn device_lifetimes_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    init(&InitOptions { ca_days: 30, cert_days: 10, ..options(&dir) }).unwrap();
+    let id = parse_device_id("d1").unwrap();
+    for (days, needle) in [(0, "0 days"), (31, "31 days outlasts the CA"), (u32::MAX, "4294967295 days")] {
+        let err = issue_device(&dir, &id, &DeviceOptions { cert_days: days, ..DeviceOptions::default() }).unwrap_err();
+        assert!(err.to_string().contains(needle), "{days}: {err}");
+        assert!(!dir.join("devices/d1").exists());
+    }
+    let files = issue_device(&dir, &id, &DeviceOptions { cert_days: 2, ..DeviceOptions::default() }).unwrap();
+    let pem = read_pem(&files.cert);
+    let cert = pem.parse_x509().unwrap();
+    let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86400;
+    assert_eq!(days, 2);
 }
