@@ -275,6 +275,13 @@ fn sshd_accepts_the_config_block() {
         "passwordauthentication no",
         "disableforwarding yes",
         "permittty no",
+        "kbdinteractiveauthentication no",
+        "allowagentforwarding no",
+        "allowtcpforwarding no",
+        "allowstreamlocalforwarding no",
+        "x11forwarding no",
+        "permittunnel no",
+        "permituserrc no",
     ] {
         assert!(effective.lines().any(|l| l == line), "{line:?} missing from sshd -T:\n{effective}");
     }
