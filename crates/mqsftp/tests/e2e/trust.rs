@@ -354,3 +354,15 @@ async fn gateway_refuses_a_revoked_host_key_before_authenticating() {
         assert!(!lines.iter().any(|l| l.contains(bad)), "{bad} in {lines:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_known_hosts_is_an_error_naming_file_and_line() {
+    let stack = Stack::start().unwrap();
+    let broken = stack.dir().join("broken_known_hosts");
+    // The right key on line 1 does not help: a file that is not what its owner thinks is refused as a whole.
+    std::fs::write(&broken, format!("{}\n[127.0.0.1 ssh-ed25519 AAAA\n", host_line(&stack))).unwrap();
+    let e = gateway_with_known_hosts(&stack, broken.clone()).await;
+    let msg = e.to_string();
+    assert!(matches!(e, GatewayError::Store(StoreError::KnownHosts { .. })), "{msg}");
+    assert!(msg.contains(&broken.display().to_string()) && msg.contains("line 2:"), "{msg}");
+}
