@@ -1,8 +1,9 @@
 //! Encrypted private keys.
 //!
 //! * X.509 keys (CA, broker, gateway, devices) are PKCS#8 PEM; encrypted they become
-//!   `-----BEGIN ENCRYPTED PRIVATE KEY-----` (PKCS#5 PBES2: scrypt, log₂N = 15, r = 8, p = 1, with
-//!   AES-256-CBC), which OpenSSL reads too (`openssl pkey -passin file:F`).
+//!   `-----BEGIN ENCRYPTED PRIVATE KEY-----` (PKCS#5 PBES2: scrypt with pkcs5's defaults, log₂N = 14,
+//!   r = 8, p = 1, i.e. 16 MiB, and AES-256-CBC), which OpenSSL reads too (`openssl pkey -passin
+//!   file:F`; a larger N would exceed OpenSSL's default 32 MiB scrypt memory limit).
 //! * SSH keys are OpenSSH format; encrypted with bcrypt-pbkdf and AES-256-CTR, as `ssh-keygen -p`
 //!   does.
 //!
