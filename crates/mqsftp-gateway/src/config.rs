@@ -66,8 +66,12 @@ pub struct SftpConfig {
     pub port: u16,
     /// Login user.
     pub user: String,
-    /// OpenSSH private key file.
+    /// OpenSSH private key file (possibly encrypted).
     pub key: PathBuf,
+    /// File holding the passphrase of an encrypted `key` (one line).
+    pub passphrase_file: Option<PathBuf>,
+    /// Environment variable holding the passphrase of an encrypted `key`.
+    pub passphrase_env: Option<String>,
     /// known_hosts file that must list the server's host key.
     pub known_hosts: PathBuf,
     /// Connect + authenticate time limit.
@@ -179,7 +183,11 @@ impl GatewayConfig {
     /// Makes relative file paths relative to `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
         self.broker.resolve_paths(base);
-        for p in [&mut self.sftp.key, &mut self.sftp.known_hosts].into_iter().chain(self.policy.file.as_mut()) {
+        for p in [&mut self.sftp.key, &mut self.sftp.known_hosts]
+            .into_iter()
+            .chain(self.sftp.passphrase_file.as_mut())
+            .chain(self.policy.file.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -203,6 +211,19 @@ impl GatewayConfig {
         }
         if root.split('/').any(|n| n == "..") {
             return Err(invalid("store.device_root", root.clone(), "must not contain '..'"));
+        }
+        for (section, file, env) in [
+            ("broker", self.broker.passphrase_file.is_some(), self.broker.passphrase_env.is_some()),
+            ("sftp", self.sftp.passphrase_file.is_some(), self.sftp.passphrase_env.is_some()),
+        ] {
+            if file && env {
+                return Err(ConfigError::Invalid {
+                    path: path.into(),
+                    key: if section == "broker" { "broker.passphrase_env" } else { "sftp.passphrase_env" },
+                    value: "(set)".into(),
+                    reason: "give passphrase_file or passphrase_env, not both".into(),
+                });
+            }
         }
         let t = &self.transfer;
         if !(1024..=mqsftp_proto::chunk::MAX_CHUNK_DATA as u32).contains(&t.chunk_size) {

@@ -1,8 +1,9 @@
 //! The mqsftp gateway: serves devices' file requests arriving over MQTT from an SFTP store.
 //!
 //! - `config.rs`: `gateway.toml`, validated at load.
-//! - `store.rs`: the SFTP connection (pinned host key from known_hosts, public-key auth), shared by all
-//!   transfers and reopened when it breaks.
+//! - `store.rs`: the SFTP connection (pinned host key from known_hosts, public-key auth, modern algorithms
+//!   only), shared by all transfers and reopened when it breaks.
+//! - `known_hosts.rs`: the strict known_hosts parser (hashed entries, `@revoked`, several keys per host).
 //! - `server.rs`: [`Gateway`]: subscribes to `mqsftp/v1/+/req`, takes the device id from the topic, confines
 //!   paths to the device's root, and runs one task per transfer that drives the sans-io
 //!   [`mqsftp_proto::Sender`].
@@ -12,6 +13,7 @@
 pub mod check;
 pub mod config;
 mod get;
+pub mod known_hosts;
 mod limit;
 mod ops;
 pub mod policy;

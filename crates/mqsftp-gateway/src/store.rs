@@ -1,6 +1,7 @@
 //! The SFTP store: one SSH connection with a pinned host key and public-key auth, kept open and shared by all
 //! transfers, and reopened when it breaks.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,11 +9,13 @@ use std::time::Duration;
 use mqsftp_proto::ErrorCode;
 use russh::client::{self, AuthResult};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::Preferred;
 use russh_sftp::client::{RawSftpSession, SftpSession};
 use russh_sftp::protocol::{Packet, StatusCode};
 use tokio::sync::Mutex;
 
 use crate::config::SftpConfig;
+use crate::known_hosts::{KnownHosts, Verdict};
 
 /// What went wrong with the store.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +26,9 @@ pub enum StoreError {
     /// The server's host key is not in known_hosts.
     #[error("host key of {host} ({fingerprint}) is not in {known_hosts}; refusing to connect")]
     UnknownHostKey { host: String, fingerprint: String, known_hosts: PathBuf },
+    /// The server's host key is listed as `@revoked` in known_hosts.
+    #[error("host key of {host} ({fingerprint}) is revoked in {known_hosts} line {line}; refusing to connect")]
+    RevokedHostKey { host: String, fingerprint: String, known_hosts: PathBuf, line: usize },
     /// The server's host key differs from the one in known_hosts.
     #[error("host key of {host} changed: server offers {fingerprint}, {known_hosts} line {line} lists another key; refusing to connect (possible man-in-the-middle)")]
     ChangedHostKey { host: String, fingerprint: String, known_hosts: PathBuf, line: usize },
@@ -95,20 +101,14 @@ impl client::Handler for PinnedHostKey {
         };
         let key = &key;
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let host = host_port(&self.host, self.port);
+        let known_hosts = self.known_hosts.clone();
         let verdict = match check_known_host(&self.host, self.port, key, &self.known_hosts) {
-            Ok(true) => return Ok(true),
-            Ok(false) => StoreError::UnknownHostKey {
-                host: host_port(&self.host, self.port),
-                fingerprint,
-                known_hosts: self.known_hosts.clone(),
-            },
-            Err(KnownHostsError::Changed(line)) => StoreError::ChangedHostKey {
-                host: host_port(&self.host, self.port),
-                fingerprint,
-                known_hosts: self.known_hosts.clone(),
-                line,
-            },
-            Err(KnownHostsError::Read(reason)) => StoreError::KnownHosts { path: self.known_hosts.clone(), reason },
+            Ok(Verdict::Trusted { .. }) => return Ok(true),
+            Ok(Verdict::Unknown) => StoreError::UnknownHostKey { host, fingerprint, known_hosts },
+            Ok(Verdict::Changed { line }) => StoreError::ChangedHostKey { host, fingerprint, known_hosts, line },
+            Ok(Verdict::Revoked { line }) => StoreError::RevokedHostKey { host, fingerprint, known_hosts, line },
+            Err(reason) => StoreError::KnownHosts { path: self.known_hosts.clone(), reason },
         };
         if let Ok(mut v) = self.verdict.lock() {
             *v = Some(verdict);
@@ -125,20 +125,68 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
-enum KnownHostsError {
-    Changed(usize),
-    Read(String),
+/// Reads `path` and checks `key` for host:port (rules in [`crate::known_hosts`]). Lines the parser skips are
+/// logged as warnings naming the file and line; a malformed file is an error naming them.
+fn check_known_host(host: &str, port: u16, key: &PublicKey, path: &Path) -> Result<Verdict, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let (known, warnings) = KnownHosts::parse(&text).map_err(|e| e.to_string())?;
+    for w in warnings {
+        tracing::warn!(known_hosts = %path.display(), line = w.line, "{}", w.message);
+    }
+    Ok(known.check(host, port, key))
 }
 
-/// Whether `key` is listed for host:port in `path`. A listed key of the same algorithm that differs is a change.
-fn check_known_host(host: &str, port: u16, key: &PublicKey, path: &Path) -> Result<bool, KnownHostsError> {
-    if let Err(e) = std::fs::metadata(path) {
-        return Err(KnownHostsError::Read(e.to_string()));
+/// The algorithms the gateway offers the SFTP server: modern ones only. Key exchange: ML-KEM-768 + X25519
+/// (post-quantum hybrid) or Curve25519, with strict key exchange (the Terrapin fix); no SHA-1 or finite-field
+/// groups. Host keys: Ed25519, ECDSA, RSA with SHA-2 only (no `ssh-rsa` SHA-1 signatures, no DSA). Ciphers: AEAD
+/// (ChaCha20-Poly1305, AES-GCM) first, then AES-CTR with SHA-2 encrypt-then-MAC; no CBC, no 3DES, no SHA-1 MACs.
+/// No compression. The client never requests agent forwarding, port forwarding, X11 or a PTY: it opens two
+/// session channels with the `sftp` subsystem and nothing else.
+pub fn preferred_algorithms() -> Preferred {
+    use russh::keys::{Algorithm, EcdsaCurve};
+    use russh::{cipher, kex, mac};
+    Preferred {
+        kex: Cow::Owned(vec![
+            kex::MLKEM768X25519_SHA256,
+            kex::CURVE25519,
+            kex::CURVE25519_PRE_RFC_8731,
+            kex::EXTENSION_SUPPORT_AS_CLIENT,
+            kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+        ]),
+        key: Cow::Owned(vec![
+            Algorithm::Ed25519,
+            Algorithm::Ecdsa { curve: EcdsaCurve::NistP256 },
+            Algorithm::Ecdsa { curve: EcdsaCurve::NistP384 },
+            Algorithm::Ecdsa { curve: EcdsaCurve::NistP521 },
+            Algorithm::Rsa { hash: Some(HashAlg::Sha512) },
+            Algorithm::Rsa { hash: Some(HashAlg::Sha256) },
+        ]),
+        host_key_certificates: Cow::Borrowed(&[]),
+        cipher: Cow::Owned(vec![
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_256_GCM,
+            cipher::AES_128_GCM,
+            cipher::AES_256_CTR,
+            cipher::AES_128_CTR,
+        ]),
+        mac: Cow::Owned(vec![mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM, mac::HMAC_SHA512, mac::HMAC_SHA256]),
+        compression: Cow::Owned(vec![russh::compression::NONE]),
     }
-    match russh::keys::check_known_hosts_path(host, port, key, path) {
-        Ok(found) => Ok(found),
-        Err(russh::keys::Error::KeyChanged { line }) => Err(KnownHostsError::Changed(line)),
-        Err(e) => Err(KnownHostsError::Read(e.to_string())),
+}
+
+/// Loads the gateway's SSH key, decrypting it with the configured passphrase when it is encrypted.
+fn load_key(cfg: &SftpConfig) -> Result<russh::keys::PrivateKey, StoreError> {
+    let err = |reason: String| StoreError::Key { path: cfg.key.clone(), reason };
+    let pass = mqsftp_mqtt::passphrase::read("sftp", cfg.passphrase_file.as_deref(), cfg.passphrase_env.as_deref())
+        .map_err(|e| err(e.to_string()))?;
+    match russh::keys::load_secret_key(&cfg.key, pass.as_ref().map(|p| p.as_str())) {
+        Ok(key) => Ok(key),
+        Err(russh::keys::Error::KeyIsEncrypted) => {
+            Err(err("it is encrypted; set passphrase_file or passphrase_env in [sftp]".into()))
+        }
+        // Never the key's contents: russh's errors name the failure, not the data.
+        Err(e) if pass.is_some() => Err(err(format!("wrong passphrase, or not a usable key ({e})"))),
+        Err(e) => Err(err(e.to_string())),
     }
 }
 
@@ -228,9 +276,9 @@ pub async fn connect(cfg: &SftpConfig) -> Result<StoreSession, StoreError> {
 }
 
 async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, StoreError> {
-    let key = russh::keys::load_secret_key(&cfg.key, None)
-        .map_err(|e| StoreError::Key { path: cfg.key.clone(), reason: e.to_string() })?;
+    let key = load_key(cfg)?;
     let config = client::Config {
+        preferred: preferred_algorithms(),
         nodelay: true,
         window_size: 16 * 1024 * 1024,
         keepalive_interval: Some(Duration::from_secs(15)),
@@ -301,5 +349,28 @@ impl Store {
         if err.is_connection_failure() {
             *self.session.lock().await = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_modern_algorithms_are_offered() {
+        let p = preferred_algorithms();
+        let names: Vec<String> = p
+            .kex
+            .iter()
+            .map(|n| n.as_ref().to_string())
+            .chain(p.key.iter().map(|a| a.to_string()))
+            .chain(p.cipher.iter().map(|n| n.as_ref().to_string()))
+            .chain(p.mac.iter().map(|n| n.as_ref().to_string()))
+            .collect();
+        for bad in ["sha1", "cbc", "3des", "dss", "group1", "group14", "none"] {
+            assert!(!names.iter().any(|n| n.contains(bad)), "{bad} in {names:?}");
+        }
+        assert!(!p.key.contains(&russh::keys::Algorithm::Rsa { hash: None }), "ssh-rsa with SHA-1 signatures");
+        assert!(names.contains(&"kex-strict-c-v00@openssh.com".to_string()), "strict kex (Terrapin)");
     }
 }

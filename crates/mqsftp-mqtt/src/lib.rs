@@ -7,21 +7,27 @@
 //!   and then runs the event loop on its own task, forwarding incoming publishes on a channel. Publishing from the
 //!   task that polls the event loop can deadlock rumqttc, so nothing here does that.
 //!
+//! - [`passphrase`]: `passphrase_file` / `passphrase_env` for an encrypted client key.
+//!
 //! Errors are classified ([`MqttError`]) so that callers can tell a bad certificate from a broker that is down.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pkcs8::der::zeroize::Zeroizing;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode, Transport,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 pub use rumqttc;
+
+pub mod passphrase;
+pub use passphrase::Passphrase;
 
 /// Largest MQTT packet sent or accepted: a 1 MiB chunk plus headers.
 pub const MAX_PACKET_SIZE: usize = (1 << 20) + 1024;
@@ -42,8 +48,12 @@ pub struct BrokerConfig {
     pub ca: PathBuf,
     /// This client's certificate (PEM).
     pub cert: Option<PathBuf>,
-    /// This client's private key (PEM).
+    /// This client's private key (PKCS#8 PEM, possibly encrypted).
     pub key: Option<PathBuf>,
+    /// File holding the passphrase of an encrypted `key` (one line).
+    pub passphrase_file: Option<PathBuf>,
+    /// Environment variable holding the passphrase of an encrypted `key`.
+    pub passphrase_env: Option<String>,
     /// MQTT client id. The gateway uses it as a prefix and appends its instance id (so that several gateways can
     /// share one config); the device uses it as given, or derives one per connection when absent.
     pub client_id: Option<String>,
@@ -67,6 +77,9 @@ impl BrokerConfig {
         if let Some(p) = self.key.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.passphrase_file.as_mut() {
+            fix(p);
+        }
     }
 
     /// `host:port`, for messages.
@@ -81,6 +94,9 @@ pub enum MqttError {
     /// A certificate or key file could not be read or parsed.
     #[error("cannot load {what} from {path}: {reason}")]
     Pem { what: &'static str, path: PathBuf, reason: String },
+    /// The passphrase of the client key could not be read.
+    #[error(transparent)]
+    Passphrase(#[from] passphrase::PassphraseError),
     /// The client certificate is given without its key or the other way round.
     #[error("broker config gives {0} but not the other of cert/key")]
     HalfIdentity(&'static str),
@@ -112,7 +128,11 @@ impl MqttError {
     pub fn is_tls(&self) -> bool {
         matches!(
             self,
-            MqttError::Tls { .. } | MqttError::Pem { .. } | MqttError::TlsConfig(_) | MqttError::HalfIdentity(_)
+            MqttError::Tls { .. }
+                | MqttError::Pem { .. }
+                | MqttError::TlsConfig(_)
+                | MqttError::HalfIdentity(_)
+                | MqttError::Passphrase(_)
         )
     }
 }
@@ -127,6 +147,18 @@ fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
         return Err(err("no certificate in the file".into()));
     }
     Ok(certs)
+}
+
+/// Loads the client key, decrypting it with the configured passphrase when it is encrypted.
+fn load_key(cfg: &BrokerConfig, path: &Path) -> Result<PrivateKeyDer<'static>, MqttError> {
+    let err = |reason: String| MqttError::Pem { what: "the client private key", path: path.to_path_buf(), reason };
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
+    if !passphrase::is_encrypted_pkcs8(&text) {
+        return PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| err(e.to_string()));
+    }
+    let pass = passphrase::read("broker", cfg.passphrase_file.as_deref(), cfg.passphrase_env.as_deref())?;
+    let der = passphrase::decrypt_pkcs8(&text, pass.as_ref(), "broker").map_err(|e| err(e.to_string()))?;
+    Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec())))
 }
 
 /// Builds the rustls client configuration: trusts only `cfg.ca`, presents `cfg.cert`/`cfg.key` when given.
@@ -147,11 +179,7 @@ pub fn tls_config(cfg: &BrokerConfig) -> Result<Arc<rustls::ClientConfig>, MqttE
     let config = match (&cfg.cert, &cfg.key) {
         (Some(cert), Some(key)) => {
             let chain = load_certs("the client certificate", cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| MqttError::Pem {
-                what: "the client private key",
-                path: key.clone(),
-                reason: e.to_string(),
-            })?;
+            let key = load_key(cfg, key)?;
             builder.with_client_auth_cert(chain, key).map_err(MqttError::TlsConfig)?
         }
         (None, None) => builder.with_no_client_auth(),
@@ -454,4 +482,47 @@ pub async fn check_broker_tls(cfg: &BrokerConfig) -> CheckLine {
         .map(|_| format!("{} presents a certificate signed by {}", cfg.address(), cfg.ca.display()))
         .map_err(|e| e.to_string());
     CheckLine { name: "broker tls", result }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// A CA-less self-signed client certificate with its key encrypted under "pw".
+    fn encrypted_identity(dir: &Path) -> BrokerConfig {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["dev".into()]).unwrap().self_signed(&key).unwrap();
+        let info = pkcs8::PrivateKeyInfoRef::try_from(key.serialized_der()).unwrap();
+        let pem = info.encrypt("pw").unwrap().to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF).unwrap();
+        std::fs::write(dir.join("c.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("c.key"), pem.as_bytes()).unwrap();
+        BrokerConfig {
+            host: "localhost".into(),
+            port: 8883,
+            ca: dir.join("c.crt"),
+            cert: Some(dir.join("c.crt")),
+            key: Some(dir.join("c.key")),
+            passphrase_file: None,
+            passphrase_env: None,
+            client_id: None,
+            keep_alive: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn encrypted_client_key_needs_the_right_passphrase() {
+        let dir = std::env::temp_dir().join(format!("mqsftp-mqtt-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = encrypted_identity(&dir);
+        let e = tls_config(&cfg).unwrap_err().to_string();
+        assert!(e.contains("c.key") && e.contains("set passphrase_file or passphrase_env in [broker]"), "{e}");
+        std::fs::write(dir.join("pass"), "nope\n").unwrap();
+        cfg.passphrase_file = Some(dir.join("pass"));
+        let e = tls_config(&cfg).unwrap_err().to_string();
+        assert!(e.contains("c.key") && e.contains("wrong passphrase"), "{e}");
+        std::fs::write(dir.join("pass"), "pw\n").unwrap();
+        tls_config(&cfg).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

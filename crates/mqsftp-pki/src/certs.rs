@@ -10,9 +10,12 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+use pkcs8::der::zeroize::Zeroizing;
+
 use crate::fsutil::read_to_string;
+use crate::keys;
 use crate::names::Host;
-use crate::PkiError;
+use crate::{Passphrase, PkiError};
 
 /// Common name of the CA certificate.
 pub const CA_COMMON_NAME: &str = "mqsftp CA";
@@ -22,10 +25,28 @@ pub const GATEWAY_COMMON_NAME: &str = "gateway";
 /// How long before "now" a certificate becomes valid, to allow for clocks that are a little behind.
 const BACKDATE: Duration = Duration::hours(1);
 
-/// A certificate and its private key, both PEM.
+/// A certificate and its private key, both PEM, with what the certificate index records.
 pub(crate) struct Issued {
     pub(crate) cert_pem: String,
     pub(crate) key_pem: String,
+    /// Serial number, lower-case hex.
+    pub(crate) serial: String,
+    /// The certificate's CN.
+    pub(crate) subject: String,
+    pub(crate) not_after: OffsetDateTime,
+}
+
+/// The CA loaded from disk.
+pub(crate) struct LoadedCa {
+    pub(crate) issuer: Ca,
+    pub(crate) cert_pem: String,
+    /// End of the CA certificate's validity: the CRL's nextUpdate.
+    pub(crate) not_after: OffsetDateTime,
+}
+
+/// Lower-case hex of a serial number's bytes.
+pub(crate) fn serial_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The CA as a signer.
@@ -75,7 +96,13 @@ pub(crate) fn new_ca(days: u32) -> Result<(Issued, Ca), PkiError> {
     let cert = params
         .self_signed(&key)
         .map_err(|source| PkiError::Certificate { what: "the CA certificate".into(), source })?;
-    let issued = Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
+    let issued = Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        serial: params.serial_number.as_ref().map(|s| serial_hex(s.as_ref())).unwrap_or_default(),
+        subject: CA_COMMON_NAME.to_string(),
+        not_after: params.not_after,
+    };
     Ok((issued, Issuer::new(params, key)))
 }
 
@@ -95,7 +122,7 @@ pub(crate) fn server_cert(ca: &Ca, hosts: &[Host], days: u32) -> Result<Issued, 
         })
         .collect::<Result<_, _>>()?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf(ca, params, "broker")
+    leaf(ca, params, &cn)
 }
 
 /// Creates a client certificate with `common_name` (the MQTT user name under
@@ -114,15 +141,22 @@ fn leaf(ca: &Ca, mut params: CertificateParams, name: &str) -> Result<Issued, Pk
     let cert = params
         .signed_by(&key, ca)
         .map_err(|source| PkiError::Certificate { what: format!("the certificate for {name}"), source })?;
-    Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        serial: params.serial_number.as_ref().map(|s| serial_hex(s.as_ref())).unwrap_or_default(),
+        subject: name.to_string(),
+        not_after: params.not_after,
+    })
 }
 
-/// Loads the CA from `key_path` and `cert_path`, checking that the certificate is a CA and that
-/// the key is its key. Returns the signer and the certificate's PEM text.
-pub(crate) fn load_ca(key_path: &Path, cert_path: &Path) -> Result<(Ca, String), PkiError> {
-    let key_pem = read_to_string(key_path, PkiError::MissingCa)?;
+/// Loads the CA from `key_path` (decrypted with `pass` when it is encrypted) and `cert_path`,
+/// checking that the certificate is a CA and that the key is its key.
+pub(crate) fn load_ca(key_path: &Path, cert_path: &Path, pass: Option<&Passphrase>) -> Result<LoadedCa, PkiError> {
+    let key_pem = Zeroizing::new(read_to_string(key_path, PkiError::MissingCa)?);
     let cert_pem = read_to_string(cert_path, PkiError::MissingCa)?;
-    let key = KeyPair::from_pem(&key_pem)
+    let der = keys::pkcs8_der(&key_pem, pass, key_path)?;
+    let key = KeyPair::try_from(der.as_slice())
         .map_err(|source| PkiError::InvalidCaKey { path: key_path.to_path_buf(), source })?;
 
     let bad_cert = |reason: String| PkiError::InvalidCaCert { path: cert_path.to_path_buf(), reason };
@@ -139,7 +173,30 @@ pub(crate) fn load_ca(key_path: &Path, cert_path: &Path) -> Result<(Ca, String),
     if cert.public_key().subject_public_key.data.as_ref() != rcgen::PublicKeyData::der_bytes(&key) {
         return Err(PkiError::CaKeyMismatch { key: key_path.to_path_buf(), cert: cert_path.to_path_buf() });
     }
+    let not_after = cert.validity().not_after.to_datetime();
     let issuer =
         Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad_cert(format!("rcgen cannot use it ({e})")))?;
-    Ok((issuer, cert_pem))
+    Ok(LoadedCa { issuer, cert_pem, not_after })
+}
+
+/// Serial (hex), CN and end of validity of the PEM certificate at `path`.
+pub(crate) fn cert_info(path: &Path) -> Result<(String, String, OffsetDateTime), PkiError> {
+    let text = std::fs::read(path).map_err(|e| PkiError::io("read", path, e))?;
+    let bad = |reason: String| PkiError::InvalidCert { path: path.to_path_buf(), reason };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).map_err(|e| bad(format!("not a PEM file ({e})")))?;
+    let cert = pem.parse_x509().map_err(|e| bad(format!("not an X.509 certificate ({e})")))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| bad("it has no common name".into()))?
+        .to_string();
+    // DER prepends a zero byte to a serial whose top bit is set; the index keeps the number itself.
+    let raw = cert.raw_serial();
+    let serial = match raw.iter().position(|b| *b != 0) {
+        Some(i) => &raw[i..],
+        None => &raw[raw.len().saturating_sub(1)..],
+    };
+    Ok((serial_hex(serial), cn, cert.validity().not_after.to_datetime()))
 }

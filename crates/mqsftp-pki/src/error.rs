@@ -68,6 +68,18 @@ pub enum PkiError {
         /// The rejected number of days.
         days: u32,
     },
+    /// A certificate would be valid longer than the CA that signs it.
+    #[error(
+        "a {what} lifetime of {days} days outlasts the CA certificate (valid until {ca_until}); choose fewer days"
+    )]
+    LifetimeBeyondCa {
+        /// Which certificate.
+        what: &'static str,
+        /// The requested number of days.
+        days: u32,
+        /// End of the CA's validity.
+        ca_until: String,
+    },
     /// A string that is not a valid device id (the inner error names it).
     #[error(transparent)]
     DeviceId(#[from] DeviceIdError),
@@ -117,6 +129,77 @@ pub enum PkiError {
     /// Encoding a freshly generated SSH key failed.
     #[error("cannot encode the SSH key for {0}")]
     SshKey(PathBuf, #[source] russh::keys::ssh_key::Error),
+    /// A passphrase source that cannot be used (the message never contains the passphrase).
+    #[error("cannot use the {source_name} as a passphrase: {reason}")]
+    Passphrase {
+        /// "passphrase file PATH" or "environment variable NAME".
+        source_name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A key is encrypted and no passphrase was given.
+    #[error("{0} is encrypted; give its passphrase with --passphrase-file FILE or the MQSFTP_PKI_PASSPHRASE environment variable")]
+    EncryptedKey(PathBuf),
+    /// The passphrase does not decrypt the key.
+    #[error("wrong passphrase for {0} (or the key file is damaged)")]
+    WrongPassphrase(PathBuf),
+    /// A key that is to be encrypted already is.
+    #[error("{0} is already encrypted")]
+    AlreadyEncrypted(PathBuf),
+    /// A file that should hold a private key holds something else.
+    #[error("{path} is not a usable private key: {reason}")]
+    UnsupportedKey {
+        /// The key file.
+        path: PathBuf,
+        /// What it holds instead.
+        reason: String,
+    },
+    /// Encrypting a key failed.
+    #[error("cannot encrypt {path}: {reason}")]
+    KeyEncryption {
+        /// The key file.
+        path: PathBuf,
+        /// pkcs8's error.
+        reason: String,
+    },
+    /// The index of issued certificates cannot be read or is damaged.
+    #[error("certificate index {path}: {reason}")]
+    Index {
+        /// `DIR/issued.json`.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A device certificate that cannot be read.
+    #[error("cannot read the certificate {path}: {reason}")]
+    InvalidCert {
+        /// The certificate file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A device that was never issued a certificate in this PKI.
+    #[error("device {id} has no certificate in {dir} and none in the certificate index")]
+    UnknownDevice {
+        /// The device id.
+        id: String,
+        /// `DIR/devices/ID`.
+        dir: PathBuf,
+    },
+    /// Every certificate of the device is revoked already.
+    #[error("every certificate of device {0} is already revoked")]
+    AlreadyRevoked(String),
+    /// `--reissue` for a device that has no certificate yet.
+    #[error("device {id} cannot be re-issued: {path} does not exist (issue it without --reissue)")]
+    NothingToReissue {
+        /// The device id.
+        id: String,
+        /// The missing certificate.
+        path: PathBuf,
+    },
+    /// An unknown revocation reason.
+    #[error("unknown revocation reason {0:?}; use one of: {reasons}", reasons = crate::crl::REASONS)]
+    InvalidReason(String),
     /// The operating system's random number generator failed.
     #[error("cannot get random bytes from the operating system")]
     Random(#[source] rand::Error),

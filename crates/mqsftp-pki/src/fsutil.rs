@@ -93,25 +93,7 @@ impl Drop for Temp {
 /// file is never clobbered. On file systems without hard links it falls back to `rename` after
 /// checking that `path` is absent. Either way readers see no file or the whole file.
 pub(crate) fn write_new(path: &Path, contents: &[u8], kind: Kind) -> Result<(), PkiError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-
-    let (file, temp) = loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let temp_path = parent.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-        match OpenOptions::new().write(true).create_new(true).mode(kind.mode()).open(&temp_path) {
-            Ok(f) => break (f, Temp { path: temp_path, done: false }),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(PkiError::io("create", temp_path, e)),
-        }
-    };
-    fill(file, contents, kind).map_err(|e| PkiError::io("write", &temp.path, e))?;
-
+    let (parent, temp) = temp_file(path, contents, kind)?;
     match fs::hard_link(&temp.path, path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(kind.exists_error(path)),
@@ -123,7 +105,109 @@ pub(crate) fn write_new(path: &Path, contents: &[u8], kind: Kind) -> Result<(), 
     // After a link the temporary name still exists and the guard removes it; after a rename it is
     // already gone and the removal is a harmless no-op.
     drop(temp);
-    sync_dir(parent)
+    sync_dir(&parent)
+}
+
+/// The directory of `path` (`.` for a bare file name).
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A new uniquely named file beside `path` (`.NAME.PID.N.SUFFIX`), not yet created.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    parent_of(path).join(format!(".{name}.{}.{n}.{suffix}", std::process::id()))
+}
+
+/// Writes `contents` into a new temporary file beside `path`, with the final mode, synced.
+fn temp_file(path: &Path, contents: &[u8], kind: Kind) -> Result<(PathBuf, Temp), PkiError> {
+    let (file, temp) = loop {
+        let temp_path = sibling(path, "tmp");
+        match OpenOptions::new().write(true).create_new(true).mode(kind.mode()).open(&temp_path) {
+            Ok(f) => break (f, Temp { path: temp_path, done: false }),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(PkiError::io("create", temp_path, e)),
+        }
+    };
+    fill(file, contents, kind).map_err(|e| PkiError::io("write", &temp.path, e))?;
+    Ok((parent_of(path), temp))
+}
+
+/// Writes `contents` to `path`, atomically replacing what is there (readers see the old file or
+/// the new one, never a mix). Used for the files that change over a PKI's life: the CRL, the
+/// certificate index, and a key being encrypted.
+pub(crate) fn replace(path: &Path, contents: &[u8], kind: Kind) -> Result<(), PkiError> {
+    let mut r = Replacements::default();
+    r.stage(path.to_path_buf(), contents, kind)?;
+    r.commit()
+}
+
+/// Several files replaced together: all are written to temporary files first, then renamed into
+/// place one after the other; if a rename fails, the files already replaced get their old
+/// contents back (kept as hard-linked backups until the end), so it is all or nothing short of a
+/// crash in the middle of the renames.
+#[derive(Default)]
+pub(crate) struct Replacements {
+    staged: Vec<(PathBuf, Temp)>,
+}
+
+impl Replacements {
+    /// Writes the new contents of `path` to a temporary file beside it.
+    pub(crate) fn stage(&mut self, path: PathBuf, contents: &[u8], kind: Kind) -> Result<(), PkiError> {
+        let (_, temp) = temp_file(&path, contents, kind)?;
+        self.staged.push((path, temp));
+        Ok(())
+    }
+
+    /// Renames every staged file into place, or none.
+    pub(crate) fn commit(mut self) -> Result<(), PkiError> {
+        // (target, backup of the old file if there was one)
+        let mut done: Vec<(PathBuf, Option<Temp>)> = Vec::new();
+        let result = (|| {
+            for (path, temp) in &mut self.staged {
+                let backup = match fs::symlink_metadata(&*path) {
+                    Ok(_) => {
+                        let b = sibling(path, "old");
+                        fs::hard_link(&*path, &b).map_err(|e| PkiError::io("back up", &*path, e))?;
+                        Some(Temp { path: b, done: false })
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(PkiError::io("check", &*path, e)),
+                };
+                fs::rename(&temp.path, &*path).map_err(|e| PkiError::io("replace", &*path, e))?;
+                temp.done = true;
+                done.push((path.clone(), backup));
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            for (path, backup) in done.iter_mut().rev() {
+                match backup {
+                    Some(b) => {
+                        // Restored, or (if even that fails) the backup stays for the administrator.
+                        let _ = fs::rename(&b.path, &*path);
+                        b.done = true;
+                    }
+                    None => {
+                        let _ = fs::remove_file(&*path);
+                    }
+                }
+            }
+        }
+        let dirs: std::collections::BTreeSet<PathBuf> = self.staged.iter().map(|(p, _)| parent_of(p)).collect();
+        // Dropping `done` removes the backups of a successful commit.
+        drop(done);
+        result?;
+        for dir in dirs {
+            sync_dir(&dir)?;
+        }
+        Ok(())
+    }
 }
 
 /// Writes and syncs the file, and sets its exact mode (the umask may have narrowed it; a public

@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 
 use crate::certs::{self, GATEWAY_COMMON_NAME};
+use crate::crl::Index;
 use crate::fsutil::{self, Batch, Kind};
+use crate::keys;
 use crate::names::{self, Host};
 use crate::ssh;
 use crate::templates::{self, GatewayToml, SFTP_CHROOT};
-use crate::PkiError;
+use crate::{Passphrase, PkiError};
 
 /// Default MQTT over TLS port of the broker.
 pub const DEFAULT_BROKER_PORT: u16 = 8883;
@@ -50,6 +52,12 @@ pub mod files {
     pub const GATEWAY_TOML: &str = "gateway.toml";
     /// Directory of the per-device directories.
     pub const DEVICES_DIR: &str = "devices";
+    /// Certificate revocation list, signed by the CA (Mosquitto's `crlfile`).
+    pub const CRL: &str = "crl.pem";
+    /// Index of every certificate issued, and which are revoked.
+    pub const INDEX: &str = "issued.json";
+    /// Lock file taken while the index changes.
+    pub const LOCK: &str = ".lock";
 }
 
 /// What [`init`] creates.
@@ -76,6 +84,9 @@ pub struct InitOptions {
     pub ca_days: u32,
     /// Lifetime of the broker and gateway certificates, in days.
     pub cert_days: u32,
+    /// Encrypts `ca.key` with this passphrase. Later commands that sign (`issue_device`,
+    /// `revoke`) then need it too.
+    pub passphrase: Option<Passphrase>,
 }
 
 impl Default for InitOptions {
@@ -90,6 +101,7 @@ impl Default for InitOptions {
             sftp_host_key: None,
             ca_days: DEFAULT_CA_DAYS,
             cert_days: DEFAULT_CERT_DAYS,
+            passphrase: None,
         }
     }
 }
@@ -119,6 +131,8 @@ const OUTPUTS: &[(&str, Kind)] = &[
     (files::AUTHORIZED_KEYS, Kind::Public),
     (files::KNOWN_HOSTS, Kind::Public),
     (files::GATEWAY_TOML, Kind::Public),
+    (files::CRL, Kind::Public),
+    (files::INDEX, Kind::Public),
 ];
 
 /// The broker's certificate names: the extra hosts first (the first is the CN), then
@@ -149,6 +163,13 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
         None => Host::Dns("localhost".into()),
     };
     names::validate_user(&opts.sftp_user)?;
+    if opts.cert_days > opts.ca_days {
+        return Err(PkiError::LifetimeBeyondCa {
+            what: "broker and gateway certificate",
+            days: opts.cert_days,
+            ca_until: format!("{} days from now", opts.ca_days),
+        });
+    }
     let sftp_host = Host::parse(&opts.sftp_host)?;
     for (name, kind) in OUTPUTS {
         fsutil::ensure_absent(&opts.dir.join(name), *kind)?;
@@ -166,6 +187,14 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
     let (ca, issuer) = certs::new_ca(opts.ca_days)?;
     let broker = certs::server_cert(&issuer, &sans, opts.cert_days)?;
     let gateway = certs::client_cert(&issuer, GATEWAY_COMMON_NAME, "gateway certificate", opts.cert_days)?;
+    let mut index = Index::default();
+    index.record(&broker);
+    index.record(&gateway);
+    let crl = index.next_crl(&issuer, ca.not_after)?;
+    let ca_key = match &opts.passphrase {
+        Some(pass) => keys::encrypt_pkcs8_pem(&ca.key_pem, pass, &opts.dir.join(files::CA_KEY))?,
+        None => ca.key_pem,
+    };
     let ssh_key_path = opts.dir.join(files::GATEWAY_SSH_KEY);
     let ssh_key = ssh::new_ssh_key(&ssh_key_path, "mqsftp-gateway")?;
 
@@ -181,8 +210,8 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
         sftp_user: &opts.sftp_user,
     });
 
-    let outputs: [(&str, String, Kind); 14] = [
-        (files::CA_KEY, ca.key_pem, Kind::Secret),
+    let outputs: [(&str, String, Kind); 16] = [
+        (files::CA_KEY, ca_key, Kind::Secret),
         (files::CA_CERT, ca.cert_pem, Kind::Public),
         (files::BROKER_KEY, broker.key_pem, Kind::Secret),
         (files::BROKER_CERT, broker.cert_pem, Kind::Public),
@@ -196,6 +225,8 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
         (files::AUTHORIZED_KEYS, format!("{}\n", ssh::authorized_keys_line(&ssh_key.public_line)), Kind::Public),
         (files::KNOWN_HOSTS, known_hosts, Kind::Public),
         (files::GATEWAY_TOML, gateway_toml, Kind::Public),
+        (files::CRL, crl, Kind::Public),
+        (files::INDEX, index.to_json(), Kind::Public),
     ];
     for (name, contents, kind) in outputs {
         batch.write(opts.dir.join(name), contents.as_bytes(), kind)?;

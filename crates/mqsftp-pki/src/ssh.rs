@@ -108,6 +108,25 @@ fn known_hosts_entry(
     Ok(if port == 22 { format!("{host} {key}") } else { format!("[{host}]:{port} {key}") })
 }
 
+/// Replaces the host field of a [`known_hosts_line`] by its hashed form `|1|salt|hash` (as
+/// `ssh-keygen -H` writes it: HMAC-SHA1 of the name under a random 20-byte salt), so that the
+/// file does not reveal which hosts the gateway talks to.
+pub fn hash_known_hosts_line(line: &str) -> Result<String, PkiError> {
+    use base64::Engine;
+    use hmac::{Hmac, KeyInit, Mac};
+    let (name, rest) = line
+        .split_once(' ')
+        .filter(|(name, _)| !name.is_empty() && !name.starts_with('|'))
+        .ok_or_else(|| PkiError::InvalidHost { host: line.to_string(), reason: "not a known_hosts line".into() })?;
+    let mut salt = [0u8; 20];
+    rand::rngs::OsRng.try_fill_bytes(&mut salt).map_err(PkiError::Random)?;
+    let mut mac = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(&salt)
+        .map_err(|_| PkiError::InvalidHost { host: name.to_string(), reason: "cannot hash it".into() })?;
+    mac.update(name.as_bytes());
+    let e = base64::engine::general_purpose::STANDARD;
+    Ok(format!("|1|{}|{} {rest}", e.encode(salt), e.encode(mac.finalize().into_bytes())))
+}
+
 /// The `authorized_keys` line for the gateway's key: `restrict` turns off forwarding, pty, X11,
 /// agent and user rc for it.
 pub(crate) fn authorized_keys_line(public_line: &str) -> String {
@@ -183,6 +202,24 @@ mod tests {
             }
             Err(e) => panic!("ssh-keygen (OpenSSH client) is needed for this test: {e}"),
         }
+    }
+
+    #[test]
+    fn hashed_line_is_found_by_ssh_keygen() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = generate_ssh_key(&dir.path().join("host_key"), "c").unwrap();
+        let line = known_hosts_line("127.0.0.1", 2022, &public).unwrap();
+        let hashed = hash_known_hosts_line(&line).unwrap();
+        assert!(hashed.starts_with("|1|") && !hashed.contains("127.0.0.1"), "{hashed}");
+        assert_eq!(hashed.split(' ').skip(1).collect::<Vec<_>>(), line.split(' ').skip(1).collect::<Vec<_>>());
+        assert_ne!(hash_known_hosts_line(&line).unwrap(), hashed, "a fresh salt each time");
+        let known = dir.path().join("known_hosts");
+        std::fs::write(&known, format!("{hashed}\n")).unwrap();
+        for (host, found) in [("[127.0.0.1]:2022", true), ("127.0.0.1", false)] {
+            let out = std::process::Command::new("ssh-keygen").args(["-F", host, "-f"]).arg(&known).output().unwrap();
+            assert_eq!(out.status.success(), found, "{host}: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        assert!(hash_known_hosts_line("|1|a|b ssh-ed25519 AAAA").is_err(), "already hashed");
     }
 
     #[test]

@@ -44,13 +44,17 @@ pub(crate) fn mosquitto_conf(dir: &str, port: u16) -> String {
 # readable by that user, and the key by nobody else:
 #
 #   install -d -m 0750 -o mosquitto -g mosquitto {install}
-#   install -m 0644 -o mosquitto -g mosquitto ca.crt broker.crt acl {install}/
+#   install -m 0644 -o mosquitto -g mosquitto ca.crt broker.crt crl.pem acl {install}/
 #   install -m 0600 -o mosquitto -g mosquitto broker.key {install}/
 #   sed 's|{dir}/|{install}/|' mosquitto.conf > /etc/mosquitto/conf.d/mqsftp.conf
 #   systemctl restart mosquitto
 #
 # The stock /etc/mosquitto/mosquitto.conf includes conf.d/ and needs no change. If the broker
 # already has listeners of its own, check that they fit `per_listener_settings false`.
+#
+# After `mqsftp pki revoke ID` (or `pki device ID --reissue`), copy the new crl.pem to
+# {install}/ and reload Mosquitto (`systemctl reload mosquitto`, i.e. SIGHUP): until then it
+# keeps using the CRL it loaded.
 
 # One set of security settings (anonymous access, ACL) for every listener.
 per_listener_settings false
@@ -67,6 +71,8 @@ certfile {dir}/broker.crt
 keyfile {dir}/broker.key
 require_certificate true
 use_identity_as_username true
+# Revoked client certificates (`mqsftp pki revoke`), signed by the CA.
+crlfile {dir}/crl.pem
 # Minimum TLS version.
 tls_version tlsv1.2
 # Largest MQTT packet, in bytes: a 1 MiB chunk plus headers. A client that sends a bigger one is disconnected
@@ -132,8 +138,17 @@ Match User {user}
     ForceCommand internal-sftp -d /
     AuthenticationMethods publickey
     PasswordAuthentication no
+    KbdInteractiveAuthentication no
+    # DisableForwarding covers agent, TCP, stream-local and X11 forwarding; the single settings
+    # are spelled out too, for readers and for older sshd.
     DisableForwarding yes
+    AllowAgentForwarding no
+    AllowTcpForwarding no
+    AllowStreamLocalForwarding no
+    X11Forwarding no
+    PermitTunnel no
     PermitTTY no
+    PermitUserRC no
 "
     )
 }

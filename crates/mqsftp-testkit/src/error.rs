@@ -210,6 +210,14 @@ pub enum TestkitError {
         #[source]
         source: toml::ser::Error,
     },
+    /// A test certificate could not be made.
+    #[error("cannot make {what}: {reason}")]
+    Certificate {
+        /// Which certificate.
+        what: String,
+        /// rcgen's error.
+        reason: String,
+    },
     /// The SSH host key written by mqsftp-pki does not parse.
     #[error("invalid SSH host key {path}")]
     HostKey {

@@ -32,7 +32,10 @@
 //!     mosquitto-test.conf   mosquitto.conf with only `listener 8883` -> `listener PORT 127.0.0.1`
 //!     gateway-test.toml     gateway.toml with only hosts, ports and known_hosts changed
 //!     known_hosts-test      `[127.0.0.1]:PORT ssh-ed25519 …` for this sshd
-//!     devices/ID/           `Stack::device` (device.toml, device.crt, device.key, ca.crt)
+//!     crl.pem issued.json   the CRL (Mosquitto's crlfile) and certificate index; `Stack::reissue_device`
+//!                           rewrites them, `Stack::reload_broker` (SIGHUP) makes Mosquitto re-read the CRL
+//!     devices/ID/           `Stack::device` (device.toml, device.crt, device.key, ca.crt);
+//!                           `Stack::expired_device` replaces device.crt by one that expired yesterday
 //!   store/                  where SFTP sessions start (`ForceCommand internal-sftp -d`)
 //!   sshd/                   host key, private sshd_config, pid file
 //!   mosquitto.log sshd.log  stdout and stderr of every run of each server

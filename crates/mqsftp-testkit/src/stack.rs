@@ -23,7 +23,11 @@ const PORT_ATTEMPTS: u32 = 5;
 const RESTART_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// Lifetime of the certificates of a stack: tests are short.
 const CERT_DAYS: u32 = 7;
+/// Lifetime of the CA of a stack: a day longer, so that certificates issued later still end before it.
+const CA_DAYS: u32 = 8;
 
+/// What Mosquitto logs when SIGHUP makes it reload.
+const RELOAD_LINE: &str = "Reloading config.";
 /// The Mosquitto config written next to the generated `mosquitto.conf`.
 const MOSQUITTO_TEST_CONF: &str = "mosquitto-test.conf";
 /// The gateway config written next to the generated `gateway.toml`.
@@ -191,7 +195,12 @@ impl Stack {
     }
 
     fn device_options(&self) -> DeviceOptions {
-        DeviceOptions { broker_host: HOST.to_string(), broker_port: self.broker.port, cert_days: CERT_DAYS }
+        DeviceOptions {
+            broker_host: HOST.to_string(),
+            broker_port: self.broker.port,
+            cert_days: CERT_DAYS,
+            ..DeviceOptions::default()
+        }
     }
 
     /// Issues device `id` a certificate from this stack's CA (pki `issue_device`, broker
@@ -218,7 +227,7 @@ impl Stack {
                     dir: dir.clone(),
                     sftp_user: self.user.clone(),
                     sftp_host: HOST.to_string(),
-                    ca_days: CERT_DAYS,
+                    ca_days: CA_DAYS,
                     cert_days: CERT_DAYS,
                     ..InitOptions::default()
                 })
@@ -230,6 +239,60 @@ impl Stack {
             .map_err(|e| TestkitError::pki(format!("issue device {id} in {}", dir.display()), e))?;
         config::copy(&self.ca_cert(), &issued.ca)?;
         Ok(issued.config)
+    }
+
+    /// Re-issues device `id` (pki `issue_device` with `reissue`): a new key and certificate in
+    /// its directory, the old certificate revoked in `crl.pem`. The broker sees the revocation
+    /// after [`Stack::reload_broker`]. Returns its `device.toml`.
+    pub fn reissue_device(&self, id: &str) -> Result<PathBuf, TestkitError> {
+        let device = mqsftp_pki::parse_device_id(id).map_err(|e| TestkitError::pki("re-issue a device", e))?;
+        let opts = DeviceOptions { reissue: true, ..self.device_options() };
+        let issued = mqsftp_pki::issue_device(&self.pki_dir, &device, &opts)
+            .map_err(|e| TestkitError::pki(format!("re-issue device {id} in {}", self.pki_dir.display()), e))?;
+        Ok(issued.config)
+    }
+
+    /// Device `id` of this stack whose certificate expired yesterday: issued like [`Stack::device`],
+    /// then `device.crt` replaced by a certificate for the same key, CN and CA, valid from two
+    /// days ago until one day ago. Returns its `device.toml`.
+    pub fn expired_device(&self, id: &str) -> Result<PathBuf, TestkitError> {
+        let config = self.device(id)?;
+        let dir = config.parent().unwrap_or(&self.pki_dir).to_path_buf();
+        let what = format!("the expired certificate of {id}");
+        let cert_err = |e: rcgen::Error| TestkitError::Certificate { what: what.clone(), reason: e.to_string() };
+        let device_key = rcgen::KeyPair::from_pem(&config::read(&dir.join("device.key"))?).map_err(cert_err)?;
+        let ca_key = rcgen::KeyPair::from_pem(&config::read(&self.pki_dir.join(files::CA_KEY))?).map_err(cert_err)?;
+        let ca = rcgen::Issuer::from_ca_cert_pem(&config::read(&self.ca_cert())?, ca_key).map_err(cert_err)?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, id);
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(2);
+        params.not_after = now - time::Duration::days(1);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&device_key, &ca).map_err(cert_err)?;
+        config::write(&dir.join("device.crt"), &cert.pem())?;
+        Ok(config)
+    }
+
+    /// Sends SIGHUP to the broker, which makes Mosquitto 2.0 reload its configuration and its
+    /// listeners' certificates and CRL, and waits (at most 10 s) until it has logged
+    /// "Reloading config.".
+    pub fn reload_broker(&self) -> Result<(), TestkitError> {
+        let pid = self.broker.pid().ok_or(TestkitError::NotRunning { server: "mosquitto", port: self.broker.port })?;
+        let before = self.broker.log().matches(RELOAD_LINE).count();
+        sys::run("kill", &["-HUP", &pid.to_string()])?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.broker.log().matches(RELOAD_LINE).count() > before {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return self.broker.wait_for_log("a new \"Reloading config.\" line", Duration::ZERO);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// A `device.toml` with no client certificate at all (`[broker] cert` and `key` removed, no
@@ -383,7 +446,7 @@ impl Started {
             dir: pki_dir.clone(),
             sftp_user: user.to_string(),
             sftp_host: HOST.to_string(),
-            ca_days: CERT_DAYS,
+            ca_days: CA_DAYS,
             cert_days: CERT_DAYS,
             ..InitOptions::default()
         })

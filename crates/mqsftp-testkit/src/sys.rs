@@ -93,8 +93,13 @@ impl Program {
 
 /// Runs `id ARGS` and returns its output, trimmed.
 fn id(args: &[&str]) -> Result<String, TestkitError> {
-    let command = format!("id {}", args.join(" "));
-    let out = Command::new("id")
+    run("id", args)
+}
+
+/// Runs `program ARGS` and returns its output, trimmed; fails unless it exits 0.
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<String, TestkitError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
         .args(args)
         .output()
         .map_err(|source| TestkitError::Command { command: command.clone(), source })?;

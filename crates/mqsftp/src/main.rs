@@ -192,6 +192,16 @@ enum PkiCommand {
         /// The SFTP server's public host key (e.g. /etc/ssh/ssh_host_ed25519_key.pub), pinned in known_hosts.
         #[arg(long)]
         sftp_host_key: Option<PathBuf>,
+        /// Lifetime of the CA certificate, in days.
+        #[arg(long, default_value_t = mqsftp_pki::DEFAULT_CA_DAYS)]
+        ca_days: u32,
+        /// Lifetime of the broker and gateway certificates, in days.
+        #[arg(long, default_value_t = mqsftp_pki::DEFAULT_CERT_DAYS)]
+        cert_days: u32,
+        /// Encrypt ca.key with the passphrase in this file (one line). Without it, the passphrase comes from
+        /// MQSFTP_PKI_PASSPHRASE when that is set; otherwise ca.key is not encrypted.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
     },
     /// Issue a device certificate and its device.toml in DIR/devices/ID/.
     Device {
@@ -206,6 +216,40 @@ enum PkiCommand {
         /// Broker TLS port.
         #[arg(long, default_value_t = mqsftp_pki::DEFAULT_BROKER_PORT)]
         broker_port: u16,
+        /// Lifetime of the device certificate, in days (at most the CA's remaining lifetime).
+        #[arg(long, default_value_t = mqsftp_pki::DEFAULT_CERT_DAYS)]
+        days: u32,
+        /// Replace the device's key and certificate with new ones; the old certificate is revoked (reason
+        /// superseded) and crl.pem rewritten. device.toml is kept. Reload the broker afterwards.
+        #[arg(long)]
+        reissue: bool,
+        /// Passphrase file of an encrypted ca.key (default: MQSFTP_PKI_PASSPHRASE).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Revoke every certificate of device ID and rewrite DIR/crl.pem; then reload the broker (SIGHUP).
+    Revoke {
+        /// Device id.
+        id: String,
+        /// The directory given to `pki init`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Why: unspecified, key-compromise, superseded, cessation-of-operation, affiliation-changed,
+        /// privilege-withdrawn.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+        /// Passphrase file of an encrypted ca.key (default: MQSFTP_PKI_PASSPHRASE).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Encrypt a private key in place: a PKCS#8 key (gateway.key, device.key, ca.key) or the OpenSSH key
+    /// gateway_ed25519. Then set passphrase_file or passphrase_env beside `key` in the config that uses it.
+    EncryptKey {
+        /// The key file.
+        key: PathBuf,
+        /// File holding the new passphrase (one line). Default: MQSFTP_PKI_PASSPHRASE.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
     },
     /// Print the known_hosts line that pins an SSH server's public host key.
     KnownHosts {
@@ -215,6 +259,9 @@ enum PkiCommand {
         /// The server's port.
         #[arg(long, default_value_t = 22)]
         port: u16,
+        /// Print the host name hashed (|1|salt|hash), as `ssh-keygen -H` does.
+        #[arg(long)]
+        hash: bool,
         /// The server's public host key file.
         key: PathBuf,
     },
@@ -346,8 +393,20 @@ fn done(result: Result<(), DeviceError>, json: bool, what: &str) -> anyhow::Resu
 }
 
 fn pki(cmd: PkiCommand) -> anyhow::Result<u8> {
+    use mqsftp_pki::Passphrase;
     match cmd {
-        PkiCommand::Init { dir, broker_hosts, broker_port, sftp_user, sftp_host, sftp_port, sftp_host_key } => {
+        PkiCommand::Init {
+            dir,
+            broker_hosts,
+            broker_port,
+            sftp_user,
+            sftp_host,
+            sftp_port,
+            sftp_host_key,
+            ca_days,
+            cert_days,
+            passphrase_file,
+        } => {
             let opts = mqsftp_pki::InitOptions {
                 dir,
                 broker_hosts,
@@ -356,23 +415,70 @@ fn pki(cmd: PkiCommand) -> anyhow::Result<u8> {
                 sftp_host,
                 sftp_port,
                 sftp_host_key,
-                ..Default::default()
+                ca_days,
+                cert_days,
+                passphrase: Passphrase::from_file_or_env(passphrase_file.as_deref())?,
             };
             let report = mqsftp_pki::init(&opts)?;
             for f in &report.written {
                 println!("wrote {}", f.display());
             }
+            if opts.passphrase.is_some() {
+                println!("ca.key is encrypted: `pki device` and `pki revoke` need the same passphrase");
+            }
             println!("next: install the broker files (see the header of mosquitto.conf), append sshd_config to the SFTP server's, and run `mqsftp pki device ID --dir {}`", opts.dir.display());
         }
-        PkiCommand::Device { id, dir, broker_host, broker_port } => {
+        PkiCommand::Device { id, dir, broker_host, broker_port, days, reissue, passphrase_file } => {
             let id = mqsftp_pki::parse_device_id(&id)?;
-            let opts = mqsftp_pki::DeviceOptions { broker_host, broker_port, ..Default::default() };
+            let opts = mqsftp_pki::DeviceOptions {
+                broker_host,
+                broker_port,
+                cert_days: days,
+                passphrase: Passphrase::from_file_or_env(passphrase_file.as_deref())?,
+                reissue,
+            };
             let files = mqsftp_pki::issue_device(&dir, &id, &opts)?;
-            println!("wrote {} (copy this directory to the device)", files.dir.display());
-            println!("try: mqsftp check --config {}", files.config.display());
+            if reissue {
+                println!(
+                    "re-issued {} and {}; the previous certificate is revoked",
+                    files.cert.display(),
+                    files.key.display()
+                );
+                println!(
+                    "next: install {} on the broker and reload it (SIGHUP), copy the two files to the device",
+                    dir.join("crl.pem").display()
+                );
+            } else {
+                println!("wrote {} (copy this directory to the device)", files.dir.display());
+                println!("try: mqsftp check --config {}", files.config.display());
+            }
         }
-        PkiCommand::KnownHosts { host, port, key } => {
-            println!("{}", mqsftp_pki::known_hosts_line_from_file(&host, port, &key)?);
+        PkiCommand::Revoke { id, dir, reason, passphrase_file } => {
+            let id = mqsftp_pki::parse_device_id(&id)?;
+            let reason: mqsftp_pki::RevokeReason = reason.parse()?;
+            let pass = Passphrase::from_file_or_env(passphrase_file.as_deref())?;
+            let report = mqsftp_pki::revoke(&dir, &id, reason, pass.as_ref())?;
+            for serial in &report.serials {
+                println!("revoked {id} serial {serial}");
+            }
+            println!("wrote {} (CRL number {})", report.crl.display(), report.crl_number);
+            println!("next: install it on the broker and reload Mosquitto (SIGHUP, `systemctl reload mosquitto`); until then it still accepts the certificate");
+        }
+        PkiCommand::EncryptKey { key, passphrase_file } => {
+            let pass = Passphrase::from_file_or_env(passphrase_file.as_deref())?.with_context(|| {
+                format!(
+                    "no passphrase for {}: give --passphrase-file or set {}",
+                    key.display(),
+                    mqsftp_pki::PASSPHRASE_ENV
+                )
+            })?;
+            mqsftp_pki::encrypt_key_file(&key, &pass)?;
+            println!("encrypted {}", key.display());
+        }
+        PkiCommand::KnownHosts { host, port, hash, key } => {
+            let line = mqsftp_pki::known_hosts_line_from_file(&host, port, &key)?;
+            let line = if hash { mqsftp_pki::hash_known_hosts_line(&line)? } else { line };
+            println!("{line}");
         }
     }
     Ok(exit::OK)

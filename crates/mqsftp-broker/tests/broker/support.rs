@@ -81,6 +81,8 @@ impl Identity {
             key: self.cert_key.as_ref().map(|(_, k)| k.clone()),
             client_id: None,
             keep_alive: Duration::from_secs(30),
+            passphrase_file: None,
+            passphrase_env: None,
         }
     }
 

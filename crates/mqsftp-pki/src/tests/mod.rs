@@ -31,6 +31,8 @@ const INIT_FILES: &[(&str, u32)] = &[
     ("authorized_keys", 0o644),
     ("known_hosts", 0o644),
     ("gateway.toml", 0o644),
+    ("crl.pem", 0o644),
+    ("issued.json", 0o644),
 ];
 
 fn mode(path: &Path) -> u32 {
@@ -167,7 +169,8 @@ fn init_rejects_bad_options_before_writing() {
         (InitOptions { sftp_host: "a b".into(), ..options(&dir) }, "\"a b\""),
         (InitOptions { sftp_user: "x y".into(), ..options(&dir) }, "\"x y\""),
         (InitOptions { cert_days: 0, ..options(&dir) }, "0 days"),
-        (InitOptions { ca_days: u32::MAX, ..options(&dir) }, "4294967295 days"),
+        (InitOptions { ca_days: u32::MAX, cert_days: 10, ..options(&dir) }, "4294967295 days"),
+        (InitOptions { ca_days: 30, cert_days: 31, ..options(&dir) }, "31 days outlasts the CA"),
         (InitOptions { sftp_host_key: Some(tmp.path().join("missing.pub")), ..options(&dir) }, "missing.pub"),
     ];
     for (opts, needle) in cases {
@@ -351,6 +354,7 @@ fn mosquitto_conf_and_acl_contents() {
             format!("keyfile {abs}/broker.key"),
             "require_certificate true".into(),
             "use_identity_as_username true".into(),
+            format!("crlfile {abs}/crl.pem"),
             "tls_version tlsv1.2".into(),
             "max_packet_size 1049600".into(),
         ]
@@ -374,7 +378,12 @@ fn mosquitto_conf_and_acl_contents() {
 fn issue_device_writes_a_signed_certificate_and_config() {
     let (_tmp, dir) = fresh_pki();
     let id = parse_device_id("sensor-7").unwrap();
-    let opts = DeviceOptions { broker_host: "mqtt.example.com".into(), broker_port: 18883, cert_days: 30 };
+    let opts = DeviceOptions {
+        broker_host: "mqtt.example.com".into(),
+        broker_port: 18883,
+        cert_days: 30,
+        ..DeviceOptions::default()
+    };
     let files = issue_device(&dir, &id, &opts).unwrap();
 
     let dev_dir = dir.join("devices").join("sensor-7");
@@ -494,4 +503,167 @@ fn issue_device_rejects_a_bad_broker_host() {
     let opts = DeviceOptions { broker_host: "bad host".into(), ..DeviceOptions::default() };
     let err = issue_device(&dir, &parse_device_id("d1").unwrap(), &opts).unwrap_err();
     assert!(err.to_string().contains("\"bad host\""), "{err}");
+}
+
+/// (CRL number, revoked serials as hex, nextUpdate) of `dir/crl.pem`, after checking that the CA
+/// signed it.
+fn read_crl(dir: &Path) -> (u64, Vec<String>, i64) {
+    let ca_pem = read_pem(&dir.join("ca.crt"));
+    let ca = ca_pem.parse_x509().unwrap();
+    let pem = read_pem(&dir.join("crl.pem"));
+    assert_eq!(pem.label, "X509 CRL");
+    let (_, crl) = x509_parser::parse_x509_crl(&pem.contents).unwrap();
+    crl.verify_signature(ca.public_key()).expect("the CA signed the CRL");
+    assert_eq!(crl.issuer(), ca.subject());
+    let number: u64 = crl.crl_number().unwrap().try_into().unwrap();
+    let serials = crl.iter_revoked_certificates().map(|r| crate::certs::serial_hex(r.raw_serial())).collect();
+    (number, serials, crl.next_update().unwrap().timestamp())
+}
+
+fn serial_of(path: &Path) -> String {
+    crate::certs::cert_info(path).unwrap().0
+}
+
+#[test]
+fn init_writes_an_empty_crl_and_records_its_certificates() {
+    let (_tmp, dir) = fresh_pki();
+    let (number, revoked, next_update) = read_crl(&dir);
+    assert_eq!((number, revoked), (1, Vec::<String>::new()));
+    let ca_pem = read_pem(&dir.join("ca.crt"));
+    assert_eq!(next_update, ca_pem.parse_x509().unwrap().validity().not_after.timestamp(), "nextUpdate = CA expiry");
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("issued.json")).unwrap()).unwrap();
+    let subjects: Vec<&str> =
+        index["certificates"].as_array().unwrap().iter().map(|e| e["subject"].as_str().unwrap()).collect();
+    assert_eq!(subjects, ["mqtt.example.com", "gateway"]);
+    assert_eq!(index["certificates"][1]["serial"].as_str().unwrap(), serial_of(&dir.join("gateway.crt")));
+}
+
+#[test]
+fn revoke_lists_every_certificate_of_the_device_and_only_those() {
+    let (_tmp, dir) = fresh_pki();
+    let (d1, d2) = (parse_device_id("d1").unwrap(), parse_device_id("d2").unwrap());
+    issue_device(&dir, &d1, &DeviceOptions::default()).unwrap();
+    issue_device(&dir, &d2, &DeviceOptions::default()).unwrap();
+    let first = serial_of(&dir.join("devices/d1/device.crt"));
+    issue_device(&dir, &d1, &DeviceOptions { reissue: true, ..DeviceOptions::default() }).unwrap();
+    let second = serial_of(&dir.join("devices/d1/device.crt"));
+    assert_ne!(first, second);
+    assert_eq!(read_crl(&dir).0, 2);
+    assert_eq!(read_crl(&dir).1, std::slice::from_ref(&first), "re-issue revoked the old certificate");
+
+    let report = revoke(&dir, &d1, RevokeReason::KeyCompromise, None).unwrap();
+    assert_eq!(report.serials, std::slice::from_ref(&second));
+    assert_eq!(report.crl, dir.join("crl.pem"));
+    let (number, mut revoked, _) = read_crl(&dir);
+    revoked.sort();
+    let mut want = vec![first, second];
+    want.sort();
+    assert_eq!((number, revoked), (3, want));
+
+    // Again: nothing left to revoke, nothing changes.
+    let before = snapshot(&dir);
+    let err = revoke(&dir, &d1, RevokeReason::KeyCompromise, None).unwrap_err();
+    assert_eq!(err.to_string(), "every certificate of device d1 is already revoked");
+    let unknown = revoke(&dir, &parse_device_id("nobody").unwrap(), RevokeReason::Unspecified, None).unwrap_err();
+    assert!(unknown.to_string().contains("device nobody has no certificate"), "{unknown}");
+    assert_eq!(snapshot(&dir), before);
+    // d2 is untouched.
+    assert!(!read_crl(&dir).1.contains(&serial_of(&dir.join("devices/d2/device.crt"))));
+}
+
+#[test]
+fn reissue_replaces_key_and_certificate_and_needs_an_existing_device() {
+    let (_tmp, dir) = fresh_pki();
+    let id = parse_device_id("d1").unwrap();
+    let opts = DeviceOptions { reissue: true, ..DeviceOptions::default() };
+    let err = issue_device(&dir, &id, &opts).unwrap_err();
+    assert!(matches!(err, PkiError::NothingToReissue { .. }), "{err:?}");
+    assert!(!dir.join("devices/d1").exists());
+
+    let files = issue_device(&dir, &id, &DeviceOptions::default()).unwrap();
+    let (key, config) = (std::fs::read(&files.key).unwrap(), std::fs::read(&files.config).unwrap());
+    issue_device(&dir, &id, &opts).unwrap();
+    assert_ne!(std::fs::read(&files.key).unwrap(), key, "new key");
+    assert_eq!(std::fs::read(&files.config).unwrap(), config, "device.toml kept");
+    assert_eq!(mode(&files.key), 0o600);
+    let ca_pem = read_pem(&dir.join("ca.crt"));
+    let cert_pem = read_pem(&files.cert);
+    assert_signed_by(&cert_pem.parse_x509().unwrap(), &ca_pem.parse_x509().unwrap());
+    let new_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&files.key).unwrap()).unwrap();
+    assert_eq!(
+        cert_pem.parse_x509().unwrap().public_key().subject_public_key.data.as_ref(),
+        rcgen::PublicKeyData::der_bytes(&new_key)
+    );
+    let names: Vec<_> = std::fs::read_dir(&files.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 4, "no temporary files or backups left: {names:?}");
+}
+
+#[test]
+fn encrypted_ca_key_needs_its_passphrase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    let pass = Passphrase::new("correct horse", "test").unwrap();
+    init(&InitOptions { passphrase: Some(pass.clone()), ..options(&dir) }).unwrap();
+    let key_text = std::fs::read_to_string(dir.join("ca.key")).unwrap();
+    assert!(key_text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"), "{key_text}");
+    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    // The other keys are not encrypted (Mosquitto cannot be given a passphrase).
+    assert!(std::fs::read_to_string(dir.join("broker.key")).unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
+
+    let id = parse_device_id("d1").unwrap();
+    let before = snapshot(&dir);
+    let err = issue_device(&dir, &id, &DeviceOptions::default()).unwrap_err();
+    assert!(matches!(&err, PkiError::EncryptedKey(p) if p == &dir.join("ca.key")), "{err:?}");
+    assert!(err.to_string().contains("MQSFTP_PKI_PASSPHRASE"), "{err}");
+    let wrong = Passphrase::new("battery staple", "test").unwrap();
+    let err = issue_device(&dir, &id, &DeviceOptions { passphrase: Some(wrong.clone()), ..DeviceOptions::default() })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("wrong passphrase for {} (or the key file is damaged)", dir.join("ca.key").display())
+    );
+    assert!(revoke(&dir, &id, RevokeReason::Unspecified, Some(&wrong)).is_err());
+    // Only the lock file may have appeared.
+    let mut after = snapshot(&dir);
+    after.remove(&dir.join(".lock"));
+    assert_eq!(after, before);
+
+    let files =
+        issue_device(&dir, &id, &DeviceOptions { passphrase: Some(pass.clone()), ..DeviceOptions::default() }).unwrap();
+    let ca_pem = read_pem(&dir.join("ca.crt"));
+    let cert_pem = read_pem(&files.cert);
+    assert_signed_by(&cert_pem.parse_x509().unwrap(), &ca_pem.parse_x509().unwrap());
+    revoke(&dir, &id, RevokeReason::Unspecified, Some(&pass)).unwrap();
+    assert_eq!(read_crl(&dir).1, [serial_of(&files.cert)]);
+}
+
+#[test]
+fn damaged_index_is_named_and_nothing_changes() {
+    let (_tmp, dir) = fresh_pki();
+    std::fs::write(dir.join("issued.json"), "{\"crl_number\": 1, \"certificates\": [{\"serial\": \"xyz\"").unwrap();
+    let before = snapshot(&dir);
+    let err = issue_device(&dir, &parse_device_id("d1").unwrap(), &DeviceOptions::default()).unwrap_err();
+    assert!(err.to_string().starts_with(&format!("certificate index {}", dir.join("issued.json").display())), "{err}");
+    let mut after = snapshot(&dir);
+    after.remove(&dir.join(".lock"));
+    assert_eq!(after, before);
+}
+
+#[test]
+fn device_lifetimes_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    init(&InitOptions { ca_days: 30, cert_days: 10, ..options(&dir) }).unwrap();
+    let id = parse_device_id("d1").unwrap();
+    for (days, needle) in [(0, "0 days"), (31, "31 days outlasts the CA"), (u32::MAX, "4294967295 days")] {
+        let err = issue_device(&dir, &id, &DeviceOptions { cert_days: days, ..DeviceOptions::default() }).unwrap_err();
+        assert!(err.to_string().contains(needle), "{days}: {err}");
+        assert!(!dir.join("devices/d1").exists());
+    }
+    let files = issue_device(&dir, &id, &DeviceOptions { cert_days: 2, ..DeviceOptions::default() }).unwrap();
+    let pem = read_pem(&files.cert);
+    let cert = pem.parse_x509().unwrap();
+    let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86400;
+    assert_eq!(days, 2);
 }

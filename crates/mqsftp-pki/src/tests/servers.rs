@@ -275,6 +275,13 @@ fn sshd_accepts_the_config_block() {
         "passwordauthentication no",
         "disableforwarding yes",
         "permittty no",
+        "kbdinteractiveauthentication no",
+        "allowagentforwarding no",
+        "allowtcpforwarding no",
+        "allowstreamlocalforwarding no",
+        "x11forwarding no",
+        "permittunnel no",
+        "permituserrc no",
     ] {
         assert!(effective.lines().any(|l| l == line), "{line:?} missing from sshd -T:\n{effective}");
     }
@@ -289,4 +296,63 @@ fn sshd_rejects_a_broken_config() {
     text.push_str("    NoSuchOption yes\n");
     std::fs::write(&conf, text).unwrap();
     assert!(!sshd(&conf, &["-t"]).status.success());
+}
+
+/// Whether `who` can publish through the broker (mosquitto_pub exits 0 only after a CONNACK).
+fn can_connect(dir: &Path, broker: &Broker, who: Who<'_>) -> bool {
+    let topic = match &who {
+        Who::Device(id) => format!("mqsftp/v1/{id}/req"),
+        _ => "mqsftp/v1/x/res".into(),
+    };
+    client("mosquitto_pub", dir, broker, who, &["-t", &topic, "-m", "hello"]).status.success()
+}
+
+/// Sends SIGHUP to the broker, which makes Mosquitto 2.0 reload its config and its listeners'
+/// TLS files (the CRL included), and waits for its "Reloading config." line.
+fn reload(broker: &Broker) {
+    let before = broker.log().matches("Reloading config.").count();
+    let pid = broker.child.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.log().matches("Reloading config.").count() == before {
+        assert!(Instant::now() < deadline, "no reload logged:\n{}", broker.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn mosquitto_refuses_revoked_and_superseded_certificates_after_a_reload() {
+    let (tmp, dir, broker) = running_broker();
+    assert!(can_connect(&dir, &broker, Who::Device("dev1")), "{}", broker.log());
+    assert!(can_connect(&dir, &broker, Who::Device("dev2")), "{}", broker.log());
+
+    let report = revoke(&dir, &parse_device_id("dev2").unwrap(), RevokeReason::KeyCompromise, None).unwrap();
+    assert_eq!(report.crl_number, 2, "init wrote CRL 1");
+    // The broker still has the old CRL in memory: the reload is what makes the revocation count.
+    assert!(can_connect(&dir, &broker, Who::Device("dev2")), "{}", broker.log());
+    reload(&broker);
+    assert!(!can_connect(&dir, &broker, Who::Device("dev2")), "revoked dev2 refused:\n{}", broker.log());
+    assert!(can_connect(&dir, &broker, Who::Device("dev1")), "dev1 unaffected:\n{}", broker.log());
+    assert!(can_connect(&dir, &broker, Who::Gateway), "{}", broker.log());
+
+    // Re-issue dev1: the new certificate works, the old one (kept aside here) no longer does.
+    let old = tmp.path().join("old-dev1");
+    std::fs::create_dir(&old).unwrap();
+    for f in ["device.crt", "device.key"] {
+        std::fs::copy(dir.join("devices/dev1").join(f), old.join(f)).unwrap();
+    }
+    issue_device(&dir, &parse_device_id("dev1").unwrap(), &DeviceOptions { reissue: true, ..DeviceOptions::default() })
+        .unwrap();
+    if is_root() {
+        let_mosquitto_read(tmp.path(), &dir);
+    }
+    reload(&broker);
+    assert!(can_connect(&dir, &broker, Who::Device("dev1")), "re-issued dev1:\n{}", broker.log());
+    let mut cmd = Command::new(program("mosquitto_pub"));
+    cmd.args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-t", "mqsftp/v1/dev1/req", "-m", "x"]);
+    cmd.arg("--cafile").arg(dir.join("ca.crt"));
+    cmd.arg("--cert").arg(old.join("device.crt")).arg("--key").arg(old.join("device.key"));
+    let out = run(cmd, Duration::from_secs(15));
+    assert!(!out.status.success(), "superseded certificate refused:\n{}", broker.log());
+    assert!(broker.log().contains("certificate verify failed"), "{}", broker.log());
 }

@@ -1,9 +1,6 @@
-use std::time::Duration;
-
-use mqsftp_gateway::config::SftpConfig;
 use russh_sftp::protocol::StatusCode;
 
-use crate::common::{assert_success, text, Fixture, USER};
+use crate::common::{assert_success, text, Fixture};
 
 /// `secret.txt` beside the root, `root/escape` -> the root's parent, `root/inside` -> `root/sub`.
 fn plant(fx: &Fixture) {
@@ -68,16 +65,7 @@ pub fn code<T>(result: Result<T, russh_sftp::client::error::Error>) -> StatusCod
 async fn escapes_get_permission_denied() {
     let fx = Fixture::start().await;
     plant(&fx);
-    let store = mqsftp_gateway::store::connect(&SftpConfig {
-        host: "127.0.0.1".into(),
-        port: fx.port(),
-        user: USER.into(),
-        key: fx.key.clone(),
-        known_hosts: fx.known_hosts.clone(),
-        connect_timeout: Duration::from_secs(20),
-    })
-    .await
-    .unwrap();
+    let store = mqsftp_gateway::store::connect(&crate::gateway::sftp_config(&fx)).await.unwrap();
     let denied = StatusCode::PermissionDenied;
     assert_eq!(code(store.metadata("../secret.txt").await), denied);
     assert_eq!(code(store.metadata("/..").await), denied);

@@ -15,7 +15,7 @@ async fn put(store: &mqsftp_gateway::StoreSession, path: &str, data: &[u8]) {
     f.shutdown().await.unwrap();
 }
 
-fn sftp_config(fx: &Fixture) -> SftpConfig {
+pub(crate) fn sftp_config(fx: &Fixture) -> SftpConfig {
     SftpConfig {
         host: "127.0.0.1".into(),
         port: fx.port(),
@@ -23,6 +23,8 @@ fn sftp_config(fx: &Fixture) -> SftpConfig {
         key: fx.key.clone(),
         known_hosts: fx.known_hosts.clone(),
         connect_timeout: Duration::from_secs(20),
+        passphrase_file: None,
+        passphrase_env: None,
     }
 }
 

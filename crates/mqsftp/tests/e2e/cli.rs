@@ -215,3 +215,70 @@ async fn file_commands_and_json_output() {
     assert!(String::from_utf8_lossy(&o.stdout).contains(" d/"), "{}", text(&o));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_passphrase_lifetimes_revoke_reissue_and_encrypt_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let pki = cwd.join("pki");
+    let p = pki.to_str().unwrap();
+    let pass = cwd.join("ca-passphrase");
+    std::fs::write(&pass, "ca secret\n").unwrap();
+    let pass_arg = pass.to_str().unwrap();
+    let ok = |o: &Output| assert_eq!(o.status.code(), Some(0), "{}", text(o));
+    let fails_with = |o: &Output, needle: &str| {
+        assert_eq!(o.status.code(), Some(1), "{}", text(o));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{needle:?} in {}", text(o));
+    };
+
+    fails_with(&cli(&["pki", "init", "--dir", p, "--ca-days", "0"], cwd, &[]).await, "0 days");
+    fails_with(
+        &cli(&["pki", "init", "--dir", p, "--ca-days", "100", "--cert-days", "200"], cwd, &[]).await,
+        "outlasts",
+    );
+    assert!(!pki.exists(), "nothing written");
+    let o = cli(
+        &["pki", "init", "--dir", p, "--ca-days", "400", "--cert-days", "90", "--passphrase-file", pass_arg],
+        cwd,
+        &[],
+    )
+    .await;
+    ok(&o);
+    assert!(std::fs::read_to_string(pki.join("ca.key")).unwrap().contains("ENCRYPTED PRIVATE KEY"));
+    assert!(pki.join("crl.pem").is_file() && pki.join("issued.json").is_file());
+
+    // The CA key's passphrase: missing, wrong (file or environment), right.
+    fails_with(&cli(&["pki", "device", "d1", "--dir", p], cwd, &[]).await, "MQSFTP_PKI_PASSPHRASE");
+    let wrong = [("MQSFTP_PKI_PASSPHRASE", "wrong")];
+    fails_with(&cli(&["pki", "device", "d1", "--dir", p], cwd, &wrong).await, "wrong passphrase for");
+    assert!(!pki.join("devices/d1").exists());
+    let right = [("MQSFTP_PKI_PASSPHRASE", "ca secret")];
+    ok(&cli(&["pki", "device", "d1", "--dir", p, "--days", "30"], cwd, &right).await);
+    ok(&cli(&["pki", "device", "d2", "--dir", p, "--days", "30", "--passphrase-file", pass_arg], cwd, &[]).await);
+    fails_with(&cli(&["pki", "device", "d3", "--dir", p, "--days", "500"], cwd, &right).await, "outlasts the CA");
+
+    // Revoke, twice; an unknown reason.
+    fails_with(&cli(&["pki", "revoke", "d1", "--dir", p, "--reason", "lost"], cwd, &right).await, "key-compromise");
+    let o = cli(&["pki", "revoke", "d1", "--dir", p, "--reason", "key-compromise"], cwd, &right).await;
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("reload Mosquitto"), "{}", text(&o));
+    fails_with(&cli(&["pki", "revoke", "d1", "--dir", p], cwd, &right).await, "already revoked");
+    fails_with(&cli(&["pki", "revoke", "nobody", "--dir", p], cwd, &right).await, "no certificate");
+
+    // Re-issue: new key, CRL number moves on.
+    let key = std::fs::read(pki.join("devices/d2/device.key")).unwrap();
+    fails_with(&cli(&["pki", "device", "d9", "--dir", p, "--reissue"], cwd, &right).await, "cannot be re-issued");
+    let o = cli(&["pki", "device", "d2", "--dir", p, "--days", "30", "--reissue"], cwd, &right).await;
+    ok(&o);
+    assert_ne!(std::fs::read(pki.join("devices/d2/device.key")).unwrap(), key);
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pki.join("issued.json")).unwrap()).unwrap();
+    assert_eq!(index["crl_number"], 3, "{index}");
+
+    // encrypt-key on a device key, then again.
+    let device_key = pki.join("devices/d2/device.key");
+    let k = device_key.to_str().unwrap();
+    fails_with(&cli(&["pki", "encrypt-key", k], cwd, &[]).await, "no passphrase");
+    ok(&cli(&["pki", "encrypt-key", k], cwd, &[("MQSFTP_PKI_PASSPHRASE", "device secret")]).await);
+    fails_with(&cli(&["pki", "encrypt-key", k, "--passphrase-file", pass_arg], cwd, &[]).await, "already encrypted");
+}

@@ -22,7 +22,12 @@ pub struct RunningGateway {
 
 impl RunningGateway {
     pub async fn start(stack: &Stack) -> RunningGateway {
-        let cfg = GatewayConfig::load(stack.gateway_config()).expect("gateway config loads");
+        RunningGateway::start_with(stack.gateway_config()).await
+    }
+
+    /// A gateway with the config file `path`.
+    pub async fn start_with(path: &Path) -> RunningGateway {
+        let cfg = GatewayConfig::load(path).expect("gateway config loads");
         let gw = tokio::time::timeout(LIMIT, Gateway::connect(cfg)).await.expect("in time").expect("gateway connects");
         let stats = gw.stats();
         let id = gw.id().clone();
@@ -65,6 +70,38 @@ pub async fn setup(id: &str) -> (Stack, RunningGateway, DeviceConfig) {
 
 pub async fn connect(cfg: &DeviceConfig) -> Client {
     tokio::time::timeout(LIMIT, Client::connect(cfg)).await.expect("in time").expect("device connects")
+}
+
+/// Runs the `mqsftp` binary in `cwd` with `env` set (and `MQSFTP_PKI_PASSPHRASE` removed unless given).
+pub async fn cli(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqsftp"));
+    cmd.args(args).current_dir(cwd).kill_on_drop(true).env_remove("MQSFTP_PKI_PASSPHRASE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    tokio::time::timeout(LIMIT, cmd.output()).await.expect("mqsftp finishes in time").expect("mqsftp runs")
+}
+
+/// Exit status, stdout and stderr of a finished command, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Rewrites the TOML file `path`: `edit` changes the table.
+pub fn edit_toml(path: &Path, edit: impl FnOnce(&mut toml::Table)) {
+    let mut t: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+    edit(&mut t);
+    std::fs::write(path, toml::to_string(&t).unwrap()).unwrap();
+}
+
+/// Sets `[section] key = value` in a TOML table.
+pub fn set(t: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
+    t.get_mut(section).and_then(toml::Value::as_table_mut).unwrap().insert(key.into(), value.into());
 }
 
 /// Deterministic pseudo-random content.
