@@ -74,6 +74,8 @@ fn client(dir: &std::path::Path, port: u16, id: &str, cert: &str, key: &str) -> 
         key: Some(dir.join(key)),
         client_id: None,
         keep_alive: Duration::from_secs(30),
+        passphrase_file: None,
+        passphrase_env: None,
     };
     let tls = mqsftp_mqtt::tls_config(&config)?;
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
