@@ -176,6 +176,14 @@ pub enum TestkitError {
         /// Its port.
         port: u16,
     },
+    /// An embedded server failed, or something only a real server has (a log, a pid) was asked of one.
+    #[error("embedded {server}: {reason}")]
+    Embedded {
+        /// "mqsftp-broker", "mqsftp-sftpd" or "runtime".
+        server: &'static str,
+        /// What happened.
+        reason: String,
+    },
     /// `kill_*` was called while the server is stopped.
     #[error("{server} is not running (its port was 127.0.0.1:{port})")]
     NotRunning {

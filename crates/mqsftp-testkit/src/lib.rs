@@ -58,6 +58,7 @@
 //! * `error.rs`: [`TestkitError`].
 
 mod config;
+mod embedded;
 mod error;
 mod process;
 mod stack;

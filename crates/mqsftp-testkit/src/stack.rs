@@ -41,8 +41,7 @@ const KNOWN_HOSTS_TEST: &str = "known_hosts-test";
 /// Dropping it kills (SIGKILL) and reaps both servers, then removes the temp dir.
 #[derive(Debug)]
 pub struct Stack {
-    broker: Server,
-    sshd: Server,
+    servers: Servers,
     /// Absolute root of everything below; owned by `tmp`.
     root: PathBuf,
     pki_dir: PathBuf,
@@ -82,13 +81,12 @@ impl Stack {
             Ok(s) => {
                 tracing::info!(
                     dir = %root.display(),
-                    mqtt_port = s.broker.port,
-                    sftp_port = s.sshd.port,
+                    mqtt_port = s.servers.ports().0,
+                    sftp_port = s.servers.ports().1,
                     "test stack started"
                 );
                 Ok(Stack {
-                    broker: s.broker,
-                    sshd: s.sshd,
+                    servers: s.servers,
                     pki_dir: s.pki_dir,
                     store_dir: s.store_dir,
                     gateway_config: s.gateway_config,
@@ -111,6 +109,53 @@ impl Stack {
         }
     }
 
+    /// Like [`Stack::start`], but with the embedded broker and SFTP server (`mqsftp-broker`, `mqsftp-sftpd`, the
+    /// pair `mqsftp demo` runs) in this process instead of Mosquitto and sshd, started from the same generated
+    /// files. Needs neither program installed. Killing a server stops it (closing its connections) and starting it
+    /// binds the same port again; logs, pids and [`Stack::reload_broker`] are only for real servers.
+    pub fn start_embedded() -> Result<Stack, TestkitError> {
+        let user = sys::current_user()?;
+        let tmp = tempfile::Builder::new()
+            .prefix("mqsftp-testkit-embedded-")
+            .tempdir()
+            .map_err(|e| TestkitError::io("create a temp dir in", std::env::temp_dir(), e))?;
+        let root = std::path::absolute(tmp.path()).map_err(|e| TestkitError::io("resolve", tmp.path(), e))?;
+        let common = Common::prepare(&root, &user)?;
+        let (broker, sftpd) =
+            crate::embedded::settings(&common.pki_dir, common.store_dir.clone(), common.host_key.clone(), &user);
+        let embedded = crate::embedded::Embedded::start(broker, sftpd)?;
+        let (gateway_config, known_hosts) = common.gateway_view(embedded.mqtt_port, embedded.sftp_port)?;
+        tracing::info!(dir = %root.display(), mqtt_port = embedded.mqtt_port, sftp_port = embedded.sftp_port, "embedded test stack started");
+        Ok(Stack {
+            servers: Servers::Embedded(embedded),
+            pki_dir: common.pki_dir,
+            store_dir: common.store_dir,
+            gateway_config,
+            known_hosts,
+            host_key_fingerprint: common.host_key_fingerprint,
+            root,
+            user,
+            foreign_pki: Mutex::new(None),
+            certless_pki: Mutex::new(None),
+            counter: AtomicU32::new(0),
+            tmp,
+        })
+    }
+
+    /// Whether this stack runs the embedded servers ([`Stack::start_embedded`]).
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.servers, Servers::Embedded(_))
+    }
+
+    fn real(&self, what: &str) -> Result<(&Server, &Server), TestkitError> {
+        match &self.servers {
+            Servers::Real { broker, sshd } => Ok((broker, sshd)),
+            Servers::Embedded(_) => {
+                Err(TestkitError::Embedded { server: "stack", reason: format!("{what} exists only for real servers") })
+            }
+        }
+    }
+
     /// The directory `mqsftp-pki init` wrote (plus this crate's `*-test` files).
     pub fn pki_dir(&self) -> &Path {
         &self.pki_dir
@@ -123,22 +168,22 @@ impl Stack {
 
     /// Port of the broker's mutual-TLS listener on 127.0.0.1.
     pub fn mqtt_port(&self) -> u16 {
-        self.broker.port
+        self.servers.ports().0
     }
 
     /// Port of sshd on 127.0.0.1.
     pub fn sftp_port(&self) -> u16 {
-        self.sshd.port
+        self.servers.ports().1
     }
 
     /// `127.0.0.1:mqtt_port`.
     pub fn mqtt_addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.broker.port))
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.mqtt_port()))
     }
 
     /// `127.0.0.1:sftp_port`.
     pub fn sftp_addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.sshd.port))
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.sftp_port()))
     }
 
     /// The SFTP account: the user running the tests (`id -un`), also `[sftp] user` of
@@ -197,7 +242,7 @@ impl Stack {
     fn device_options(&self) -> DeviceOptions {
         DeviceOptions {
             broker_host: HOST.to_string(),
-            broker_port: self.broker.port,
+            broker_port: self.mqtt_port(),
             cert_days: CERT_DAYS,
             ..DeviceOptions::default()
         }
@@ -280,16 +325,17 @@ impl Stack {
     /// listeners' certificates and CRL, and waits (at most 10 s) until it has logged
     /// "Reloading config.".
     pub fn reload_broker(&self) -> Result<(), TestkitError> {
-        let pid = self.broker.pid().ok_or(TestkitError::NotRunning { server: "mosquitto", port: self.broker.port })?;
-        let before = self.broker.log().matches(RELOAD_LINE).count();
+        let (broker, _) = self.real("reloading the broker")?;
+        let pid = broker.pid().ok_or(TestkitError::NotRunning { server: "mosquitto", port: broker.port })?;
+        let before = broker.log().matches(RELOAD_LINE).count();
         sys::run("kill", &["-HUP", &pid.to_string()])?;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if self.broker.log().matches(RELOAD_LINE).count() > before {
+            if broker.log().matches(RELOAD_LINE).count() > before {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                return self.broker.wait_for_log("a new \"Reloading config.\" line", Duration::ZERO);
+                return broker.wait_for_log("a new \"Reloading config.\" line", Duration::ZERO);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -332,7 +378,7 @@ impl Stack {
         let public = mqsftp_pki::generate_ssh_key(&key, "not-the-sshd-host-key")
             .map_err(|e| TestkitError::pki(format!("generate {}", key.display()), e))?;
         let path = dir.join("known_hosts");
-        let line = mqsftp_pki::known_hosts_line(HOST, self.sshd.port, &public)
+        let line = mqsftp_pki::known_hosts_line(HOST, self.sftp_port(), &public)
             .map_err(|e| TestkitError::pki(format!("write {}", path.display()), e))?;
         config::write(&path, &format!("{line}\n"))?;
         Ok(path)
@@ -340,69 +386,87 @@ impl Stack {
 
     /// Process id of the broker, while it runs.
     pub fn broker_pid(&self) -> Option<u32> {
-        self.broker.pid()
+        self.real("a pid").ok().and_then(|(b, _)| b.pid())
     }
 
     /// Process id of sshd (the listener), while it runs.
     pub fn sshd_pid(&self) -> Option<u32> {
-        self.sshd.pid()
+        self.real("a pid").ok().and_then(|(_, s)| s.pid())
     }
 
     /// Kills the broker with SIGKILL, reaps it and waits until its port refuses connections.
     /// Fails if it is not running.
     pub fn kill_broker(&mut self) -> Result<(), TestkitError> {
-        kill(&mut self.broker)
+        match &mut self.servers {
+            Servers::Real { broker, .. } => kill(broker),
+            Servers::Embedded(e) => e.stop_broker(),
+        }
     }
 
     /// Starts the broker again on the same port and config, and waits until it accepts
     /// connections. Fails if it is running, or with [`TestkitError::PortInUse`] if the port stays
     /// taken over 5 tries 100 ms apart.
     pub fn start_broker(&mut self) -> Result<(), TestkitError> {
-        restart(&mut self.broker)
+        match &mut self.servers {
+            Servers::Real { broker, .. } => restart(broker),
+            Servers::Embedded(e) => e.start_broker(),
+        }
     }
 
     /// Kills sshd's listener with SIGKILL, reaps it and waits until its port refuses connections.
     /// Sessions that are open keep running (they are sshd's children, not ours) until their
     /// client disconnects. Fails if it is not running.
     pub fn kill_sshd(&mut self) -> Result<(), TestkitError> {
-        kill(&mut self.sshd)
+        match &mut self.servers {
+            Servers::Real { sshd, .. } => kill(sshd),
+            Servers::Embedded(e) => e.stop_sftpd(),
+        }
     }
 
     /// Starts sshd again on the same port, host key and config, and waits until it accepts
     /// connections. Fails like [`Stack::start_broker`].
     pub fn start_sshd(&mut self) -> Result<(), TestkitError> {
-        restart(&mut self.sshd)
+        match &mut self.servers {
+            Servers::Real { sshd, .. } => restart(sshd),
+            Servers::Embedded(e) => e.start_sftpd(),
+        }
     }
 
     /// Everything the broker logged, across restarts.
     pub fn broker_log(&self) -> String {
-        self.broker.log()
+        self.real("a log").map(|(b, _)| b.log()).unwrap_or_default()
     }
 
     /// Everything sshd logged (`LogLevel VERBOSE`), across restarts.
     pub fn sshd_log(&self) -> String {
-        self.sshd.log()
+        self.real("a log").map(|(_, s)| s.log()).unwrap_or_default()
     }
 
     /// Waits (polling, at most `timeout`) until the broker's log contains `needle`, e.g. the
     /// reason it refused a client, which it may write after the client has already given up.
     pub fn wait_for_broker_log(&self, needle: &str, timeout: Duration) -> Result<(), TestkitError> {
-        self.broker.wait_for_log(needle, timeout)
+        self.real("a log")?.0.wait_for_log(needle, timeout)
     }
 
     /// Waits (polling, at most `timeout`) until sshd's log contains `needle`.
     pub fn wait_for_sshd_log(&self, needle: &str, timeout: Duration) -> Result<(), TestkitError> {
-        self.sshd.wait_for_log(needle, timeout)
+        self.real("a log")?.1.wait_for_log(needle, timeout)
     }
 
     /// The broker's log file.
     pub fn broker_log_path(&self) -> &Path {
-        self.broker.log_path()
+        match &self.servers {
+            Servers::Real { broker, .. } => broker.log_path(),
+            Servers::Embedded(_) => Path::new("/dev/null"),
+        }
     }
 
     /// sshd's log file.
     pub fn sshd_log_path(&self) -> &Path {
-        self.sshd.log_path()
+        match &self.servers {
+            Servers::Real { sshd, .. } => sshd.log_path(),
+            Servers::Embedded(_) => Path::new("/dev/null"),
+        }
     }
 }
 
@@ -410,19 +474,92 @@ impl Drop for Stack {
     /// Kills and reaps the two servers this stack spawned (by their `Child` handles, nothing
     /// else), before the temp dir is removed.
     fn drop(&mut self) {
-        for server in [&mut self.sshd, &mut self.broker] {
-            if let Err(e) = server.stop() {
-                tracing::warn!(server = server.name, error = %e, "cannot stop server");
+        // The embedded servers stop when dropped.
+        if let Servers::Real { broker, sshd } = &mut self.servers {
+            for server in [sshd, broker] {
+                if let Err(e) = server.stop() {
+                    tracing::warn!(server = server.name, error = %e, "cannot stop server");
+                }
             }
         }
         tracing::debug!(dir = %self.tmp.path().display(), "removing test stack");
     }
 }
 
+/// The two servers of a stack.
+#[derive(Debug)]
+enum Servers {
+    /// Mosquitto and OpenSSH sshd, as child processes.
+    Real { broker: Server, sshd: Server },
+    /// `mqsftp-broker` and `mqsftp-sftpd` in this process.
+    Embedded(crate::embedded::Embedded),
+}
+
+impl Servers {
+    /// (MQTT port, SFTP port).
+    fn ports(&self) -> (u16, u16) {
+        match self {
+            Servers::Real { broker, sshd } => (broker.port, sshd.port),
+            Servers::Embedded(e) => (e.mqtt_port, e.sftp_port),
+        }
+    }
+}
+
+/// What both kinds of stack generate before any server starts: the PKI, the store and the SFTP host key.
+struct Common {
+    pki_dir: PathBuf,
+    store_dir: PathBuf,
+    sshd_dir: PathBuf,
+    host_key: PathBuf,
+    host_pub: String,
+    host_key_fingerprint: String,
+}
+
+impl Common {
+    fn prepare(root: &Path, user: &str) -> Result<Common, TestkitError> {
+        let pki_dir = root.join("pki");
+        let store_dir = root.join("store");
+        let sshd_dir = root.join("sshd");
+        mqsftp_pki::init(&InitOptions {
+            dir: pki_dir.clone(),
+            sftp_user: user.to_string(),
+            sftp_host: HOST.to_string(),
+            ca_days: CA_DAYS,
+            cert_days: CERT_DAYS,
+            ..InitOptions::default()
+        })
+        .map_err(|e| TestkitError::pki(format!("generate the PKI in {}", pki_dir.display()), e))?;
+        create_dir(&store_dir, 0o755)?;
+        create_dir(&sshd_dir, 0o700)?;
+        let host_key = sshd_dir.join("ssh_host_ed25519_key");
+        let host_pub = mqsftp_pki::generate_ssh_key(&host_key, "mqsftp-testkit-sshd")
+            .map_err(|e| TestkitError::pki(format!("generate the sshd host key {}", host_key.display()), e))?;
+        let host_key_fingerprint = PublicKey::from_openssh(&host_pub)
+            .map_err(|source| TestkitError::HostKey { path: mqsftp_pki::public_key_path(&host_key), source })?
+            .fingerprint(HashAlg::Sha256)
+            .to_string();
+        Ok(Common { pki_dir, store_dir, sshd_dir, host_key, host_pub, host_key_fingerprint })
+    }
+
+    /// Writes the gateway's view of the two servers: `known_hosts-test` and `gateway-test.toml`.
+    fn gateway_view(&self, mqtt_port: u16, sftp_port: u16) -> Result<(PathBuf, PathBuf), TestkitError> {
+        let known_hosts = self.pki_dir.join(KNOWN_HOSTS_TEST);
+        let line = mqsftp_pki::known_hosts_line(HOST, sftp_port, &self.host_pub)
+            .map_err(|e| TestkitError::pki(format!("write {}", known_hosts.display()), e))?;
+        config::write(&known_hosts, &format!("{line}\n"))?;
+        let gateway_config = self.pki_dir.join(GATEWAY_TEST_TOML);
+        config::write_gateway_test(
+            &self.pki_dir.join(files::GATEWAY_TOML),
+            &gateway_config,
+            &GatewayTest { mqtt_port, sftp_port, known_hosts: KNOWN_HOSTS_TEST },
+        )?;
+        Ok((gateway_config, known_hosts))
+    }
+}
+
 /// What [`Stack::start`] sets up in the temp dir, before it becomes a [`Stack`].
 struct Started {
-    broker: Server,
-    sshd: Server,
+    servers: Servers,
     pki_dir: PathBuf,
     store_dir: PathBuf,
     gateway_config: PathBuf,
@@ -438,32 +575,10 @@ impl Started {
         user: &str,
         root_user: bool,
     ) -> Result<Self, TestkitError> {
-        let pki_dir = root.join("pki");
-        let store_dir = root.join("store");
-        let sshd_dir = root.join("sshd");
-
-        mqsftp_pki::init(&InitOptions {
-            dir: pki_dir.clone(),
-            sftp_user: user.to_string(),
-            sftp_host: HOST.to_string(),
-            ca_days: CA_DAYS,
-            cert_days: CERT_DAYS,
-            ..InitOptions::default()
-        })
-        .map_err(|e| TestkitError::pki(format!("generate the PKI in {}", pki_dir.display()), e))?;
+        let common = Common::prepare(root, user)?;
+        let Common { pki_dir, store_dir, sshd_dir, host_key, .. } = &common;
         if root_user {
-            prepare_for_mosquitto_user(root, &pki_dir)?;
-        }
-        create_dir(&store_dir, 0o755)?;
-        create_dir(&sshd_dir, 0o700)?;
-        let host_key = sshd_dir.join("ssh_host_ed25519_key");
-        let host_pub = mqsftp_pki::generate_ssh_key(&host_key, "mqsftp-testkit-sshd")
-            .map_err(|e| TestkitError::pki(format!("generate the sshd host key {}", host_key.display()), e))?;
-        let host_key_fingerprint = PublicKey::from_openssh(&host_pub)
-            .map_err(|source| TestkitError::HostKey { path: mqsftp_pki::public_key_path(&host_key), source })?
-            .fingerprint(HashAlg::Sha256)
-            .to_string();
-        if root_user {
+            prepare_for_mosquitto_user(root, pki_dir)?;
             prepare_for_root_sshd()?;
         }
 
@@ -485,29 +600,26 @@ impl Started {
         start_on_free_port(&mut sshd, |port| {
             let text = config::sshd_config(&SshdConfig {
                 port,
-                host_key: &host_key,
+                host_key,
                 pid_file: &pid_file,
                 authorized_keys: &authorized_keys,
                 user,
-                store_dir: &store_dir,
+                store_dir,
             })?;
             config::write(&sshd_config, &text)?;
             // -D: stay in the foreground (our child); -e: log to stderr (our log file).
             Ok(vec!["-D".into(), "-e".into(), "-f".into(), sshd_config.clone().into()])
         })?;
 
-        // The gateway's view of the two.
-        let known_hosts = pki_dir.join(KNOWN_HOSTS_TEST);
-        let line = mqsftp_pki::known_hosts_line(HOST, sshd.port, &host_pub)
-            .map_err(|e| TestkitError::pki(format!("write {}", known_hosts.display()), e))?;
-        config::write(&known_hosts, &format!("{line}\n"))?;
-        let gateway_config = pki_dir.join(GATEWAY_TEST_TOML);
-        config::write_gateway_test(
-            &pki_dir.join(files::GATEWAY_TOML),
-            &gateway_config,
-            &GatewayTest { mqtt_port: broker.port, sftp_port: sshd.port, known_hosts: KNOWN_HOSTS_TEST },
-        )?;
-        Ok(Started { broker, sshd, pki_dir, store_dir, gateway_config, known_hosts, host_key_fingerprint })
+        let (gateway_config, known_hosts) = common.gateway_view(broker.port, sshd.port)?;
+        Ok(Started {
+            servers: Servers::Real { broker, sshd },
+            pki_dir: common.pki_dir,
+            store_dir: common.store_dir,
+            gateway_config,
+            known_hosts,
+            host_key_fingerprint: common.host_key_fingerprint,
+        })
     }
 }
 

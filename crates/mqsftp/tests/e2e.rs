@@ -2,6 +2,10 @@
 //! by `mqsftp-testkit` on loopback ports it picks, with PKI generated per run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// This binary runs against Mosquitto and OpenSSH sshd; `embedded.rs` runs the protocol tests against the
+/// embedded pair.
+pub const EMBEDDED: bool = false;
+
 #[path = "e2e/support.rs"]
 mod support;
 

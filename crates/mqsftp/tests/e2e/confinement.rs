@@ -53,7 +53,7 @@ async fn over_the_per_device_limit_is_busy() {
     use mqsftp_mqtt::{rumqttc::QoS, LinkOptions, MqttLink};
     use mqsftp_proto::{Request, Response, SessionId, Topic};
 
-    let stack = mqsftp_testkit::Stack::start().unwrap();
+    let stack = start_stack();
     // One transfer per device.
     let path = stack.gateway_config();
     let mut t: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();

@@ -62,7 +62,7 @@ async fn overwrite_is_refused_unless_asked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
-    let stack = mqsftp_testkit::Stack::start().unwrap();
+    let stack = start_stack();
     set_transfer_option(&stack, "max_file_size", 1_000_000.into());
     let gw = RunningGateway::start(&stack).await;
     let cfg = mqsftp_device::DeviceConfig::load(&stack.device("badput").unwrap()).unwrap();
@@ -152,7 +152,7 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incomplete_upload_expires_and_is_removed() {
-    let stack = mqsftp_testkit::Stack::start().unwrap();
+    let stack = start_stack();
     set_transfer_option(&stack, "upload_expiry", "1s".into());
     let gw = RunningGateway::start(&stack).await;
     let cfg = mqsftp_device::DeviceConfig::load(&stack.device("exp").unwrap()).unwrap();

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // Each test binary uses its own subset of these helpers.
 //! Shared helpers: a running gateway over a testkit stack, files with known content.
 
 use std::path::{Path, PathBuf};
@@ -60,9 +61,19 @@ impl Drop for RunningGateway {
     }
 }
 
+/// A stack of the kind this test binary runs against: Mosquitto and OpenSSH sshd, or the embedded pair
+/// (`crate::EMBEDDED`, set by each test binary).
+pub fn start_stack() -> Stack {
+    if crate::EMBEDDED {
+        Stack::start_embedded().expect("embedded stack starts")
+    } else {
+        Stack::start().expect("stack starts")
+    }
+}
+
 /// A stack, a gateway and one device `id` with its config loaded.
 pub async fn setup(id: &str) -> (Stack, RunningGateway, DeviceConfig) {
-    let stack = Stack::start().expect("stack starts");
+    let stack = start_stack();
     let gw = RunningGateway::start(&stack).await;
     let cfg = DeviceConfig::load(&stack.device(id).expect("device issued")).expect("device config loads");
     (stack, gw, cfg)
