@@ -66,8 +66,10 @@ use tracing::{debug, info, warn};
 
 pub use error::BrokerError;
 
-/// Largest packet accepted (remaining length), as in `mqsftp-mqtt`: a 1 MiB chunk plus header and topic.
-pub const MAX_PACKET_SIZE: usize = (1 << 20) + 4096;
+/// Largest packet accepted (remaining length): a 1 MiB chunk plus header and topic. It must not exceed the limit of
+/// the gateway's client (`mqsftp_mqtt::MAX_PACKET_SIZE`, the same value): a bigger packet the broker let through
+/// would make the gateway's client drop its connection, so one device could knock the gateway off the broker.
+pub const MAX_PACKET_SIZE: usize = (1 << 20) + 1024;
 /// QoS 1 publishes a client may have sent without a PUBACK yet (mqsftp uses at most 64, mosquitto_pub 20).
 pub const MAX_INFLIGHT_IN: usize = 128;
 /// QoS 1 deliveries to one client that may await its PUBACK.

@@ -219,5 +219,6 @@ async fn a_packet_over_the_size_limit_closes_the_connection() {
     assert!(gateway.incoming.try_recv().is_err(), "the oversized message was delivered");
 }
 
-// The broker takes every packet mqsftp's clients may send (checked when the tests compile).
-const _: () = assert!(mqsftp_broker::MAX_PACKET_SIZE >= mqsftp_mqtt::MAX_PACKET_SIZE);
+// The broker takes every packet mqsftp's clients may send, and nothing bigger than the gateway's client accepts
+// (checked when the tests compile).
+const _: () = assert!(mqsftp_broker::MAX_PACKET_SIZE == mqsftp_mqtt::MAX_PACKET_SIZE);
