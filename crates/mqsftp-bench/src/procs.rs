@@ -1,0 +1,183 @@
+//! Child processes of the benchmark: the release `mqsftp` gateway and device CLI, OpenSSH `sftp`, and peak-RSS
+//! sampling from `/proc/PID/status`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// How often a process's memory is read.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+/// Samples a process's peak resident set size (`VmHWM`, which the kernel keeps as the high-water mark of `VmRSS`)
+/// on a thread until stopped or until the process is gone.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<u64>,
+}
+
+impl RssSampler {
+    /// Starts sampling `pid`.
+    pub fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                match peak_rss(pid) {
+                    Some(kib) => peak = peak.max(kib),
+                    None => break,
+                }
+                std::thread::sleep(RSS_SAMPLE_EVERY);
+            }
+            peak
+        });
+        RssSampler { stop, thread }
+    }
+
+    /// Stops sampling; returns the highest peak seen, in bytes.
+    pub fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0) * 1024
+    }
+}
+
+/// `max(VmHWM, VmRSS)` of `pid` in KiB, or `None` once the process is gone (or a zombie, which has no memory lines).
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    match (field("VmHWM:"), field("VmRSS:")) {
+        (Some(a), Some(b)) => Some(u64::max(a, b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A gateway process (`mqsftp gateway --config …`), killed and reaped when dropped.
+pub struct GatewayProc {
+    child: Child,
+    rss: Option<RssSampler>,
+    log: PathBuf,
+}
+
+impl GatewayProc {
+    /// Starts the gateway and waits (at most 30 s) until it logs that it is connected to the broker and the store.
+    pub fn start(mqsftp: &Path, config: &Path, log: PathBuf) -> anyhow::Result<GatewayProc> {
+        let err = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let child = Command::new(mqsftp)
+            .args(["gateway", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("start {} gateway", mqsftp.display()))?;
+        let rss = Some(RssSampler::start(child.id()));
+        let mut gw = GatewayProc { child, rss, log };
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&gw.log).unwrap_or_default();
+            if text.contains("gateway connected") {
+                return Ok(gw);
+            }
+            if let Some(status) = gw.child.try_wait()? {
+                bail!("the gateway exited ({status}) before connecting; its log {}:\n{text}", gw.log.display());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the gateway did not connect within 30 s; its log {}:\n{text}", gw.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the gateway (SIGKILL, by its PID) and returns its peak RSS in bytes.
+    pub fn stop(mut self) -> u64 {
+        let _ = self.child.kill();
+        let peak = self.rss.take().map(RssSampler::finish).unwrap_or(0);
+        let _ = self.child.wait();
+        peak
+    }
+
+    /// Fails if the gateway has died.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            bail!("the gateway died ({status}); end of {}:\n{}", self.log.display(), tail.join("\n"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one timed child process did.
+#[derive(Debug, Clone, Copy)]
+pub struct Timed {
+    /// Wall time from spawn to exit.
+    pub elapsed: Duration,
+    /// Its peak RSS in bytes.
+    pub peak_rss: u64,
+}
+
+/// Runs `cmd` to completion, timing it and sampling its peak RSS; fails with its output when it exits non-zero or
+/// takes longer than `limit` (then it is killed).
+pub fn run_timed(mut cmd: Command, what: &str, limit: Duration) -> anyhow::Result<Timed> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("start {what}"))?;
+    let rss = RssSampler::start(child.id());
+    // Drain the pipes on threads, so a chatty child never blocks on a full pipe.
+    let out = child.stdout.take().map(drain);
+    let err = child.stderr.take().map(drain);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} took longer than {limit:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let elapsed = started.elapsed();
+    let peak_rss = rss.finish();
+    let collect = |h: Option<JoinHandle<String>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
+    let (out, err) = (collect(out), collect(err));
+    if !status.success() {
+        bail!("{what} failed ({status}):\n{out}{err}");
+    }
+    Ok(Timed { elapsed, peak_rss })
+}
+
+fn drain(mut r: impl std::io::Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// The soft limit on open files of this process (children inherit it: Mosquitto and the gateway).
+pub fn open_files_limit() -> anyhow::Result<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").context("read /proc/self/limits")?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).context("no open files limit listed")?;
+    let soft = line.split_whitespace().nth(3).context("unreadable open files limit")?;
+    Ok(if soft == "unlimited" { u64::MAX } else { soft.parse().context("unreadable open files limit")? })
+}
