@@ -30,6 +30,8 @@ pub struct Env {
     /// The gateway's chunk size and window, as configured.
     pub chunk_size: u32,
     pub window: u32,
+    /// Where the gateway logs go (kept after the run).
+    pub logs: PathBuf,
     /// Counts gateway starts, for log names.
     gateways: u32,
 }
@@ -37,7 +39,8 @@ pub struct Env {
 impl Env {
     /// Starts the stack and prepares the gateway config and the bench device. `max_transfers`: the gateway's limit
     /// on concurrent transfers (its default, 256, would answer `busy` to most of 1,000 simultaneous devices).
-    pub fn start(mqsftp: PathBuf, max_transfers: usize) -> anyhow::Result<Env> {
+    pub fn start(mqsftp: PathBuf, max_transfers: usize, logs: PathBuf) -> anyhow::Result<Env> {
+        std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
         let stack =
             Stack::start().context("start Mosquitto and sshd (run scripts/install-deps if they are missing)")?;
         let work = stack.dir().join("bench");
@@ -68,14 +71,15 @@ impl Env {
             device_root,
             chunk_size: cfg.transfer.chunk_size,
             window: cfg.transfer.window,
+            logs,
             gateways: 0,
         })
     }
 
     /// Starts a fresh gateway process (so that its peak RSS belongs to one scenario).
-    pub fn gateway(&mut self) -> anyhow::Result<GatewayProc> {
+    pub fn gateway(&mut self, scenario: &str) -> anyhow::Result<GatewayProc> {
         self.gateways += 1;
-        let log = self.work.join(format!("gateway-{}.log", self.gateways));
+        let log = self.logs.join(format!("gateway-{}-{scenario}.log", self.gateways));
         GatewayProc::start(&self.mqsftp, &self.gateway_toml, log)
     }
 

@@ -63,6 +63,9 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Directory for the gateway logs, kept after the run (default: a new mqsftp-bench-logs-* in the temp dir).
+    #[arg(long)]
+    logs: Option<PathBuf>,
     /// The mqsftp binary to run as gateway and device (default: `mqsftp` next to this program).
     #[arg(long)]
     mqsftp: Option<PathBuf>,
@@ -129,7 +132,12 @@ fn run(args: Args) -> anyhow::Result<bool> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let max_transfers = (args.devices + 16).max(256);
-    let mut env = Env::start(mqsftp.canonicalize()?, max_transfers)?;
+    let logs = args.logs.clone().unwrap_or_else(|| {
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        std::env::temp_dir().join(format!("mqsftp-bench-logs-{stamp}"))
+    });
+    let mut env = Env::start(mqsftp.canonicalize()?, max_transfers, logs)?;
     let mut r = Report::default();
     r.setup("size", args.size);
     r.setup("big_size", args.big_size);
@@ -154,7 +162,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     }
     if selected("latency") {
         eprintln!("latency: {} gets of 1 KiB", args.small_requests);
-        let mut gw = env.gateway()?;
+        let mut gw = env.gateway("latency")?;
         let lat = runtime.block_on(scenarios::small_gets(&env, args.small_requests.max(1)));
         gw.check_alive()?;
         let lat = lat?;
@@ -172,7 +180,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     }
     if selected("devices") {
         eprintln!("devices: {} devices, each getting 256 KiB at once", args.devices);
-        let mut gw = env.gateway()?;
+        let mut gw = env.gateway("devices")?;
         let crowd = runtime.block_on(scenarios::many_devices(&env, args.devices, CROWD_FILE));
         gw.check_alive()?;
         let crowd = crowd?;
@@ -232,7 +240,7 @@ fn throughput(
     let size = args.size;
     let name = "throughput.bin";
     let file = scenarios::store_file(env, name, size)?;
-    let mut gw = if transfers { Some(env.gateway()?) } else { None };
+    let mut gw = if transfers { Some(env.gateway("throughput")?) } else { None };
     let keys = [
         "sftp_get_mbps",
         "get_mbps",
@@ -295,14 +303,14 @@ fn big(env: &mut Env, args: &Args, r: &mut Report) -> anyhow::Result<()> {
     let name = "big.bin";
     eprintln!("big: get and put of {size} bytes");
     let file = scenarios::store_file(env, name, size)?;
-    let gw = env.gateway()?;
+    let gw = env.gateway("big-get")?;
     let t = scenarios::mqsftp_get(env, name, size);
     let gw_rss = gw.stop();
     let t = t?;
     r.figure("big_get_mbps", &format!("mqsftp get of {} MiB", size >> 20), "MB/s", mbps(size, t.elapsed));
     r.figure("big_get_gateway_rss_mib", "  gateway peak RSS", "MiB", gw_rss as f64 / MIB);
     r.figure("big_get_device_rss_mib", "  device CLI peak RSS", "MiB", t.peak_rss as f64 / MIB);
-    let gw = env.gateway()?;
+    let gw = env.gateway("big-put")?;
     let t = scenarios::mqsftp_put(env, &file, "big-put.bin", size);
     let gw_rss = gw.stop();
     let t = t?;
