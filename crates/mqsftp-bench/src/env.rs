@@ -32,6 +32,9 @@ pub struct Env {
     pub window: u32,
     /// Where the gateway logs go (kept after the run).
     pub logs: PathBuf,
+    /// Commands to run the gateway / device CLI under (`--wrap-gateway`, `--wrap-device`), e.g. a profiler.
+    pub wrap_gateway: Vec<String>,
+    pub wrap_device: Vec<String>,
     /// Counts gateway starts, for log names.
     gateways: u32,
 }
@@ -72,6 +75,8 @@ impl Env {
             chunk_size: cfg.transfer.chunk_size,
             window: cfg.transfer.window,
             logs,
+            wrap_gateway: Vec::new(),
+            wrap_device: Vec::new(),
             gateways: 0,
         })
     }
@@ -80,19 +85,19 @@ impl Env {
     pub fn gateway(&mut self, scenario: &str) -> anyhow::Result<GatewayProc> {
         self.gateways += 1;
         let log = self.logs.join(format!("gateway-{}-{scenario}.log", self.gateways));
-        GatewayProc::start(&self.mqsftp, &self.gateway_toml, log)
+        GatewayProc::start(&self.mqsftp, &self.gateway_toml, log, &self.wrap_gateway)
     }
 
     /// `mqsftp get` of [`DEVICE`]: `remote` into `local`.
     pub fn get_cmd(&self, remote: &str, local: &Path) -> Command {
-        let mut c = Command::new(&self.mqsftp);
+        let mut c = crate::procs::wrapped(&self.wrap_device, &self.mqsftp);
         c.args(["get", "--quiet", "--config"]).arg(&self.device_toml).arg(remote).arg(local);
         c
     }
 
     /// `mqsftp put --overwrite` of [`DEVICE`]: `local` to `remote`.
     pub fn put_cmd(&self, local: &Path, remote: &str) -> Command {
-        let mut c = Command::new(&self.mqsftp);
+        let mut c = crate::procs::wrapped(&self.wrap_device, &self.mqsftp);
         c.args(["put", "--quiet", "--overwrite", "--config"]).arg(&self.device_toml).arg(local).arg(remote);
         c
     }

@@ -27,11 +27,17 @@ use crate::env::Env;
 use crate::report::{percentile, Report};
 use crate::scenarios::mbps;
 
-/// The cipher the gateway's SSH client negotiates with OpenSSH (`mqsftp-gateway/src/store.rs`, russh's order);
-/// the raw `sftp` baseline uses the same one.
-const GATEWAY_CIPHER: &str = "chacha20-poly1305@openssh.com";
-/// The other cipher, reported for reference.
-const OTHER_CIPHER: &str = "aes128-gcm@openssh.com";
+/// The two ciphers the raw `sftp` baseline is measured with: the one the gateway negotiates on this machine
+/// (`mqsftp_gateway::store::preferred_ciphers`) is compared with, the other is reported for reference.
+const CHACHA: &str = "chacha20-poly1305@openssh.com";
+const AES_GCM: &str = "aes128-gcm@openssh.com";
+
+/// (the gateway's cipher, the other one).
+fn ciphers() -> (&'static str, &'static str) {
+    let gateway = mqsftp_gateway::store::preferred_cipher_name();
+    let other = if gateway == CHACHA { AES_GCM } else { CHACHA };
+    (gateway, other)
+}
 /// File size of each device in the many-devices run.
 const CROWD_FILE: u64 = 256 * 1024;
 
@@ -66,6 +72,13 @@ struct Args {
     /// Directory for the gateway logs, kept after the run (default: a new mqsftp-bench-logs-* in the temp dir).
     #[arg(long)]
     logs: Option<PathBuf>,
+    /// Run the gateway under this command (split on spaces), e.g. "valgrind --tool=callgrind". Figures measured
+    /// this way are the profiler's, not mqsftp's.
+    #[arg(long, value_delimiter = ' ', allow_hyphen_values = true)]
+    wrap_gateway: Vec<String>,
+    /// Run the device CLI (get and put) under this command, like --wrap-gateway.
+    #[arg(long, value_delimiter = ' ', allow_hyphen_values = true)]
+    wrap_device: Vec<String>,
     /// The mqsftp binary to run as gateway and device (default: `mqsftp` next to this program).
     #[arg(long)]
     mqsftp: Option<PathBuf>,
@@ -138,6 +151,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
         std::env::temp_dir().join(format!("mqsftp-bench-logs-{stamp}"))
     });
     let mut env = Env::start(mqsftp.canonicalize()?, max_transfers, logs)?;
+    env.wrap_gateway = args.wrap_gateway.clone();
+    env.wrap_device = args.wrap_device.clone();
     let mut r = Report::default();
     r.setup("size", args.size);
     r.setup("big_size", args.big_size);
@@ -147,7 +162,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     r.setup("chunk_size", env.chunk_size);
     r.setup("window", env.window);
     r.setup("gateway_max_transfers", max_transfers);
-    r.setup("ssh_cipher", GATEWAY_CIPHER);
+    r.setup("ssh_cipher", ciphers().0);
     r.setup("cpus", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     r.setup("loadavg_at_start", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string());
     eprintln!(
@@ -239,6 +254,7 @@ fn throughput(
 ) -> anyhow::Result<()> {
     let size = args.size;
     let name = "throughput.bin";
+    let (gateway_cipher, other_cipher) = ciphers();
     let file = scenarios::store_file(env, name, size)?;
     let mut gw = if transfers { Some(env.gateway("throughput")?) } else { None };
     let keys = [
@@ -255,16 +271,16 @@ fn throughput(
     for run in 1..=args.runs.max(1) {
         eprintln!("throughput: run {run} of {}", args.runs.max(1));
         if transfers {
-            samples[0].push(mbps(size, scenarios::sftp_get(env, GATEWAY_CIPHER, name, size)?.elapsed));
+            samples[0].push(mbps(size, scenarios::sftp_get(env, gateway_cipher, name, size)?.elapsed));
             let t = scenarios::mqsftp_get(env, name, size)?;
             get_rss = get_rss.max(t.peak_rss);
             samples[1].push(mbps(size, t.elapsed));
-            samples[2].push(mbps(size, scenarios::sftp_put(env, GATEWAY_CIPHER, &file, "put-sftp.bin", size)?.elapsed));
+            samples[2].push(mbps(size, scenarios::sftp_put(env, gateway_cipher, &file, "put-sftp.bin", size)?.elapsed));
             let t = scenarios::mqsftp_put(env, &file, "put-mqsftp.bin", size)?;
             put_rss = put_rss.max(t.peak_rss);
             samples[3].push(mbps(size, t.elapsed));
-            samples[4].push(mbps(size, scenarios::sftp_get(env, OTHER_CIPHER, name, size)?.elapsed));
-            samples[5].push(mbps(size, scenarios::sftp_put(env, OTHER_CIPHER, &file, "put-sftp.bin", size)?.elapsed));
+            samples[4].push(mbps(size, scenarios::sftp_get(env, other_cipher, name, size)?.elapsed));
+            samples[5].push(mbps(size, scenarios::sftp_put(env, other_cipher, &file, "put-sftp.bin", size)?.elapsed));
             if let Some(gw) = gw.as_mut() {
                 gw.check_alive()?;
             }
@@ -276,12 +292,12 @@ fn throughput(
     }
     let chunk_kib = env.chunk_size / 1024;
     let labels = [
-        format!("OpenSSH sftp get ({GATEWAY_CIPHER})"),
+        format!("OpenSSH sftp get ({gateway_cipher})"),
         "mqsftp get (device CLI, verified, fsynced)".to_string(),
-        format!("OpenSSH sftp put ({GATEWAY_CIPHER})"),
+        format!("OpenSSH sftp put ({gateway_cipher})"),
         "mqsftp put (device CLI, verified, fsynced on the store)".to_string(),
-        format!("OpenSSH sftp get ({OTHER_CIPHER})"),
-        format!("OpenSSH sftp put ({OTHER_CIPHER})"),
+        format!("OpenSSH sftp get ({other_cipher})"),
+        format!("OpenSSH sftp put ({other_cipher})"),
         format!("Mosquitto TLS pub->sub, {chunk_kib} KiB QoS 1 (rumqttc)"),
     ];
     for ((key, label), s) in keys.iter().zip(labels.iter()).zip(samples) {

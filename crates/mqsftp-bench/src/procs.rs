@@ -71,9 +71,11 @@ pub struct GatewayProc {
 
 impl GatewayProc {
     /// Starts the gateway and waits (at most 30 s) until it logs that it is connected to the broker and the store.
-    pub fn start(mqsftp: &Path, config: &Path, log: PathBuf) -> anyhow::Result<GatewayProc> {
+    /// `wrap`: a command (and arguments) to run the gateway under, e.g. `valgrind --tool=callgrind`.
+    pub fn start(mqsftp: &Path, config: &Path, log: PathBuf, wrap: &[String]) -> anyhow::Result<GatewayProc> {
         let err = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let child = Command::new(mqsftp)
+        let mut cmd = wrapped(wrap, mqsftp);
+        let child = cmd
             .args(["gateway", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -93,17 +95,28 @@ impl GatewayProc {
             if let Some(status) = gw.child.try_wait()? {
                 bail!("the gateway exited ({status}) before connecting; its log {}:\n{text}", gw.log.display());
             }
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("the gateway did not connect within 30 s; its log {}:\n{text}", gw.log.display());
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("the gateway did not connect within 120 s; its log {}:\n{text}", gw.log.display());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Stops the gateway (SIGKILL, by its PID) and returns its peak RSS in bytes.
+    /// Stops the gateway (SIGTERM by its PID, as a service manager would, so that a profiler wrapping it writes its
+    /// output; SIGKILL after 60 s) and returns its peak RSS in bytes.
     pub fn stop(mut self) -> u64 {
-        let _ = self.child.kill();
         let peak = self.rss.take().map(RssSampler::finish).unwrap_or(0);
+        let term = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        if term.is_ok_and(|s| s.success()) {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(60) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return peak;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
         let _ = self.child.wait();
         peak
     }
@@ -123,6 +136,18 @@ impl Drop for GatewayProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `program`, or `wrap[0] wrap[1..] program` when a wrapper is given.
+pub fn wrapped(wrap: &[String], program: &Path) -> Command {
+    match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
 
