@@ -14,6 +14,15 @@ use crate::procs::GatewayProc;
 /// The device of the single-device measurements.
 pub const DEVICE: &str = "bench";
 
+/// What the benchmark changes in the stack's `gateway.toml` `[transfer]` section.
+pub struct Tuning {
+    /// Concurrent transfers (the default, 256, would answer `busy` to most of 1,000 simultaneous devices).
+    pub max_transfers: usize,
+    /// Chunk size and window, when not the defaults (to choose them by measurement).
+    pub chunk_size: Option<u32>,
+    pub window: Option<u32>,
+}
+
 /// Everything the scenarios share.
 pub struct Env {
     pub stack: Stack,
@@ -40,9 +49,8 @@ pub struct Env {
 }
 
 impl Env {
-    /// Starts the stack and prepares the gateway config and the bench device. `max_transfers`: the gateway's limit
-    /// on concurrent transfers (its default, 256, would answer `busy` to most of 1,000 simultaneous devices).
-    pub fn start(mqsftp: PathBuf, max_transfers: usize, logs: PathBuf) -> anyhow::Result<Env> {
+    /// Starts the stack and prepares the gateway config (with `tuning`) and the bench device.
+    pub fn start(mqsftp: PathBuf, tuning: Tuning, logs: PathBuf) -> anyhow::Result<Env> {
         std::fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
         let stack =
             Stack::start().context("start Mosquitto and sshd (run scripts/install-deps if they are missing)")?;
@@ -58,7 +66,13 @@ impl Env {
             .or_insert_with(|| toml::Value::Table(toml::Table::new()))
             .as_table_mut()
             .context("[transfer] of the gateway config is not a table")?;
-        transfer.insert("max_transfers".into(), toml::Value::Integer(max_transfers as i64));
+        transfer.insert("max_transfers".into(), toml::Value::Integer(tuning.max_transfers as i64));
+        if let Some(c) = tuning.chunk_size {
+            transfer.insert("chunk_size".into(), toml::Value::Integer(i64::from(c)));
+        }
+        if let Some(w) = tuning.window {
+            transfer.insert("window".into(), toml::Value::Integer(i64::from(w)));
+        }
         std::fs::write(&gateway_toml, toml::to_string(&table)?)
             .with_context(|| format!("write {}", gateway_toml.display()))?;
         let cfg = mqsftp_gateway::GatewayConfig::load(&gateway_toml)?;

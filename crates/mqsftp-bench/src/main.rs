@@ -69,6 +69,12 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Gateway chunk size in bytes ([transfer] chunk_size; default: the gateway's default).
+    #[arg(long, value_parser = parse_size)]
+    chunk_size: Option<u64>,
+    /// Gateway window in chunks ([transfer] window; default: the gateway's default).
+    #[arg(long)]
+    window: Option<u32>,
     /// Directory for the gateway logs, kept after the run (default: a new mqsftp-bench-logs-* in the temp dir).
     #[arg(long)]
     logs: Option<PathBuf>,
@@ -150,7 +156,12 @@ fn run(args: Args) -> anyhow::Result<bool> {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         std::env::temp_dir().join(format!("mqsftp-bench-logs-{stamp}"))
     });
-    let mut env = Env::start(mqsftp.canonicalize()?, max_transfers, logs)?;
+    let chunk_size = match args.chunk_size {
+        Some(c) => Some(u32::try_from(c).context("--chunk-size is too large")?),
+        None => None,
+    };
+    let tuning = env::Tuning { max_transfers, chunk_size, window: args.window };
+    let mut env = Env::start(mqsftp.canonicalize()?, tuning, logs)?;
     env.wrap_gateway = args.wrap_gateway.clone();
     env.wrap_device = args.wrap_device.clone();
     let mut r = Report::default();
@@ -267,16 +278,32 @@ fn throughput(
         "broker_mbps",
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); keys.len()];
+    // CPU seconds by process over all runs, for sftp get, get, sftp put, put.
+    let mut cpu: [Vec<(String, f64)>; 4] = Default::default();
+    let mut add_cpu = |i: usize, t: &procs::Timed| {
+        for (name, secs) in &t.cpu {
+            match cpu[i].iter_mut().find(|(n, _)| n == name) {
+                Some((_, v)) => *v += secs,
+                None => cpu[i].push((name.clone(), *secs)),
+            }
+        }
+    };
     let (mut get_rss, mut put_rss) = (0u64, 0u64);
     for run in 1..=args.runs.max(1) {
         eprintln!("throughput: run {run} of {}", args.runs.max(1));
         if transfers {
-            samples[0].push(mbps(size, scenarios::sftp_get(env, gateway_cipher, name, size)?.elapsed));
+            let t = scenarios::sftp_get(env, gateway_cipher, name, size)?;
+            add_cpu(0, &t);
+            samples[0].push(mbps(size, t.elapsed));
             let t = scenarios::mqsftp_get(env, name, size)?;
+            add_cpu(1, &t);
             get_rss = get_rss.max(t.peak_rss);
             samples[1].push(mbps(size, t.elapsed));
-            samples[2].push(mbps(size, scenarios::sftp_put(env, gateway_cipher, &file, "put-sftp.bin", size)?.elapsed));
+            let t = scenarios::sftp_put(env, gateway_cipher, &file, "put-sftp.bin", size)?;
+            add_cpu(2, &t);
+            samples[2].push(mbps(size, t.elapsed));
             let t = scenarios::mqsftp_put(env, &file, "put-mqsftp.bin", size)?;
+            add_cpu(3, &t);
             put_rss = put_rss.max(t.peak_rss);
             samples[3].push(mbps(size, t.elapsed));
             samples[4].push(mbps(size, scenarios::sftp_get(env, other_cipher, name, size)?.elapsed));
@@ -302,6 +329,31 @@ fn throughput(
     ];
     for ((key, label), s) in keys.iter().zip(labels.iter()).zip(samples) {
         r.median(key, label, "MB/s", s);
+    }
+    let runs = args.runs.max(1) as f64;
+    let gib = size as f64 / (1u64 << 30) as f64;
+    for (what, used) in ["sftp get", "mqsftp get", "sftp put", "mqsftp put"].iter().zip(cpu.iter()) {
+        if used.is_empty() {
+            continue;
+        }
+        let mqsftp = what.starts_with("mqsftp");
+        let mut parts = Vec::new();
+        let mut total = 0.0;
+        for (name, secs) in used {
+            let per_gib = secs / runs / gib;
+            if per_gib < 0.005 {
+                continue;
+            }
+            total += per_gib;
+            let label = match name.as_str() {
+                "client" if mqsftp => "device CLI",
+                "client" => "sftp client",
+                "mqsftp" => "gateway",
+                other => other,
+            };
+            parts.push(format!("{label} {per_gib:.2}"));
+        }
+        r.notes.push(format!("CPU seconds per GiB, {what}: {} (total {total:.2})", parts.join(", ")));
     }
     if let Some(gw) = gw {
         let rss = gw.stop();

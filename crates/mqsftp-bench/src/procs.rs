@@ -152,18 +152,21 @@ pub fn wrapped(wrap: &[String], program: &Path) -> Command {
 }
 
 /// What one timed child process did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Timed {
     /// Wall time from spawn to exit.
     pub elapsed: Duration,
     /// Its peak RSS in bytes.
     pub peak_rss: u64,
+    /// CPU seconds it (`client`) and the long-running children (gateway, Mosquitto, sshd) used meanwhile.
+    pub cpu: Vec<(String, f64)>,
 }
 
 /// Runs `cmd` to completion, timing it and sampling its peak RSS; fails with its output when it exits non-zero or
 /// takes longer than `limit` (then it is killed).
 pub fn run_timed(mut cmd: Command, what: &str, limit: Duration) -> anyhow::Result<Timed> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let cpu_before = cpu_snapshot();
     let started = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("start {what}"))?;
     let rss = RssSampler::start(child.id());
@@ -182,13 +185,14 @@ pub fn run_timed(mut cmd: Command, what: &str, limit: Duration) -> anyhow::Resul
         std::thread::sleep(Duration::from_millis(2));
     };
     let elapsed = started.elapsed();
+    let cpu = cpu_delta(&cpu_before, &cpu_snapshot());
     let peak_rss = rss.finish();
     let collect = |h: Option<JoinHandle<String>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
     let (out, err) = (collect(out), collect(err));
     if !status.success() {
         bail!("{what} failed ({status}):\n{out}{err}");
     }
-    Ok(Timed { elapsed, peak_rss })
+    Ok(Timed { elapsed, peak_rss, cpu })
 }
 
 fn drain(mut r: impl std::io::Read + Send + 'static) -> JoinHandle<String> {
@@ -205,4 +209,93 @@ pub fn open_files_limit() -> anyhow::Result<u64> {
     let line = limits.lines().find(|l| l.starts_with("Max open files")).context("no open files limit listed")?;
     let soft = line.split_whitespace().nth(3).context("unreadable open files limit")?;
     Ok(if soft == "unlimited" { u64::MAX } else { soft.parse().context("unreadable open files limit")? })
+}
+
+/// CPU seconds used so far by this process's children, by the name of each direct child (`mosquitto`, `sshd`,
+/// `mqsftp` for the gateway), each including its own descendants, plus `"client"`: the children already reaped
+/// (the device CLI and `sftp` runs). Differences of two snapshots say who worked how much during a transfer.
+pub fn cpu_snapshot() -> Vec<(String, f64)> {
+    let me = std::process::id();
+    let procs: Vec<ProcCpu> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(read_stat)
+        .collect();
+    let tick = clock_ticks_per_second();
+    let mut out: Vec<(String, f64)> = Vec::new();
+    let mut add = |name: &str, secs: f64| match out.iter_mut().find(|(n, _)| n == name) {
+        Some((_, v)) => *v += secs,
+        None => out.push((name.to_string(), secs)),
+    };
+    if let Some(me) = read_stat(me) {
+        add("client", me.children / tick);
+    }
+    for p in &procs {
+        // The direct child of ours that `p` descends from (or is).
+        let mut cur = p;
+        let mut top = None;
+        for _ in 0..64 {
+            if cur.ppid == me {
+                top = Some(cur);
+                break;
+            }
+            match procs.iter().find(|q| q.pid == cur.ppid) {
+                Some(parent) => cur = parent,
+                None => break,
+            }
+        }
+        if let Some(top) = top {
+            add(&top.comm, (p.own + p.children) / tick);
+        }
+    }
+    out
+}
+
+struct ProcCpu {
+    pid: u32,
+    ppid: u32,
+    comm: String,
+    /// utime + stime, in clock ticks.
+    own: f64,
+    /// cutime + cstime (reaped children), in clock ticks.
+    children: f64,
+}
+
+fn read_stat(pid: u32) -> Option<ProcCpu> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid …": comm may hold spaces, so split at the last ')'.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17.
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    Some(ProcCpu { pid, ppid: field(4)? as u32, comm, own: field(14)? + field(15)?, children: field(16)? + field(17)? })
+}
+
+/// `getconf CLK_TCK` (100 on Linux unless configured otherwise).
+fn clock_ticks_per_second() -> f64 {
+    static TICK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// `after - before`, by name.
+pub fn cpu_delta(before: &[(String, f64)], after: &[(String, f64)]) -> Vec<(String, f64)> {
+    after
+        .iter()
+        .map(|(n, a)| {
+            let b = before.iter().find(|(m, _)| m == n).map_or(0.0, |(_, v)| *v);
+            (n.clone(), a - b)
+        })
+        .collect()
 }
