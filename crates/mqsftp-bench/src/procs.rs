@@ -299,3 +299,40 @@ pub fn cpu_delta(before: &[(String, f64)], after: &[(String, f64)]) -> Vec<(Stri
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn reads_this_process_from_proc() {
+        let me = read_stat(std::process::id()).unwrap();
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.ppid > 0);
+        assert!(!me.comm.is_empty());
+        assert!(peak_rss(std::process::id()).unwrap() > 0);
+        assert!(read_stat(u32::MAX).is_none());
+        assert!(open_files_limit().unwrap() > 0);
+    }
+
+    #[test]
+    fn a_childs_cpu_and_memory_are_measured() {
+        // A child that burns some CPU: it shows up under "client" once the child is reaped.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"]);
+        let t = run_timed(cmd, "sh", Duration::from_secs(60)).unwrap();
+        let client = t.cpu.iter().find(|(n, _)| n == "client").map(|(_, v)| *v).unwrap();
+        assert!(client > 0.05, "{:?}", t.cpu);
+        assert!(t.elapsed > Duration::ZERO);
+        assert!(t.peak_rss > 0);
+    }
+
+    #[test]
+    fn a_failing_child_is_an_error_with_its_output() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo nope >&2; exit 3"]);
+        let e = run_timed(cmd, "sh", Duration::from_secs(10)).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("sh failed"), "{e}");
+    }
+}
