@@ -1,0 +1,414 @@
+//! `mqsftp-bench`: mqsftp's performance benchmark (issue 6). One run starts real Mosquitto and OpenSSH sshd
+//! (`mqsftp-testkit`, per-run PKI, TLS on both MQTT legs), runs the **release** `mqsftp` binary as gateway and as
+//! device CLI (separate processes, peak RSS sampled from `/proc/PID/status`), and measures side by side:
+//!
+//! * `throughput`: OpenSSH `sftp` get/put of the same file with the gateway's key and cipher (and the other
+//!   cipher), and `mqsftp get`/`put` of it, interleaved `--runs` times, medians;
+//! * `broker`: Mosquitto's own TLS publisher→subscriber throughput (rumqttc, QoS 1) at the gateway's chunk size;
+//! * `latency`: 1 KiB gets on one warm device connection (`mqsftp-device` library), p50/p99;
+//! * `devices`: N devices, each with its own certificate and connection, all getting 256 KiB at once;
+//! * `big`: a `--big-size` get and put, with the peak RSS of gateway and device.
+//!
+//! It prints one table (figures, then targets with PASS/FAIL) and can write it as JSON. Run it with
+//! `scripts/bench` (builds `--release` first). Layout: `env.rs` (stack, configs, files), `procs.rs` (child
+//! processes, RSS), `scenarios.rs` (the measurements), `report.rs` (table, JSON, targets).
+
+mod env;
+mod procs;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+use crate::env::Env;
+use crate::report::{percentile, Report};
+use crate::scenarios::mbps;
+
+/// The two ciphers the raw `sftp` baseline is measured with: the one the gateway negotiates on this machine
+/// (`mqsftp_gateway::store::preferred_ciphers`) is compared with, the other is reported for reference.
+const CHACHA: &str = "chacha20-poly1305@openssh.com";
+const AES_GCM: &str = "aes128-gcm@openssh.com";
+
+/// (the gateway's cipher, the other one).
+fn ciphers() -> (&'static str, &'static str) {
+    let gateway = mqsftp_gateway::store::preferred_cipher_name();
+    let other = if gateway == CHACHA { AES_GCM } else { CHACHA };
+    (gateway, other)
+}
+/// File size of each device in the many-devices run.
+const CROWD_FILE: u64 = 256 * 1024;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+const SCENARIOS: [&str; 5] = ["throughput", "broker", "latency", "devices", "big"];
+
+#[derive(Parser, Debug)]
+#[command(name = "mqsftp-bench", about = "mqsftp's performance benchmark against raw OpenSSH sftp and Mosquitto")]
+struct Args {
+    /// File size for the get/put and broker throughput runs (B, KiB, MiB, GiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    size: u64,
+    /// File size of the get and put whose peak RSS is measured.
+    #[arg(long, default_value = "4GiB", value_parser = parse_size)]
+    big_size: u64,
+    /// Concurrent devices, each with its own certificate and MQTT connection, each getting 256 KiB.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// 1 KiB gets timed on one warm connection (after 50 warm-up gets).
+    #[arg(long, default_value_t = 1000)]
+    small_requests: usize,
+    /// Interleaved runs of the throughput measurements (medians are reported).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Run only these scenarios (comma-separated): throughput, broker, latency, devices, big.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Gateway chunk size in bytes ([transfer] chunk_size; default: the gateway's default).
+    #[arg(long, value_parser = parse_size)]
+    chunk_size: Option<u64>,
+    /// Gateway window in chunks ([transfer] window; default: the gateway's default).
+    #[arg(long)]
+    window: Option<u32>,
+    /// Directory for the gateway logs, kept after the run (default: a new mqsftp-bench-logs-* in the temp dir).
+    #[arg(long)]
+    logs: Option<PathBuf>,
+    /// Run the gateway under this command (split on spaces), e.g. "valgrind --tool=callgrind". Figures measured
+    /// this way are the profiler's, not mqsftp's.
+    #[arg(long, value_delimiter = ' ', allow_hyphen_values = true)]
+    wrap_gateway: Vec<String>,
+    /// Run the device CLI (get and put) under this command, like --wrap-gateway.
+    #[arg(long, value_delimiter = ' ', allow_hyphen_values = true)]
+    wrap_device: Vec<String>,
+    /// The mqsftp binary to run as gateway and device (default: `mqsftp` next to this program).
+    #[arg(long)]
+    mqsftp: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected a number with an optional unit, e.g. 1GiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (use B, KiB, MiB or GiB)")),
+    };
+    match n.checked_mul(mult) {
+        Some(0) | None => Err(format!("{s:?}: must be between 1 byte and 16 EiB")),
+        Some(v) => Ok(v),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the selected scenarios; `Ok(true)` when every target passed.
+fn run(args: Args) -> anyhow::Result<bool> {
+    for s in &args.only {
+        if !SCENARIOS.contains(&s.as_str()) {
+            bail!("--only: unknown scenario {s:?} (known: {})", SCENARIOS.join(", "));
+        }
+    }
+    let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|s| s == name);
+    let mqsftp = match &args.mqsftp {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("mqsftp"),
+    };
+    if !mqsftp.is_file() {
+        bail!("{} not found: build it with `cargo build --release -p mqsftp` or give --mqsftp", mqsftp.display());
+    }
+    if selected("devices") {
+        // Each device is one connection here and one in Mosquitto (a child, with the same limit).
+        let need = args.devices as u64 + 256;
+        let have = procs::open_files_limit()?;
+        if have < need {
+            bail!("{} devices need at least {need} open files, the limit is {have}: raise it (`ulimit -n {need}`; scripts/bench raises it to the hard limit)", args.devices);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let max_transfers = (args.devices + 16).max(256);
+    let logs = args.logs.clone().unwrap_or_else(|| {
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        std::env::temp_dir().join(format!("mqsftp-bench-logs-{stamp}"))
+    });
+    let chunk_size = match args.chunk_size {
+        Some(c) => Some(u32::try_from(c).context("--chunk-size is too large")?),
+        None => None,
+    };
+    let tuning = env::Tuning { max_transfers, chunk_size, window: args.window };
+    let mut env = Env::start(mqsftp.canonicalize()?, tuning, logs)?;
+    env.wrap_gateway = args.wrap_gateway.clone();
+    env.wrap_device = args.wrap_device.clone();
+    let mut r = Report::default();
+    r.setup("size", args.size);
+    r.setup("big_size", args.big_size);
+    r.setup("devices", args.devices);
+    r.setup("small_requests", args.small_requests);
+    r.setup("runs", args.runs);
+    r.setup("chunk_size", env.chunk_size);
+    r.setup("window", env.window);
+    r.setup("gateway_max_transfers", max_transfers);
+    r.setup("ssh_cipher", ciphers().0);
+    r.setup("cpus", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    r.setup("loadavg_at_start", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string());
+    eprintln!(
+        "stack in {} (mqtt {}, sftp {})",
+        env.stack.dir().display(),
+        env.stack.mqtt_port(),
+        env.stack.sftp_port()
+    );
+
+    if selected("throughput") || selected("broker") {
+        throughput(&mut env, &runtime, &args, &mut r, selected("throughput"), selected("broker"))?;
+    }
+    if selected("latency") {
+        eprintln!("latency: {} gets of 1 KiB", args.small_requests);
+        let mut gw = env.gateway("latency")?;
+        let lat = runtime.block_on(scenarios::small_gets(&env, args.small_requests.max(1)));
+        gw.check_alive()?;
+        let lat = lat?;
+        gw.stop();
+        for (key, label, v, p) in [
+            ("latency_p50_ms", "1 KiB get round trip p50 (warm)", &lat.get_ms, 50.0),
+            ("latency_p99_ms", "1 KiB get round trip p99 (warm)", &lat.get_ms, 99.0),
+            ("ping_p50_ms", "ping round trip p50 (broker hop, no SFTP)", &lat.ping_ms, 50.0),
+            ("ping_p99_ms", "ping round trip p99", &lat.ping_ms, 99.0),
+        ] {
+            if let Some(x) = percentile(v, p) {
+                r.figure(key, label, "ms", x);
+            }
+        }
+    }
+    if selected("devices") {
+        eprintln!("devices: {} devices, each getting 256 KiB at once", args.devices);
+        let mut gw = env.gateway("devices")?;
+        let crowd = runtime.block_on(scenarios::many_devices(&env, args.devices, CROWD_FILE));
+        gw.check_alive()?;
+        let crowd = crowd?;
+        let rss = gw.stop();
+        r.figure(
+            "devices_failures",
+            &format!("{} devices x 256 KiB get: failures", crowd.devices),
+            "",
+            crowd.failures as f64,
+        );
+        r.figure("devices_elapsed_s", "  all gets, start to last done", "s", crowd.elapsed.as_secs_f64());
+        r.figure(
+            "devices_connect_s",
+            "  connecting all devices (64 at a time)",
+            "s",
+            crowd.connect_elapsed.as_secs_f64(),
+        );
+        r.figure("devices_gateway_rss_mib", "  gateway peak RSS", "MiB", rss as f64 / MIB);
+        for (msg, n) in &crowd.errors {
+            r.notes.push(format!("devices: {n} x {msg}"));
+        }
+    }
+    if selected("big") {
+        big(&mut env, &args, &mut r)?;
+    }
+
+    r.ratio_at_least("get_mbps", "sftp_get_mbps", 0.8);
+    r.ratio_at_least("put_mbps", "sftp_put_mbps", 0.8);
+    r.ratio_at_least("get_mbps", "broker_mbps", 0.85);
+    r.ratio_at_least("put_mbps", "broker_mbps", 0.85);
+    r.at_most("latency_p50_ms", 2.0);
+    r.at_most("latency_p99_ms", 10.0);
+    r.at_most("devices_failures", 0.0);
+    r.at_most("devices_gateway_rss_mib", 128.0);
+    r.at_most("big_get_gateway_rss_mib", 64.0);
+    r.at_most("big_get_device_rss_mib", 32.0);
+    r.at_most("big_put_gateway_rss_mib", 64.0);
+    r.at_most("big_put_device_rss_mib", 32.0);
+
+    print!("{}", r.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&r)?).with_context(|| format!("write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(r.targets.iter().all(|t| t.pass))
+}
+
+/// Raw sftp vs mqsftp get and put, and the broker's ceiling, interleaved `--runs` times.
+fn throughput(
+    env: &mut Env,
+    runtime: &tokio::runtime::Runtime,
+    args: &Args,
+    r: &mut Report,
+    transfers: bool,
+    broker: bool,
+) -> anyhow::Result<()> {
+    let size = args.size;
+    let name = "throughput.bin";
+    let (gateway_cipher, other_cipher) = ciphers();
+    let file = scenarios::store_file(env, name, size)?;
+    let mut gw = if transfers { Some(env.gateway("throughput")?) } else { None };
+    let keys = [
+        "sftp_get_mbps",
+        "get_mbps",
+        "sftp_put_mbps",
+        "put_mbps",
+        "sftp_get_other_mbps",
+        "sftp_put_other_mbps",
+        "broker_mbps",
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); keys.len()];
+    // CPU seconds by process over all runs, for sftp get, get, sftp put, put.
+    let mut cpu: [Vec<(String, f64)>; 4] = Default::default();
+    let mut add_cpu = |i: usize, t: &procs::Timed| {
+        for (name, secs) in &t.cpu {
+            match cpu[i].iter_mut().find(|(n, _)| n == name) {
+                Some((_, v)) => *v += secs,
+                None => cpu[i].push((name.clone(), *secs)),
+            }
+        }
+    };
+    let (mut get_rss, mut put_rss) = (0u64, 0u64);
+    for run in 1..=args.runs.max(1) {
+        eprintln!("throughput: run {run} of {}", args.runs.max(1));
+        if transfers {
+            let t = scenarios::sftp_get(env, gateway_cipher, name, size)?;
+            add_cpu(0, &t);
+            samples[0].push(mbps(size, t.elapsed));
+            let t = scenarios::mqsftp_get(env, name, size)?;
+            add_cpu(1, &t);
+            get_rss = get_rss.max(t.peak_rss);
+            samples[1].push(mbps(size, t.elapsed));
+            let t = scenarios::sftp_put(env, gateway_cipher, &file, "put-sftp.bin", size)?;
+            add_cpu(2, &t);
+            samples[2].push(mbps(size, t.elapsed));
+            let t = scenarios::mqsftp_put(env, &file, "put-mqsftp.bin", size)?;
+            add_cpu(3, &t);
+            put_rss = put_rss.max(t.peak_rss);
+            samples[3].push(mbps(size, t.elapsed));
+            samples[4].push(mbps(size, scenarios::sftp_get(env, other_cipher, name, size)?.elapsed));
+            samples[5].push(mbps(size, scenarios::sftp_put(env, other_cipher, &file, "put-sftp.bin", size)?.elapsed));
+            if let Some(gw) = gw.as_mut() {
+                gw.check_alive()?;
+            }
+        }
+        if broker {
+            let elapsed = runtime.block_on(scenarios::broker_ceiling(env, size, env.chunk_size as usize))?;
+            samples[6].push(mbps(size, elapsed));
+        }
+    }
+    let chunk_kib = env.chunk_size / 1024;
+    let labels = [
+        format!("OpenSSH sftp get ({gateway_cipher})"),
+        "mqsftp get (device CLI, verified, fsynced)".to_string(),
+        format!("OpenSSH sftp put ({gateway_cipher})"),
+        "mqsftp put (device CLI, verified, fsynced on the store)".to_string(),
+        format!("OpenSSH sftp get ({other_cipher})"),
+        format!("OpenSSH sftp put ({other_cipher})"),
+        format!("Mosquitto TLS pub->sub, {chunk_kib} KiB QoS 1 (rumqttc)"),
+    ];
+    for ((key, label), s) in keys.iter().zip(labels.iter()).zip(samples) {
+        r.median(key, label, "MB/s", s);
+    }
+    let runs = args.runs.max(1) as f64;
+    let gib = size as f64 / (1u64 << 30) as f64;
+    for (what, used) in ["sftp get", "mqsftp get", "sftp put", "mqsftp put"].iter().zip(cpu.iter()) {
+        if used.is_empty() {
+            continue;
+        }
+        let mqsftp = what.starts_with("mqsftp");
+        let mut parts = Vec::new();
+        let mut total = 0.0;
+        for (name, secs) in used {
+            let per_gib = secs / runs / gib;
+            if per_gib < 0.005 {
+                continue;
+            }
+            total += per_gib;
+            let label = match name.as_str() {
+                "client" if mqsftp => "device CLI",
+                "client" => "sftp client",
+                "mqsftp" => "gateway",
+                other => other,
+            };
+            parts.push(format!("{label} {per_gib:.2}"));
+        }
+        r.notes.push(format!("CPU seconds per GiB, {what}: {} (total {total:.2})", parts.join(", ")));
+    }
+    if let Some(gw) = gw {
+        let rss = gw.stop();
+        r.figure("throughput_gateway_rss_mib", "gateway peak RSS during the get/put runs", "MiB", rss as f64 / MIB);
+        r.figure("throughput_get_device_rss_mib", "device CLI peak RSS, get", "MiB", get_rss as f64 / MIB);
+        r.figure("throughput_put_device_rss_mib", "device CLI peak RSS, put", "MiB", put_rss as f64 / MIB);
+    }
+    std::fs::remove_file(&file).with_context(|| format!("remove {}", file.display()))?;
+    Ok(())
+}
+
+/// A `--big-size` get and put, each with a fresh gateway, for the peak RSS of gateway and device.
+fn big(env: &mut Env, args: &Args, r: &mut Report) -> anyhow::Result<()> {
+    let size = args.big_size;
+    let name = "big.bin";
+    eprintln!("big: get and put of {size} bytes");
+    let file = scenarios::store_file(env, name, size)?;
+    let gw = env.gateway("big-get")?;
+    let t = scenarios::mqsftp_get(env, name, size);
+    let gw_rss = gw.stop();
+    let t = t?;
+    r.figure("big_get_mbps", &format!("mqsftp get of {} MiB", size >> 20), "MB/s", mbps(size, t.elapsed));
+    r.figure("big_get_gateway_rss_mib", "  gateway peak RSS", "MiB", gw_rss as f64 / MIB);
+    r.figure("big_get_device_rss_mib", "  device CLI peak RSS", "MiB", t.peak_rss as f64 / MIB);
+    let gw = env.gateway("big-put")?;
+    let t = scenarios::mqsftp_put(env, &file, "big-put.bin", size);
+    let gw_rss = gw.stop();
+    let t = t?;
+    r.figure("big_put_mbps", &format!("mqsftp put of {} MiB", size >> 20), "MB/s", mbps(size, t.elapsed));
+    r.figure("big_put_gateway_rss_mib", "  gateway peak RSS", "MiB", gw_rss as f64 / MIB);
+    r.figure("big_put_device_rss_mib", "  device CLI peak RSS", "MiB", t.peak_rss as f64 / MIB);
+    std::fs::remove_file(&file).with_context(|| format!("remove {}", file.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("0").unwrap_err().contains("between"));
+        assert!(parse_size("1TB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("GiB").is_err());
+    }
+
+    #[test]
+    fn scenarios_are_checked() {
+        let args = Args::parse_from(["mqsftp-bench", "--only", "latency,bogus", "--mqsftp", "/nonexistent"]);
+        let e = run(args).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}
