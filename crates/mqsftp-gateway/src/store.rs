@@ -144,7 +144,7 @@ fn check_known_host(host: &str, port: u16, key: &PublicKey, path: &Path) -> Resu
 /// session channels with the `sftp` subsystem and nothing else.
 pub fn preferred_algorithms() -> Preferred {
     use russh::keys::{Algorithm, EcdsaCurve};
-    use russh::{cipher, kex, mac};
+    use russh::{kex, mac};
     Preferred {
         kex: Cow::Owned(vec![
             kex::MLKEM768X25519_SHA256,
@@ -267,8 +267,7 @@ impl std::ops::Deref for StoreSession {
 /// timing.
 pub fn preferred_ciphers() -> &'static [russh::cipher::Name] {
     use russh::cipher::{AES_128_CTR, AES_128_GCM, AES_256_CTR, AES_256_GCM, CHACHA20_POLY1305};
-    const AES_FIRST: &[russh::cipher::Name] =
-        &[AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305, AES_256_CTR, AES_128_CTR];
+    const AES_FIRST: &[russh::cipher::Name] = &[AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305, AES_256_CTR, AES_128_CTR];
     const CHACHA_FIRST: &[russh::cipher::Name] =
         &[CHACHA20_POLY1305, AES_128_GCM, AES_256_GCM, AES_256_CTR, AES_128_CTR];
     if has_aes_instructions() {
