@@ -76,8 +76,9 @@ async fn serve_get(
         if meta.is_dir() {
             return Ok(Err(meta));
         }
+        let permit = sftp.handle_permit().await;
         let file = sftp.open(store_path).await.map_err(sftp_err("open"))?;
-        Ok(Ok((meta, file)))
+        Ok(Ok((meta, OpenFile { file, _permit: permit })))
     };
     let (meta, file) = match opened.await {
         Ok(Ok(x)) => x,
@@ -166,6 +167,13 @@ async fn serve_get(
     }
 }
 
+/// An open store file with its handle permit. Fields drop in order: the file's close is queued on the channel
+/// before the permit lets another open through.
+struct OpenFile {
+    file: russh_sftp::client::fs::File,
+    _permit: Option<crate::store::HandlePermit>,
+}
+
 /// Reads the file sequentially on its own task, one block ahead of the sender, so that SFTP round trips overlap
 /// with waiting for the device's acknowledgements. Holds at most two blocks (one queued, one being cut into
 /// chunks), so memory per transfer stays bounded by `2 × block`.
@@ -176,14 +184,14 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    fn spawn(mut file: russh_sftp::client::fs::File, size: u64, block: usize) -> ReadAhead {
+    fn spawn(mut open: OpenFile, size: u64, block: usize) -> ReadAhead {
         let (tx, rx) = mpsc::channel(1);
         let task = tokio::spawn(async move {
             let mut left = size;
             while left > 0 {
                 let n = left.min(block as u64) as usize;
                 let mut buf = vec![0u8; n];
-                let r = file.read_exact(&mut buf).await.map(|_| Bytes::from(buf));
+                let r = open.file.read_exact(&mut buf).await.map(|_| Bytes::from(buf));
                 let failed = r.is_err();
                 if tx.send(r).await.is_err() || failed {
                     return;

@@ -66,7 +66,7 @@ pub(crate) async fn list(
     let store_path = access.path_of(&rel);
     let sftp = session(shared).await?;
     check_resolved(shared, &sftp, access, &store_path, rel.as_str()).await?;
-    let dir = match sftp.read_dir(store_path.as_str()).await {
+    let dir = match sftp.list_dir(store_path.as_str()).await {
         Ok(d) => d,
         // A device that has never uploaded has no root yet: its root is empty, not missing.
         Err(russh_sftp::client::error::Error::Status(s))
@@ -115,7 +115,7 @@ pub(crate) async fn remove(shared: &Shared, access: &Access, path: &str) -> Resu
     if meta.file_type().is_dir() {
         if let Err(e) = sftp.remove_dir(store_path.as_str()).await {
             let has_entries = sftp
-                .read_dir(store_path.as_str())
+                .list_dir(store_path.as_str())
                 .await
                 .map(|mut d| d.any(|e| e.file_name() != "." && e.file_name() != ".."))
                 .unwrap_or(false);

@@ -90,6 +90,8 @@ struct Part<'a> {
     sftp: &'a StoreSession,
     path: String,
     committed: bool,
+    /// The permit for the file's handle; the file (a local declared after the part) is dropped first.
+    _permit: Option<crate::store::HandlePermit>,
 }
 
 impl Part<'_> {
@@ -126,7 +128,9 @@ async fn serve_put(
     };
     let rel_dir = rel.as_str().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
     ensure_dir(shared, &sftp, &dir, rel_dir).await?;
-    let mut part = Part { sftp: &sftp, path: format!("{dir}/{}", part_name(&name, transfer)), committed: false };
+    let permit = sftp.handle_permit().await;
+    let path = format!("{dir}/{}", part_name(&name, transfer));
+    let mut part = Part { sftp: &sftp, path, committed: false, _permit: permit };
     let mut receiver = Receiver::new(transfer, req.size);
     let mut file = if req.resume.is_some() {
         match adopt(shared, &sftp, &part.path, rel, &mut receiver).await {
@@ -389,7 +393,7 @@ async fn stored_bytes(shared: &Shared, root: &str) -> Result<u64, Failure> {
     let (mut total, mut seen) = (0u64, 0usize);
     let mut dirs = vec![root.to_string()];
     while let Some(dir) = dirs.pop() {
-        let entries = match sftp.read_dir(dir.as_str()).await {
+        let entries = match sftp.list_dir(dir.as_str()).await {
             Ok(e) => e,
             Err(russh_sftp::client::error::Error::Status(s))
                 if s.status_code == russh_sftp::protocol::StatusCode::NoSuchFile =>

@@ -198,10 +198,40 @@ pub struct StoreSession {
     pub fsync: bool,
     /// The server offers `posix-rename@openssh.com` (rename that replaces the target atomically).
     pub posix_rename: bool,
+    /// Permits for open handles on this session, see [`MAX_OPEN_HANDLES`].
+    handles: Arc<tokio::sync::Semaphore>,
     _ssh: client::Handle<PinnedHostKey>,
 }
 
+/// Most files and directories the gateway keeps open at once on one SFTP session; further transfers wait for a
+/// permit (they queue, they are not refused).
+///
+/// Why: russh-sftp 3.0.1 keeps SFTP handles as `String`s decoded lossily from UTF-8, and OpenSSH's sftp-server
+/// numbers its handles 0, 1, 2, … as 4 big-endian bytes, reusing freed numbers first. Handle 128 and above contain a
+/// byte ≥ 0x80, which the lossy decoding mangles, so every read, write and close on it fails (found by the
+/// 1,000-device benchmark: exactly 128 failures with 300 devices). Below 128 every handle is plain ASCII. A close
+/// is queued on the channel before the permit is released, so the server frees the number before a later open
+/// can ask for one. It also bounds the gateway's memory: each open download holds its read-ahead.
+pub const MAX_OPEN_HANDLES: usize = 32;
+
+/// A permit for one open handle ([`StoreSession::handle_permit`]).
+pub type HandlePermit = tokio::sync::OwnedSemaphorePermit;
+
 impl StoreSession {
+    /// Waits for a permit to open one file or directory; hold it until the handle is closed (or its close queued).
+    pub async fn handle_permit(&self) -> Option<HandlePermit> {
+        self.handles.clone().acquire_owned().await.ok()
+    }
+
+    /// `read_dir` within the open-handle limit.
+    pub async fn list_dir(
+        &self,
+        path: &str,
+    ) -> Result<russh_sftp::client::fs::ReadDir, russh_sftp::client::error::Error> {
+        let _permit = self.handle_permit().await;
+        self.sftp.read_dir(path).await
+    }
+
     /// Creates `dir` and its missing parents; returns the directories created. A directory that appears meanwhile
     /// (another request creating it) is not an error.
     pub async fn create_dir_all(&self, dir: &str) -> Result<Vec<String>, (String, russh_sftp::client::error::Error)> {
@@ -351,7 +381,8 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
     let version = ext.init().await.map_err(start_err)?;
     let offers = |name: &str| version.extensions.contains_key(name);
     let (fsync, posix_rename) = (offers("fsync@openssh.com"), offers(POSIX_RENAME));
-    Ok(StoreSession { sftp, ext, fsync, posix_rename, _ssh: session })
+    let handles = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES));
+    Ok(StoreSession { sftp, ext, fsync, posix_rename, handles, _ssh: session })
 }
 
 /// A shared, lazily (re)connected SFTP session.

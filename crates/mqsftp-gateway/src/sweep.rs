@@ -28,7 +28,7 @@ pub(crate) async fn sweep(shared: &Shared) -> usize {
     let mut removed = 0;
     let mut dirs: Vec<(String, usize)> = bases.into_iter().map(|b| (b, 0)).collect();
     while let Some((dir, depth)) = dirs.pop() {
-        let Ok(entries) = sftp.read_dir(dir.as_str()).await else { continue };
+        let Ok(entries) = sftp.list_dir(dir.as_str()).await else { continue };
         for e in entries {
             let name = e.file_name();
             if name == "." || name == ".." {
