@@ -29,7 +29,16 @@ pub(crate) async fn start_get(
     };
     let store_path = access.path_of(&rel);
     let (tx, rx) = mpsc::unbounded_channel();
-    let transfer = match shared.register(&device, tx, Claim { access: &access, wanted: None, quota_use: None }) {
+    let transfer = match shared.register(
+        &device,
+        tx,
+        Claim {
+            access: &access,
+            wanted: None,
+            quota_use: None,
+            supersede: Some((session.clone(), rel.as_str().to_string())),
+        },
+    ) {
         Ok(t) => t,
         Err(f) => return shared.respond(&device, &session, &fail(f)).await,
     };

@@ -58,10 +58,11 @@ pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, access: Arc
         None => None,
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let transfer = match shared.register(&device, tx, Claim { access: &access, wanted: req.resume, quota_use }) {
-        Ok(t) => t,
-        Err(f) => return shared.respond(&device, &req.session, &fail(f)).await,
-    };
+    let transfer =
+        match shared.register(&device, tx, Claim { access: &access, wanted: req.resume, quota_use, supersede: None }) {
+            Ok(t) => t,
+            Err(f) => return shared.respond(&device, &req.session, &fail(f)).await,
+        };
     let span = info_span!("put", %device, transfer, path = %rel.as_str(), size = req.size);
     async move {
         let mut rx = rx;

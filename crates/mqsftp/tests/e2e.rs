@@ -2,6 +2,7 @@
 //! by `mqsftp-testkit` on loopback ports it picks, with PKI generated per run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[allow(dead_code)] // some helpers serve only the fault suite (tests/faults.rs)
 #[path = "e2e/support.rs"]
 mod support;
 
@@ -28,10 +29,6 @@ mod put;
 /// list (paged), stat, remove, mkdir, rename, and their confinement.
 #[path = "e2e/ops.rs"]
 mod ops;
-
-/// Interruptions: broker restarts, resumed downloads.
-#[path = "e2e/faults.rs"]
-mod faults;
 
 /// Issue 4: policy, symlinks, names, malformed floods, a permissive broker.
 #[path = "e2e/security.rs"]
