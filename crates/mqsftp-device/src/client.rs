@@ -69,6 +69,9 @@ pub struct Client {
 /// Attempts of one `get` (a first try and resumes) before a transient failure is reported.
 const GET_ATTEMPTS: u32 = 30;
 
+/// Pause before resuming an upload after the gateway reported the store `unavailable`.
+const STORE_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 enum Incoming {
     Response(Response),
     Chunk(Chunk),
@@ -319,6 +322,14 @@ impl Client {
                 {
                     upload.resume = None;
                 }
+                // The gateway lost the SFTP store (restarted or unreachable); the temporary file stays there.
+                // Try again, paced, until the store is back or the attempts are used up.
+                Err(e @ DeviceError::Remote { code: ErrorCode::Unavailable, .. })
+                    if upload.resume.is_some() && attempt < GET_ATTEMPTS =>
+                {
+                    debug!(error = %e, attempt, "store unavailable; resuming the upload after a pause");
+                    tokio::time::sleep(STORE_RETRY_PAUSE).await;
+                }
                 Err(e)
                     if e.is_transient()
                         && attempt < GET_ATTEMPTS
@@ -398,8 +409,11 @@ impl Client {
                     progress(Progress { done: sender.acked(), total: size });
                 }
                 Some(Incoming::Response(Response::Error { transfer: Some(t), code, message, .. })) if t == transfer => {
-                    // The upload is over on the gateway's side: nothing to resume.
-                    upload.resume = None;
+                    // The upload is over on the gateway's side: nothing to resume, unless the gateway lost the
+                    // store, which keeps the temporary file for a resume.
+                    if code != ErrorCode::Unavailable {
+                        upload.resume = None;
+                    }
                     return Err(DeviceError::Remote { code, message });
                 }
                 Some(_) => {}

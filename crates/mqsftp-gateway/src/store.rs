@@ -52,7 +52,8 @@ impl StoreError {
                 StatusCode::PermissionDenied => ErrorCode::PermissionDenied,
                 _ => ErrorCode::Internal,
             },
-            StoreError::Sftp { .. } => ErrorCode::Internal,
+            // Not a status from the server: the session broke (or timed out) under the operation.
+            StoreError::Sftp { .. } => ErrorCode::Unavailable,
             _ => ErrorCode::Unavailable,
         }
     }
@@ -294,6 +295,14 @@ impl Store {
         let s = Arc::new(connect(&self.cfg).await?);
         *guard = Some(s.clone());
         Ok(s)
+    }
+
+    /// Drops `broken` (a session found dead) so that the next use reconnects; a newer session is kept.
+    pub async fn forget(&self, broken: &Arc<StoreSession>) {
+        let mut guard = self.session.lock().await;
+        if guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, broken)) {
+            *guard = None;
+        }
     }
 
     /// Reports an error seen on the session; connection failures make the next use reconnect.

@@ -21,8 +21,8 @@ mod broker;
 mod gateway;
 
 /// 3. sshd killed and restarted mid-upload; uploads resume whatever the store holds.
-// #[path = "faults/sshd.rs"]
-// mod sshd;
+#[path = "faults/sshd.rs"]
+mod sshd;
 
 /// 4. A read-only, full, or rename-refusing store.
 // #[path = "faults/store.rs"]

@@ -51,3 +51,44 @@ pub async fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> 
     }
     start.elapsed()
 }
+
+/// The processes below `pid` (children, grandchildren, ...), from /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) {
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for &(child, _) in parent_of.iter().filter(|(_, pp)| *pp == p) {
+            out.push(child);
+            todo.push(child);
+        }
+    }
+    out
+}
+
+/// Sends `signal` (e.g. "KILL", "STOP", "CONT") to `pid`, a process this test started (or one of its children).
+pub fn signal(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+    assert!(ok.success(), "kill -{signal} {pid}");
+}
+
+/// SIGKILLs sshd with every session it serves (the listener alone would leave the sessions running) and starts it
+/// again.
+pub fn restart_sshd_hard(stack: &mut mqsftp_testkit::Stack) {
+    let pid = stack.sshd_pid().expect("sshd runs");
+    let sessions = descendants(pid);
+    stack.kill_sshd().unwrap();
+    for p in sessions {
+        let _ = std::process::Command::new("kill").args(["-KILL", &p.to_string()]).status();
+    }
+    stack.start_sshd().unwrap();
+}
