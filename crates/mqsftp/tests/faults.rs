@@ -25,8 +25,8 @@ mod gateway;
 mod sshd;
 
 /// 4. A read-only, full, or rename-refusing store.
-// #[path = "faults/store.rs"]
-// mod store;
+#[path = "faults/store.rs"]
+mod store;
 
 /// 5. Corrupt, duplicate and overlapping chunks, wrong hashes, concurrent commits.
 // #[path = "faults/integrity.rs"]
