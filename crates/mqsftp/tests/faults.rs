@@ -29,8 +29,8 @@ mod sshd;
 mod store;
 
 /// 5. Corrupt, duplicate and overlapping chunks, wrong hashes, concurrent commits.
-// #[path = "faults/integrity.rs"]
-// mod integrity;
+#[path = "faults/integrity.rs"]
+mod integrity;
 
 /// 9. Uploads expiring while no gateway runs.
 #[path = "faults/expiry.rs"]
