@@ -35,3 +35,7 @@ mod integrity;
 /// 9. Uploads expiring while no gateway runs.
 #[path = "faults/expiry.rs"]
 mod expiry;
+
+/// 8. One of three gateways killed under many concurrent transfers.
+#[path = "faults/gateways.rs"]
+mod gateways;
