@@ -39,3 +39,7 @@ mod expiry;
 /// 8. One of three gateways killed under many concurrent transfers.
 #[path = "faults/gateways.rs"]
 mod gateways;
+
+/// 6. One slow reader among many: gateway memory bound and the others' speed.
+#[path = "faults/slow.rs"]
+mod slow;
