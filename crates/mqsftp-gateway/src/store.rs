@@ -234,8 +234,8 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
     let config = client::Config {
         nodelay: true,
         window_size: 16 * 1024 * 1024,
-        keepalive_interval: Some(Duration::from_secs(15)),
-        keepalive_max: 3,
+        keepalive_interval: Some(cfg.keepalive),
+        keepalive_max: cfg.keepalive_max,
         ..Default::default()
     };
     let verdict = Arc::new(std::sync::Mutex::new(None));
@@ -265,9 +265,12 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
     channel.request_subsystem(true, "sftp").await.map_err(ssh_err)?;
     let start_err = |e| StoreError::Sftp { op: "start sftp on", path: host.clone(), source: e };
     let sftp = SftpSession::new(channel.into_stream()).await.map_err(start_err)?;
+    let request_timeout = cfg.request_timeout.as_secs().max(1);
+    sftp.set_timeout(request_timeout);
     let channel = session.channel_open_session().await.map_err(ssh_err)?;
     channel.request_subsystem(true, "sftp").await.map_err(ssh_err)?;
     let ext = RawSftpSession::new(channel.into_stream());
+    ext.set_timeout(request_timeout);
     let version = ext.init().await.map_err(start_err)?;
     let offers = |name: &str| version.extensions.contains_key(name);
     let (fsync, posix_rename) = (offers("fsync@openssh.com"), offers(POSIX_RENAME));

@@ -43,3 +43,7 @@ mod gateways;
 /// 6. One slow reader among many: gateway memory bound and the others' speed.
 #[path = "faults/slow.rs"]
 mod slow;
+
+/// 7. Half-open connections: a broker or an SFTP session that stops answering without closing.
+#[path = "faults/halfopen.rs"]
+mod halfopen;

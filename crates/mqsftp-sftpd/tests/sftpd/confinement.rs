@@ -75,6 +75,9 @@ async fn escapes_get_permission_denied() {
         key: fx.key.clone(),
         known_hosts: fx.known_hosts.clone(),
         connect_timeout: Duration::from_secs(20),
+        keepalive: Duration::from_secs(15),
+        keepalive_max: 3,
+        request_timeout: Duration::from_secs(30),
     })
     .await
     .unwrap();
