@@ -264,9 +264,16 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
     let channel = session.channel_open_session().await.map_err(ssh_err)?;
     channel.request_subsystem(true, "sftp").await.map_err(ssh_err)?;
     let start_err = |e| StoreError::Sftp { op: "start sftp on", path: host.clone(), source: e };
-    let sftp = SftpSession::new(channel.into_stream()).await.map_err(start_err)?;
     let request_timeout = cfg.request_timeout.as_secs().max(1);
-    sftp.set_timeout(request_timeout);
+    let sftp_cfg = russh_sftp::client::Config {
+        // russh-sftp reads ahead this many requests of up to 255 KiB (OpenSSH's read limit) per open file. Its
+        // default, 16 (4 MiB per download), made the gateway's memory grow with the number of downloads far beyond
+        // their windows; 4 (1 MiB, two default windows) keeps loopback and LAN reads at full speed.
+        max_concurrent_reads: SFTP_READS_IN_FLIGHT,
+        request_timeout_secs: request_timeout,
+        ..Default::default()
+    };
+    let sftp = SftpSession::new_with_config(channel.into_stream(), sftp_cfg).await.map_err(start_err)?;
     let channel = session.channel_open_session().await.map_err(ssh_err)?;
     channel.request_subsystem(true, "sftp").await.map_err(ssh_err)?;
     let ext = RawSftpSession::new(channel.into_stream());
@@ -276,6 +283,9 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
     let (fsync, posix_rename) = (offers("fsync@openssh.com"), offers(POSIX_RENAME));
     Ok(StoreSession { sftp, ext, fsync, posix_rename, _ssh: session })
 }
+
+/// SFTP read requests in flight per open file (each up to 255 KiB with OpenSSH).
+pub const SFTP_READS_IN_FLIGHT: usize = 4;
 
 /// A shared, lazily (re)connected SFTP session.
 pub struct Store {

@@ -39,11 +39,12 @@ async fn many_gets(configs: &[mqsftp_device::DeviceConfig], count: usize, out: &
 /// Issue 7, scenario 6: one device reads at 100 KiB/s while many others download at once. The gateway (its own
 /// process) holds a fixed number of window-sized buffers per transfer however slow a reader is, so its peak memory
 /// stays within `k × window × chunk × transfers + C`, and the others finish as fast as without the slow one.
-/// k = 6: by design a download holds up to 4 read-ahead blocks of window × chunk (the unacknowledged chunks are
-/// zero-copy slices of up to two blocks, one block is queued, one is being read) plus the encoded copies of its
-/// window waiting in the MQTT client and TLS buffers (about one more); the sixth covers allocator slack
-/// (measured about 5 per transfer above idle with two malloc arenas). C = the gateway's memory after a warm-up round, plus 32 MiB for the
-/// MQTT client's request queue (256 × 64 KiB = 16 MiB when full) and TLS buffers.
+/// k = 6: by design a download holds about 5 window-sized buffers (default window × chunk = 512 KiB): SFTP reads
+/// in flight (`store::SFTP_READS_IN_FLIGHT` = 4 × 255 KiB, about 2), the read-ahead block queued and the block
+/// being cut into chunks (the unacknowledged chunks are slices of it; 2), and the encoded copies of the window in
+/// the MQTT client and TLS buffers (1); the sixth is allocator slack (measured 4.0 to 5.5 per transfer above idle).
+/// C = the gateway's memory after a warm-up round, plus 32 MiB for the MQTT client's request queue (256 × 64 KiB
+/// = 16 MiB when full) and TLS buffers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slow_reader_among_many() {
     const RATE: f64 = 100.0 * 1024.0;
@@ -52,11 +53,6 @@ async fn one_slow_reader_among_many() {
     const DEVICES: usize = 10;
     let stack = mqsftp_testkit::Stack::start().unwrap();
     set_transfer_option(&stack, "max_transfers_per_device", ((others / DEVICES) as i64 + 2).into());
-    // glibc gives every thread that allocates its own arena, and blocks freed in one arena are not reused by
-    // another, so with the default the peak wanders with scheduling (44 to 143 MiB measured for the same run);
-    // two arenas measure what the gateway holds. docs/reliability.md has both, and recommends the setting.
-    // (Each test runs in its own process under nextest; the variable only reaches the gateway started here.)
-    std::env::set_var("MALLOC_ARENA_MAX", "2");
     let gw = GatewayProcess::spawn(&stack).await;
     let pid = gw.pid();
     let data = content(size, 101);
