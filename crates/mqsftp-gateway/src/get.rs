@@ -176,8 +176,9 @@ async fn serve_get(
 }
 
 /// Reads the file sequentially on its own task, one block ahead of the sender, so that SFTP round trips overlap
-/// with waiting for the device's acknowledgements. Holds at most two blocks (one queued, one being cut into
-/// chunks), so memory per transfer stays bounded by `2 × block`.
+/// with waiting for the device's acknowledgements. Holds at most three blocks (one being filled by the read task,
+/// one queued, one being cut into chunks), so memory per transfer stays bounded by `3 × block` (plus the SFTP
+/// reads in flight, `store::SFTP_READS_IN_FLIGHT`).
 struct ReadAhead {
     rx: mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,
