@@ -69,6 +69,15 @@ pub struct Client {
 /// Attempts of one `get` (a first try and resumes) before a transient failure is reported.
 const GET_ATTEMPTS: u32 = 30;
 
+/// Tries allowed after a stall in which nothing moved (a gateway accepted the transfer, then died before it sent or
+/// acknowledged anything) or an unanswered request (it reached a gateway that died before answering), before the
+/// failure is reported; any progress resets the count. Each try first waits (up to the timeout) until some gateway
+/// answers a ping, so with no gateway at all the failure comes after two timeouts.
+const IDLE_RESUMES: u32 = 2;
+
+/// Pause before resuming an upload after the gateway reported the store `unavailable`.
+const STORE_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 enum Incoming {
     Response(Response),
     Chunk(Chunk),
@@ -307,11 +316,13 @@ impl Client {
         let local_err = |source| DeviceError::Local { path: local.to_path_buf(), source };
         let (size, sha256) = hash_file(local).await.map_err(local_err)?;
         let mut upload = Upload { local, remote, size, sha256, overwrite, resume: None, acked: 0, sent: 0 };
-        let mut attempt = 0;
+        let (mut attempt, mut idle) = (0, 0);
         loop {
             attempt += 1;
             let before = upload.acked;
-            match self.put_once(&mut upload, &mut progress).await {
+            let result = self.put_once(&mut upload, &mut progress).await;
+            idle = if upload.acked > before { 0 } else { idle + 1 };
+            match result {
                 Ok(o) => return Ok(o),
                 // The store no longer holds the interrupted upload: start it again from nothing.
                 Err(DeviceError::Remote { code: ErrorCode::Expired, .. })
@@ -319,10 +330,21 @@ impl Client {
                 {
                     upload.resume = None;
                 }
+                // The gateway lost the SFTP store (restarted or unreachable); the temporary file stays there.
+                // Try again, paced, until the store is back or the attempts are used up.
+                Err(e @ DeviceError::Remote { code: ErrorCode::Unavailable, .. })
+                    if upload.resume.is_some() && attempt < GET_ATTEMPTS =>
+                {
+                    debug!(error = %e, attempt, "store unavailable; resuming the upload after a pause");
+                    tokio::time::sleep(STORE_RETRY_PAUSE).await;
+                }
                 Err(e)
                     if e.is_transient()
                         && attempt < GET_ATTEMPTS
-                        && (matches!(e, DeviceError::Closed(_)) || upload.acked > before) =>
+                        && (matches!(e, DeviceError::Closed(_))
+                            || upload.acked > before
+                            || (matches!(e, DeviceError::Stalled { .. } | DeviceError::NoGateway { .. })
+                                && idle <= IDLE_RESUMES)) =>
                 {
                     debug!(error = %e, attempt, "upload interrupted; resuming");
                     self.recover(&e).await?;
@@ -398,8 +420,11 @@ impl Client {
                     progress(Progress { done: sender.acked(), total: size });
                 }
                 Some(Incoming::Response(Response::Error { transfer: Some(t), code, message, .. })) if t == transfer => {
-                    // The upload is over on the gateway's side: nothing to resume.
-                    upload.resume = None;
+                    // The upload is over on the gateway's side: nothing to resume, unless the gateway lost the
+                    // store, which keeps the temporary file for a resume.
+                    if code != ErrorCode::Unavailable {
+                        upload.resume = None;
+                    }
                     return Err(DeviceError::Remote { code, message });
                 }
                 Some(_) => {}
@@ -456,15 +481,21 @@ impl Client {
         let part = PartFile::for_target(&target);
         let mut received = 0u64;
         let mut held_at_start = None;
-        let mut attempt = 0;
+        let (mut attempt, mut idle) = (0, 0);
         loop {
             attempt += 1;
             let before = received;
             let result = self.get_once(remote, &part, &mut received, &mut held_at_start, &mut progress).await;
+            idle = if received > before { 0 } else { idle + 1 };
             // Try again when the connection broke, or when this attempt got somewhere before it stopped (a
-            // gateway that went away mid-transfer); a first request that nobody answers is reported at once.
+            // gateway that went away mid-transfer), or, a few times, when nothing moved at all (see IDLE_RESUMES).
             let retry = |e: &DeviceError| {
-                e.is_transient() && attempt < GET_ATTEMPTS && (matches!(e, DeviceError::Closed(_)) || received > before)
+                e.is_transient()
+                    && attempt < GET_ATTEMPTS
+                    && (matches!(e, DeviceError::Closed(_))
+                        || received > before
+                        || (matches!(e, DeviceError::Stalled { .. } | DeviceError::NoGateway { .. })
+                            && idle <= IDLE_RESUMES))
             };
             match result {
                 Ok((size, sha256)) => {

@@ -77,6 +77,17 @@ pub struct SftpConfig {
     /// Connect + authenticate time limit.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Interval of SSH keepalives on the store connection (sent when it is otherwise quiet).
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// Keepalives that may go unanswered in a row; one more and the connection is dropped as dead (a server that
+    /// stopped answering without closing), and the next use reconnects.
+    #[serde(default = "default_keepalive_max")]
+    pub keepalive_max: usize,
+    /// Time limit of one SFTP request (whole seconds, at least 1); a request that takes longer fails and the
+    /// session is dropped.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 fn default_ssh_port() -> u16 {
@@ -84,6 +95,15 @@ fn default_ssh_port() -> u16 {
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(15)
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_keepalive_max() -> usize {
+    3
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// The `[store]` section.
@@ -225,6 +245,16 @@ impl GatewayConfig {
                 });
             }
         }
+        let sftp = &self.sftp;
+        if sftp.keepalive.is_zero() {
+            return Err(invalid("sftp.keepalive", "0s".into(), "must be above 0"));
+        }
+        if sftp.keepalive_max == 0 {
+            return Err(invalid("sftp.keepalive_max", "0".into(), "must be at least 1"));
+        }
+        if sftp.request_timeout < Duration::from_secs(1) {
+            return Err(invalid("sftp.request_timeout", format!("{:?}", sftp.request_timeout), "must be at least 1s"));
+        }
         let t = &self.transfer;
         if !(1024..=mqsftp_proto::chunk::MAX_CHUNK_DATA as u32).contains(&t.chunk_size) {
             return Err(invalid(
@@ -279,6 +309,24 @@ device_root = "devices/{device}"
         let r = GatewayConfig::load(&path);
         std::fs::remove_dir_all(&dir).unwrap();
         r
+    }
+
+    #[test]
+    fn sftp_liveness_keys_have_defaults_and_limits() {
+        let cfg = load(GOOD).unwrap();
+        assert_eq!(cfg.sftp.keepalive, Duration::from_secs(15));
+        assert_eq!((cfg.sftp.keepalive_max, cfg.sftp.request_timeout), (3, Duration::from_secs(30)));
+        let with = |keys: &str| GOOD.replace("[store]", &format!("{keys}\n[store]"));
+        let cfg = load(&with("keepalive = \"1s\"\nkeepalive_max = 2\nrequest_timeout = \"5s\"")).unwrap();
+        assert_eq!((cfg.sftp.keepalive, cfg.sftp.keepalive_max), (Duration::from_secs(1), 2));
+        for (bad, key) in [
+            ("keepalive = \"0s\"", "sftp.keepalive"),
+            ("keepalive_max = 0", "sftp.keepalive_max"),
+            ("request_timeout = \"500ms\"", "sftp.request_timeout"),
+        ] {
+            let e = load(&with(bad)).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

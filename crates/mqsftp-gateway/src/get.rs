@@ -29,7 +29,16 @@ pub(crate) async fn start_get(
     };
     let store_path = access.path_of(&rel);
     let (tx, rx) = mpsc::unbounded_channel();
-    let transfer = match shared.register(&device, tx, Claim { access: &access, wanted: None, quota_use: None }) {
+    let transfer = match shared.register(
+        &device,
+        tx,
+        Claim {
+            access: &access,
+            wanted: None,
+            quota_use: None,
+            supersede: Some((session.clone(), rel.as_str().to_string())),
+        },
+    ) {
         Ok(t) => t,
         Err(f) => return shared.respond(&device, &session, &fail(f)).await,
     };
@@ -175,8 +184,9 @@ struct OpenFile {
 }
 
 /// Reads the file sequentially on its own task, one block ahead of the sender, so that SFTP round trips overlap
-/// with waiting for the device's acknowledgements. Holds at most two blocks (one queued, one being cut into
-/// chunks), so memory per transfer stays bounded by `2 × block`.
+/// with waiting for the device's acknowledgements. Holds at most three blocks (one being filled by the read task,
+/// one queued, one being cut into chunks), so memory per transfer stays bounded by `3 × block` (plus the SFTP
+/// reads in flight, `store::SFTP_READS_IN_FLIGHT`).
 struct ReadAhead {
     rx: mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,

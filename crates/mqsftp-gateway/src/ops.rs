@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use mqsftp_proto::{confine, Entry, EntryKind, ErrorCode, RelPath, MAX_LIST_PAGE};
-use russh_sftp::protocol::FileAttributes;
+use russh_sftp::protocol::{FileAttributes, StatusCode};
 use tracing::warn;
 
 use crate::policy::Access;
@@ -29,10 +29,37 @@ pub(crate) async fn sftp_failure(
     rel: &str,
     source: russh_sftp::client::error::Error,
 ) -> Failure {
+    let generic =
+        matches!(&source, russh_sftp::client::error::Error::Status(s) if s.status_code == StatusCode::Failure);
     let e = StoreError::Sftp { op, path: store_path.to_string(), source };
     warn!(error = %e, "store operation failed");
     shared.store.note_error(&e).await;
+    if generic {
+        if let Ok(sftp) = shared.store.session().await {
+            if let Some(f) = file_system_failure(&sftp, parent(store_path), rel).await {
+                return f;
+            }
+        }
+    }
     (e.code(), e.device_message(rel))
+}
+
+/// `SSH_FX_FAILURE` is all OpenSSH's sftp-server says for ENOSPC, EROFS and many more; the file system's
+/// statistics (`statvfs@openssh.com`) tell a full or read-only store apart, so the device gets `storage_full` or
+/// `permission_denied` instead of `internal`. `None` when they show neither (or the server lacks the extension).
+pub(crate) async fn file_system_failure(sftp: &StoreSession, store_dir: &str, rel: &str) -> Option<Failure> {
+    /// `SSH2_FXE_STATVFS_ST_RDONLY` in OpenSSH's PROTOCOL file.
+    const READ_ONLY: u64 = 0x1;
+    let probe = tokio::time::timeout(std::time::Duration::from_secs(5), sftp.fs_info(store_dir)).await;
+    let Ok(Ok(Some(st))) = probe else { return None };
+    if st.flags & READ_ONLY != 0 {
+        return Some((ErrorCode::PermissionDenied, format!("the store is read-only: cannot write {rel}")));
+    }
+    // Less than one (default-sized) chunk free is as full as nothing free: the next write fails the same way.
+    if st.blocks_avail.saturating_mul(st.fragment_size.max(1)) < 64 * 1024 {
+        return Some((ErrorCode::StorageFull, format!("the store is full: no space left to write {rel}")));
+    }
+    None
 }
 
 /// The entry for `attrs`, named `name`.
@@ -199,6 +226,9 @@ pub(crate) async fn move_into_place(
         // Another writer won the race between the check and the rename.
         Err(_) if !overwrite && sftp.try_exists(to).await.unwrap_or(false) => {
             Err((ErrorCode::Exists, format!("already exists: {to_rel} (ask to overwrite to replace it)")))
+        }
+        Err(_) if sftp.metadata(to).await.is_ok_and(|m| m.is_dir()) => {
+            Err((ErrorCode::IsDirectory, format!("{to_rel} is a directory; a file cannot replace it")))
         }
         Err(e) => Err(sftp_failure(shared, "rename", to, to_rel, e).await),
     }

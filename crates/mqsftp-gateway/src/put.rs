@@ -58,15 +58,17 @@ pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, access: Arc
         None => None,
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let transfer = match shared.register(&device, tx, Claim { access: &access, wanted: req.resume, quota_use }) {
-        Ok(t) => t,
-        Err(f) => return shared.respond(&device, &req.session, &fail(f)).await,
-    };
+    let transfer =
+        match shared.register(&device, tx, Claim { access: &access, wanted: req.resume, quota_use, supersede: None }) {
+            Ok(t) => t,
+            Err(f) => return shared.respond(&device, &req.session, &fail(f)).await,
+        };
     let span = info_span!("put", %device, transfer, path = %rel.as_str(), size = req.size);
     async move {
         let mut rx = rx;
         let registration = Registration { shared: &shared, transfer };
-        let result = serve_put(&shared, (&device, &access), &req, transfer, &rel, &mut rx).await;
+        let mut reply = (req.id.clone(), req.session.clone());
+        let result = serve_put(&shared, (&device, &access), &req, transfer, &rel, &mut rx, &mut reply).await;
         // Once out of the table nothing more is queued for this task; commits that were queued meanwhile (several
         // sent at once) get the remembered answer like any later one.
         drop(registration);
@@ -77,8 +79,9 @@ pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, access: Arc
         }
         if let Err((code, message)) = result {
             info!(%code, %message, "put failed");
-            let resp = Response::Error { id: Some(req.id.clone()), transfer: Some(transfer), code, message };
-            shared.respond(&device, &req.session, &resp).await;
+            let (id, session) = reply;
+            let resp = Response::Error { id: Some(id), transfer: Some(transfer), code, message };
+            shared.respond(&device, &session, &resp).await;
         }
     }
     .instrument(span)
@@ -115,6 +118,7 @@ async fn serve_put(
     transfer: TransferId,
     rel: &RelPath,
     rx: &mut mpsc::UnboundedReceiver<Ctl>,
+    reply: &mut (String, SessionId),
 ) -> Result<(), Failure> {
     let sftp = session(shared).await?;
     let final_path = access.path_of(rel);
@@ -209,8 +213,7 @@ async fn serve_put(
                             break Err((ErrorCode::Internal, "file closed".into()));
                         };
                         if let Err(e) = f.write_all(&data).await {
-                            warn!(error = %e, "write to the store failed");
-                            break Err((ErrorCode::Internal, format!("writing {} failed", rel.as_str())));
+                            break Err(write_failure(shared, &sftp, &part.path, rel.as_str(), &e).await);
                         }
                         ack
                     }
@@ -237,6 +240,8 @@ async fn serve_put(
                     shared.respond(device, &session, &resp).await;
                     continue;
                 }
+                // A failing commit is answered to this commit (the device waits for its answer), not to the put.
+                *reply = (id.clone(), session.clone());
                 match commit(shared, &sftp, &mut part, file.take(), (&final_path, rel), req.overwrite).await {
                     Ok(durable) => {
                         let answer =
@@ -252,10 +257,15 @@ async fn serve_put(
                 }
             }
             Ctl::Reattach(again) => {
+                *reply = (again.id.clone(), again.session.clone());
                 // Make what is held durable before telling the device it need not send it again.
                 if let Some(f) = file.as_mut() {
-                    if f.flush().await.is_err() || f.sync_all().await.is_err() {
-                        break Err((ErrorCode::Internal, format!("writing {} failed", rel.as_str())));
+                    let synced = match f.flush().await {
+                        Ok(()) => f.sync_all().await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = synced {
+                        break Err(write_failure(shared, &sftp, &part.path, rel.as_str(), &e).await);
                     }
                 }
                 session = again.session.clone();
@@ -273,17 +283,44 @@ async fn serve_put(
             Ctl::Ack(_) => {} // download acknowledgements mean nothing to an upload
         }
     };
-    if outcome.is_err() {
-        part.discard(file.take()).await;
+    match &outcome {
+        // The store connection broke: the temporary file cannot be removed now, and it is what a resume continues
+        // from (on a new session, here or at another gateway); expiry removes it if nobody does.
+        Err((ErrorCode::Unavailable, _)) => info!(path = %part.path, "store lost; temporary file kept for a resume"),
+        Err(_) => part.discard(file.take()).await,
+        Ok(()) => {}
     }
     outcome
+}
+
+/// What a failed write (or flush) of an upload's temporary file means. The writes are pipelined, so the error may
+/// belong to an earlier chunk; the store itself is asked. A session that no longer answers is dropped
+/// (`unavailable`: the device resumes once the store is back); a full or read-only file system gets its own code.
+async fn write_failure(
+    shared: &Shared,
+    sftp: &Arc<StoreSession>,
+    part_path: &str,
+    rel: &str,
+    err: &(dyn std::fmt::Display + Sync),
+) -> Failure {
+    warn!(error = %err, path = %part_path, "write to the store failed");
+    let dir = crate::ops::parent(part_path);
+    let alive = tokio::time::timeout(std::time::Duration::from_secs(5), sftp.metadata(dir)).await;
+    if !matches!(alive, Ok(Ok(_))) {
+        shared.store.forget(sftp).await;
+        return (ErrorCode::Unavailable, format!("the file store is unavailable while writing {rel}"));
+    }
+    match crate::ops::file_system_failure(sftp, dir, rel).await {
+        Some(f) => f,
+        None => (ErrorCode::Internal, format!("writing {rel} failed")),
+    }
 }
 
 /// Flushes and fsyncs the temporary file, closes it and renames it into place. Returns whether the store
 /// confirmed the fsync.
 async fn commit(
     shared: &Shared,
-    sftp: &StoreSession,
+    sftp: &Arc<StoreSession>,
     part: &mut Part<'_>,
     file: Option<File>,
     (final_path, rel): (&str, &RelPath),
@@ -293,14 +330,18 @@ async fn commit(
         return Err((ErrorCode::Internal, "upload file already closed".into()));
     };
     if let Err(e) = f.flush().await {
-        warn!(error = %e, "flush failed");
-        part.discard(Some(f)).await;
-        return Err((ErrorCode::Internal, format!("writing {} failed", rel.as_str())));
+        let failure = write_failure(shared, sftp, &part.path, rel.as_str(), &e).await;
+        if failure.0 != ErrorCode::Unavailable {
+            part.discard(Some(f)).await;
+        }
+        return Err(failure);
     }
     let durable = sftp.fsync;
     if let Err(e) = f.sync_all().await {
-        let failure = sftp_failure(shared, "fsync", &part.path, rel.as_str(), e).await;
-        part.discard(Some(f)).await;
+        let failure = write_failure(shared, sftp, &part.path, rel.as_str(), &e).await;
+        if failure.0 != ErrorCode::Unavailable {
+            part.discard(Some(f)).await;
+        }
         return Err(failure);
     }
     if let Err(e) = f.shutdown().await {

@@ -77,6 +77,9 @@ struct Entry {
     tx: mpsc::UnboundedSender<Ctl>,
     /// Bytes an upload will add to the store (for quotas); 0 for downloads.
     reserved: u64,
+    /// For a download: the session and path it serves, so that the same session asking for the same file again
+    /// (it resumed after an interruption) replaces it.
+    key: Option<(SessionId, String)>,
 }
 
 /// What a new transfer asks of the limits in [`Shared::register`].
@@ -86,6 +89,11 @@ pub(crate) struct Claim<'a> {
     pub(crate) wanted: Option<TransferId>,
     /// For an upload under a quota: the bytes the device already stores, and the upload's size.
     pub(crate) quota_use: Option<(u64, u64)>,
+    /// For a download: its session and path. A download of the same device, session and path still running here
+    /// is one the device gave up on (its connection broke and it asked again from what it holds): it is cancelled
+    /// and does not count against the limits. Without this, every broker restart during a download left a
+    /// transfer re-sending to nobody until its timeout, and a few restarts in a row made the resume `busy`.
+    pub(crate) supersede: Option<(SessionId, String)>,
 }
 
 impl Shared {
@@ -108,6 +116,19 @@ impl Shared {
         let max_all = self.cfg.transfer.max_transfers;
         let max_mine = claim.access.max_transfers;
         let mut t = self.transfers.lock().map_err(|_| busy("transfer table unavailable".to_string()))?;
+        if let Some(key) = &claim.supersede {
+            let stale: Vec<TransferId> = t
+                .iter()
+                .filter(|(_, e)| &e.device == device && e.key.as_ref() == Some(key))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                if let Some(e) = t.remove(&id) {
+                    info!(%device, transfer = id, "download asked for again by its session; the old one is cancelled");
+                    let _ = e.tx.send(Ctl::Cancel);
+                }
+            }
+        }
         let (all, mine) = (t.len(), t.values().filter(|e| &e.device == device).count());
         if all >= max_all || mine >= max_mine {
             return Err(busy(format!(
@@ -139,7 +160,7 @@ impl Shared {
         while t.contains_key(&transfer) {
             transfer = rand::random::<u64>() & MAX_TRANSFER_ID;
         }
-        t.insert(transfer, Entry { device: device.clone(), tx, reserved });
+        t.insert(transfer, Entry { device: device.clone(), tx, reserved, key: claim.supersede });
         Ok(transfer)
     }
 }

@@ -58,7 +58,8 @@ impl StoreError {
                 StatusCode::PermissionDenied => ErrorCode::PermissionDenied,
                 _ => ErrorCode::Internal,
             },
-            StoreError::Sftp { .. } => ErrorCode::Internal,
+            // Not a status from the server: the session broke (or timed out) under the operation.
+            StoreError::Sftp { .. } => ErrorCode::Unavailable,
             _ => ErrorCode::Unavailable,
         }
     }
@@ -344,8 +345,8 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
         preferred: preferred_algorithms(),
         nodelay: true,
         window_size: 16 * 1024 * 1024,
-        keepalive_interval: Some(Duration::from_secs(15)),
-        keepalive_max: 3,
+        keepalive_interval: Some(cfg.keepalive),
+        keepalive_max: cfg.keepalive_max,
         ..Default::default()
     };
     let verdict = Arc::new(std::sync::Mutex::new(None));
@@ -374,16 +375,29 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
     let channel = session.channel_open_session().await.map_err(ssh_err)?;
     channel.request_subsystem(true, "sftp").await.map_err(ssh_err)?;
     let start_err = |e| StoreError::Sftp { op: "start sftp on", path: host.clone(), source: e };
-    let sftp = SftpSession::new(channel.into_stream()).await.map_err(start_err)?;
+    let request_timeout = cfg.request_timeout.as_secs().max(1);
+    let sftp_cfg = russh_sftp::client::Config {
+        // russh-sftp reads ahead this many requests of up to 255 KiB (OpenSSH's read limit) per open file. Its
+        // default, 16 (4 MiB per download), made the gateway's memory grow with the number of downloads far beyond
+        // their windows; 4 (1 MiB, two default windows) keeps loopback and LAN reads at full speed.
+        max_concurrent_reads: SFTP_READS_IN_FLIGHT,
+        request_timeout_secs: request_timeout,
+        ..Default::default()
+    };
+    let sftp = SftpSession::new_with_config(channel.into_stream(), sftp_cfg).await.map_err(start_err)?;
     let channel = session.channel_open_session().await.map_err(ssh_err)?;
     channel.request_subsystem(true, "sftp").await.map_err(ssh_err)?;
     let ext = RawSftpSession::new(channel.into_stream());
+    ext.set_timeout(request_timeout);
     let version = ext.init().await.map_err(start_err)?;
     let offers = |name: &str| version.extensions.contains_key(name);
     let (fsync, posix_rename) = (offers("fsync@openssh.com"), offers(POSIX_RENAME));
     let handles = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES));
     Ok(StoreSession { sftp, ext, fsync, posix_rename, handles, _ssh: session })
 }
+
+/// SFTP read requests in flight per open file (each up to 255 KiB with OpenSSH).
+pub const SFTP_READS_IN_FLIGHT: usize = 4;
 
 /// A shared, lazily (re)connected SFTP session.
 pub struct Store {
@@ -406,6 +420,14 @@ impl Store {
         let s = Arc::new(connect(&self.cfg).await?);
         *guard = Some(s.clone());
         Ok(s)
+    }
+
+    /// Drops `broken` (a session found dead) so that the next use reconnects; a newer session is kept.
+    pub async fn forget(&self, broken: &Arc<StoreSession>) {
+        let mut guard = self.session.lock().await;
+        if guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, broken)) {
+            *guard = None;
+        }
     }
 
     /// Reports an error seen on the session; connection failures make the next use reconnect.

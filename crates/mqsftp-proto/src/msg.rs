@@ -168,6 +168,8 @@ pub enum ErrorCode {
     ChecksumMismatch,
     /// The upload saw no data for longer than the gateway keeps incomplete uploads.
     Expired,
+    /// The store's file system has no space left for the upload.
+    StorageFull,
     /// Anything else; the message says what.
     Internal,
 }
@@ -189,6 +191,7 @@ impl ErrorCode {
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::ChecksumMismatch => "checksum_mismatch",
             ErrorCode::Expired => "expired",
+            ErrorCode::StorageFull => "storage_full",
             ErrorCode::Internal => "internal",
         }
     }
@@ -491,6 +494,7 @@ mod tests {
             Just(ErrorCode::QuotaExceeded),
             Just(ErrorCode::ChecksumMismatch),
             Just(ErrorCode::Expired),
+            Just(ErrorCode::StorageFull),
             Just(ErrorCode::Internal),
         ]
     }

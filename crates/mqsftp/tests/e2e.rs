@@ -33,10 +33,6 @@ mod put;
 #[path = "e2e/ops.rs"]
 mod ops;
 
-/// Interruptions: broker restarts, resumed downloads.
-#[path = "e2e/faults.rs"]
-mod faults;
-
 /// Issue 4: policy, symlinks, names, malformed floods, a permissive broker.
 #[path = "e2e/security.rs"]
 mod security;

@@ -25,6 +25,9 @@ pub(crate) fn sftp_config(fx: &Fixture) -> SftpConfig {
         connect_timeout: Duration::from_secs(20),
         passphrase_file: None,
         passphrase_env: None,
+        keepalive: Duration::from_secs(15),
+        keepalive_max: 3,
+        request_timeout: Duration::from_secs(30),
     }
 }
 

@@ -261,56 +261,6 @@ async fn two_gateways_share_the_work() {
     gw_b.stop().await;
 }
 
-/// Three commits of one upload sent at once: three identical answers, exactly one file.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_concurrent_commits_give_one_file() {
-    let (stack, gw, cfg) = setup("tri").await;
-    let mut raw = RawDevice::connect(&cfg, "tri1").await;
-    let session = raw.session.clone();
-    let data = content(300_000, 12);
-    raw.send(&Request::Put {
-        id: "p".into(),
-        session: session.clone(),
-        path: "tri.bin".into(),
-        size: data.len() as u64,
-        sha256: sha256(&data),
-        overwrite: false,
-        resume: None,
-    })
-    .await;
-    let (transfer, gw_id) = raw
-        .expect(|r| match r {
-            Response::PutAccepted { transfer, gateway, .. } => Some((transfer, gateway)),
-            _ => None,
-        })
-        .await;
-    for (i, piece) in data.chunks(64 * 1024).enumerate() {
-        raw.send_chunk(&gw_id, transfer, (i * 64 * 1024) as u64, piece).await;
-    }
-    let size = data.len() as u64;
-    raw.expect(|r| matches!(r, Response::PutAck { next, .. } if next == size).then_some(())).await;
-    for id in ["c1", "c2", "c3"] {
-        raw.send_to(&gw_id, &Request::Commit { id: id.into(), session: session.clone(), transfer }).await;
-    }
-    let mut answered = Vec::new();
-    while answered.len() < 3 {
-        let (id, sha) = raw
-            .expect(|r| match r {
-                Response::Committed { id, sha256, .. } => Some((id, sha256)),
-                Response::Error { id, code, message, .. } => panic!("{id:?}: {code}: {message}"),
-                _ => None,
-            })
-            .await;
-        assert_eq!(sha, sha256(&data));
-        answered.push(id);
-    }
-    answered.sort();
-    assert_eq!(answered, ["c1", "c2", "c3"]);
-    assert_eq!(entries(&stack.device_root("tri")), vec!["tri.bin".to_string()]);
-    assert_eq!(std::fs::read(stack.device_root("tri").join("tri.bin")).unwrap(), data);
-    gw.stop().await;
-}
-
 /// Bad requests of every kind, sent while a large download runs, are each answered with their code, and the
 /// download finishes intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

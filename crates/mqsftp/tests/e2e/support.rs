@@ -302,6 +302,11 @@ impl GatewayProcess {
         GatewayProcess { child, log }
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("gateway running")
+    }
+
     /// Sends SIGHUP (re-read the policy file).
     pub fn hangup(&self) {
         let pid = self.child.id().expect("gateway running").to_string();

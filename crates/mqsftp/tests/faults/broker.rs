@@ -1,0 +1,131 @@
+use std::sync::atomic::Ordering;
+
+use tokio::sync::watch;
+
+use crate::common::*;
+use crate::support::*;
+
+/// The broker is killed and restarted ten times during a download: the device reconnects and resumes from the
+/// bytes it holds each time, the file is byte-identical, and the gateway sent at most two windows again per kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_resumes_after_the_broker_is_killed() {
+    let size: usize = scaled(160 * MIB, 1024 * MIB);
+    const KILLS: u64 = 10;
+    let (mut stack, gw, cfg) = setup("bkget").await;
+    let data = content(size, 77);
+    put_on_store(&stack, "bkget", "big.bin", &data);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("big.bin");
+    let mut client = connect(&cfg).await;
+    let (tx, mut done) = watch::channel(0u64);
+    let t = target.clone();
+    let mut get = tokio::spawn(async move {
+        client
+            .get("big.bin", &t, |p| {
+                tx.send_replace(p.done);
+            })
+            .await
+    });
+    for k in 1..=KILLS {
+        let threshold = size as u64 * k / (KILLS + 1);
+        reach(&mut done, threshold, &mut get).await;
+        stack.kill_broker().unwrap();
+        stack.start_broker().unwrap();
+    }
+    let outcome =
+        tokio::time::timeout(long_limit(), get).await.expect("in time").expect("no panic").expect("get succeeds");
+    assert_eq!(sha256_file(&target), sha256(&data));
+    let sent = gw.stats.sent_bytes.load(Ordering::Relaxed);
+    let resent = sent.saturating_sub(size as u64);
+    println!(
+        "broker killed {KILLS}x during a {} MiB get: gateway re-sent {resent} bytes ({:.2} windows per kill), \
+         device received {} bytes twice",
+        size >> 20,
+        resent as f64 / WINDOW_BYTES as f64 / KILLS as f64,
+        outcome.resent_bytes
+    );
+    assert!(resent <= KILLS * 2 * WINDOW_BYTES, "re-sent {resent} bytes for {KILLS} kills");
+    assert!(part_files(out.path()).is_empty());
+    gw.stop().await;
+}
+
+/// A download interrupted for good (no gateway any more) keeps what it holds; the next `get` of the same target
+/// continues from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_get_continues_from_the_part_file() {
+    let size: usize = 5 * 1024 * 1024 + 123;
+    let (stack, gw, cfg) = setup("later").await;
+    let data = content(size, 78);
+    put_on_store(&stack, "later", "f.bin", &data);
+    let out = tempfile::tempdir().unwrap();
+    // What an interrupted download leaves: the first 3,000,001 bytes in the part file.
+    std::fs::write(out.path().join(".f.bin.mqsftp-part"), &data[..3_000_001]).unwrap();
+    let mut client = connect(&cfg).await;
+    let before = gw.stats.sent_bytes.load(Ordering::Relaxed);
+    client.get("f.bin", &out.path().join("f.bin"), |_| {}).await.unwrap();
+    let sent = gw.stats.sent_bytes.load(Ordering::Relaxed) - before;
+    assert_eq!(sent, size as u64 - 3_000_001, "only the missing bytes were sent");
+    assert_eq!(std::fs::read(out.path().join("f.bin")).unwrap(), data);
+    assert_eq!(entries(out.path()), vec!["f.bin".to_string()]);
+
+    // A part file that is not a prefix of the remote file fails verification and is dropped, not kept.
+    std::fs::write(out.path().join(".g.bin.mqsftp-part"), b"garbage").unwrap();
+    put_on_store(&stack, "later", "g.bin", &data[..1000]);
+    let err = client.get("g.bin", &out.path().join("g.bin"), |_| {}).await.unwrap_err();
+    assert!(matches!(err, mqsftp_device::DeviceError::Integrity(_)), "{err}");
+    assert_eq!(entries(out.path()), vec!["f.bin".to_string()], "bad part file removed, nothing at g.bin");
+    client.get("g.bin", &out.path().join("g.bin"), |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(out.path().join("g.bin")).unwrap(), &data[..1000]);
+    gw.stop().await;
+}
+
+/// The broker is killed and restarted ten times during an upload: the device reconnects, asks to resume, and
+/// continues from what the store holds; exactly one file is committed, byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_resumes_after_the_broker_is_killed() {
+    let size: usize = scaled(160 * MIB, 1024 * MIB);
+    const KILLS: u64 = 10;
+    let (mut stack, gw, cfg) = setup("bkput").await;
+    let data = content(size, 79);
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("big.bin");
+    std::fs::write(&local, &data).unwrap();
+    let mut client = connect(&cfg).await;
+    let (tx, mut done) = watch::channel(0u64);
+    let l = local.clone();
+    let mut put = tokio::spawn(async move {
+        client
+            .put(&l, "up/big.bin", false, |p| {
+                tx.send_replace(p.done);
+            })
+            .await
+    });
+    for k in 1..=KILLS {
+        let threshold = size as u64 * k / (KILLS + 1);
+        reach(&mut done, threshold, &mut put).await;
+        stack.kill_broker().unwrap();
+        stack.start_broker().unwrap();
+    }
+    let outcome =
+        tokio::time::timeout(long_limit(), put).await.expect("in time").expect("no panic").expect("put succeeds");
+    assert_eq!(outcome.sha256, sha256(&data));
+    let root = stack.device_root("bkput");
+    assert_eq!(sha256_file(&root.join("up/big.bin")), sha256(&data));
+    assert_eq!(entries(&root.join("up")), vec!["big.bin".to_string()], "one file, no temporary file left");
+    let received = gw.stats.received_bytes.load(Ordering::Relaxed);
+    let resent = received.saturating_sub(size as u64);
+    println!(
+        "broker killed {KILLS}x during a {} MiB put: device sent {} bytes again ({:.2} windows per kill), \
+         gateway received {resent} bytes twice",
+        size >> 20,
+        outcome.resent_bytes,
+        outcome.resent_bytes as f64 / WINDOW_BYTES as f64 / KILLS as f64
+    );
+    assert!(
+        outcome.resent_bytes <= KILLS * 2 * WINDOW_BYTES,
+        "re-sent {} bytes for {KILLS} kills",
+        outcome.resent_bytes
+    );
+    assert!(resent <= outcome.resent_bytes);
+    gw.stop().await;
+}
