@@ -9,7 +9,7 @@ use mqsftp_proto::{
     Chunk, DeviceId, Entry, ErrorCode, GatewayId, Received, Receiver, Request, Response, Sender, SessionId,
     StreamParams, Topic, TopicKind, TransferId,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tracing::debug;
 
 use crate::{DeviceConfig, DeviceError};
@@ -314,8 +314,10 @@ impl Client {
         mut progress: impl FnMut(Progress),
     ) -> Result<PutOutcome, DeviceError> {
         let local_err = |source| DeviceError::Local { path: local.to_path_buf(), source };
+        // Taken before hashing: a change after it shows as a different length or modification time at the end.
+        let stamp = file_stamp(local).await.map_err(local_err)?;
         let (size, sha256) = hash_file(local).await.map_err(local_err)?;
-        let mut upload = Upload { local, remote, size, sha256, overwrite, resume: None, acked: 0, sent: 0 };
+        let mut upload = Upload { local, remote, size, sha256, stamp, overwrite, resume: None, acked: 0, sent: 0 };
         let (mut attempt, mut idle) = (0, 0);
         loop {
             attempt += 1;
@@ -377,7 +379,14 @@ impl Client {
             retransmit_after: StreamParams::default().retransmit_after,
             give_up_after: self.timeout,
         };
-        let mut sender = Sender::resume(transfer, size, offset, params, Instant::now());
+        // The file was hashed to announce it: the sender neither hashes it again nor reads what the store holds.
+        let mut known = [0u8; 32];
+        hex::decode_to_slice(&upload.sha256, &mut known).map_err(|_| DeviceError::LocalChanged {
+            path: local.to_path_buf(),
+            reason: "its hash could not be decoded".into(),
+        })?;
+        let mut sender = Sender::resume(transfer, size, offset, params, Instant::now()).with_known_sha256(known);
+        file.seek(std::io::SeekFrom::Start(offset.min(size))).await.map_err(local_err)?;
         let up = Topic::up(&self.device, &gateway);
         upload.acked = upload.acked.max(sender.acked());
         progress(Progress { done: sender.acked(), total: size });
@@ -396,8 +405,10 @@ impl Client {
                     .await
                     .map_err(|e| DeviceError::Closed(e.to_string()))?;
             }
-            if let Some((_, sent_sha)) = sender.poll_done() {
-                if hex::encode(sent_sha) != upload.sha256 {
+            if sender.poll_done().is_some() {
+                // Everything was read: the gateway checks the bytes against the announced hash at commit; a file
+                // that changed meanwhile is reported here, with its name, instead of as a checksum mismatch.
+                if file_stamp(local).await.map_err(local_err)? != upload.stamp {
                     let _ = self.send_to(&gateway, &Request::Cancel { transfer }).await;
                     return Err(DeviceError::LocalChanged {
                         path: local.to_path_buf(),
@@ -635,6 +646,8 @@ struct Upload<'a> {
     remote: &'a str,
     size: u64,
     sha256: String,
+    /// Length and modification time of the file when it was hashed.
+    stamp: (u64, Option<std::time::SystemTime>),
     overwrite: bool,
     /// The transfer to continue after an interruption.
     resume: Option<TransferId>,
@@ -650,6 +663,12 @@ fn unexpected(r: &Response) -> DeviceError {
 }
 
 /// Size and SHA-256 (hex) of a local file, in one pass.
+/// Length and modification time of a local file.
+async fn file_stamp(path: &Path) -> std::io::Result<(u64, Option<std::time::SystemTime>)> {
+    let m = tokio::fs::metadata(path).await?;
+    Ok((m.len(), m.modified().ok()))
+}
+
 async fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
     use sha2::Digest;
     let mut f = tokio::fs::File::open(path).await?;

@@ -126,6 +126,16 @@ impl Sender {
         s
     }
 
+    /// For a caller that already knows the file's SHA-256 (an uploader hashed the file to announce it): the data
+    /// is not hashed a second time, and the first `start` bytes, which the receiver holds, are not read at all.
+    /// [`poll_done`](Self::poll_done) reports the given hash.
+    pub fn with_known_sha256(mut self, sha256: [u8; 32]) -> Self {
+        self.hasher = None;
+        self.sha256 = Some(sha256);
+        self.read_pos = self.start;
+        self
+    }
+
     /// The transfer id.
     pub fn transfer(&self) -> TransferId {
         self.transfer
@@ -206,7 +216,7 @@ impl Sender {
 
     /// Size and SHA-256 to announce once every byte has been read and sent once; returned a single time.
     pub fn poll_done(&mut self) -> Option<(u64, [u8; 32])> {
-        if self.done_sent || self.unacked.iter().any(|(_, pending)| *pending) {
+        if self.done_sent || self.read_pos < self.size || self.unacked.iter().any(|(_, pending)| *pending) {
             return None;
         }
         let sha = self.sha256?;
@@ -571,5 +581,29 @@ mod tests {
         rx.handle_done(3, &"0".repeat(64)).unwrap();
         assert!(matches!(rx.poll_finished(), Some(Err(ReceiveError::ChecksumMismatch { .. }))));
         assert_eq!(rx.poll_finished(), None);
+    }
+
+    #[test]
+    fn known_hash_skips_the_held_prefix_and_the_second_hash() {
+        let params = StreamParams { chunk_size: 1000, window: 4, ..StreamParams::default() };
+        let now = Instant::now();
+        let mut tx = Sender::resume(7, 10_500, 3_000, params, now).with_known_sha256([9; 32]);
+        let mut offsets = Vec::new();
+        loop {
+            while let Some(r) = tx.poll_read() {
+                offsets.push(r.offset);
+                tx.handle_read(Bytes::from(vec![0u8; r.len as usize])).unwrap();
+            }
+            let mut last = None;
+            while let Some(c) = tx.poll_transmit() {
+                last = Some(c.end());
+            }
+            if tx.poll_done().is_some_and(|d| d == (10_500, [9; 32])) {
+                break;
+            }
+            tx.handle_ack(last.unwrap_or(tx.acked()), now).unwrap();
+        }
+        assert_eq!(offsets.first(), Some(&3_000), "the held prefix is not read");
+        assert_eq!(offsets.last(), Some(&10_000));
     }
 }

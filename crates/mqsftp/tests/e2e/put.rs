@@ -322,3 +322,36 @@ async fn bad_requests_do_not_disturb_a_running_transfer() {
     assert_eq!(sha256_file(&target), sha256(&data));
     gw.stop().await;
 }
+
+/// The device hashes a file once, to announce it; if the file changes while it is uploaded, the upload ends with
+/// an error naming the file and nothing is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_during_upload_is_not_committed() {
+    let stack = start_stack();
+    // Paced, so that the change lands in the middle of the upload.
+    set_policy(&stack, "[default]\nrate = \"1 MiB\"\n");
+    let gw = RunningGateway::start(&stack).await;
+    let cfg = mqsftp_device::DeviceConfig::load(&stack.device("changer").unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("f.bin");
+    std::fs::write(&local, content(3 << 20, 5)).unwrap();
+    let mut client = connect(&cfg).await;
+    let (tx, mut done) = tokio::sync::watch::channel(0u64);
+    let l = local.clone();
+    let mut put = tokio::spawn(async move {
+        client
+            .put(&l, "f.bin", false, |p| {
+                tx.send_replace(p.done);
+            })
+            .await
+    });
+    let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= 1 << 20)).await.expect("progress").is_ok();
+    assert!(reached, "upload ended early: {:?}", (&mut put).await);
+    std::thread::sleep(std::time::Duration::from_millis(20)); // a modification time that differs
+    std::fs::write(&local, content(3 << 20, 6)).unwrap();
+    let err = tokio::time::timeout(LIMIT, put).await.unwrap().unwrap().unwrap_err();
+    assert!(matches!(err, mqsftp_device::DeviceError::LocalChanged { .. }), "{err}");
+    assert!(err.to_string().contains("f.bin"), "{err}");
+    assert!(!stack.device_root("changer").join("f.bin").exists(), "nothing committed");
+    gw.stop().await;
+}
