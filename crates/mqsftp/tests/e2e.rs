@@ -40,3 +40,7 @@ mod security;
 /// Issue 5: `mqsftp demo` and `mqsftp dev` on the embedded servers.
 #[path = "e2e/demo.rs"]
 mod demo;
+
+/// Many concurrent transfers on one SFTP session.
+#[path = "e2e/load.rs"]
+mod load;
