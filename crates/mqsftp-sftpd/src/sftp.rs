@@ -87,12 +87,31 @@ pub(crate) async fn serve(channel: Channel<Msg>, root: Arc<Root>) {
         }
         .in_current_span(),
     );
-    let mut reader = read_half.make_reader();
+    // Requests are read on a task of their own, into a queue, so that the SSH session is never held up delivering
+    // channel data to us. Otherwise a wait below (for a slot, or for the order of an open after running reads) stops
+    // the session loop, which then never sees the client's window adjustments; the writer waits for window, the
+    // running requests wait for the writer, and everything stalls (seen with 200 concurrent downloads). The queue
+    // holds no more than the client has in flight.
+    let (requests_tx, requests) = mpsc::unbounded_channel();
+    let reading = tokio::spawn(
+        async move {
+            let mut reader = read_half.make_reader();
+            loop {
+                let next = read_packet(&mut reader).await;
+                let end = !matches!(next, Ok(Some(_)));
+                if requests_tx.send(next).is_err() || end {
+                    break;
+                }
+            }
+        }
+        .in_current_span(),
+    );
     let session = Arc::new(Session::new(root));
-    match run(&mut reader, session, tx).await {
+    match run(requests, session, tx).await {
         Ok(()) => debug!("sftp session ended"),
         Err(e) => info!(error = %e, "sftp session ended"),
     }
+    reading.abort();
     let _ = writer.await;
 }
 
@@ -117,12 +136,19 @@ enum Order {
     Exclusive(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
 }
 
-async fn run<R: AsyncRead + Unpin>(
-    reader: &mut R,
+/// The next request from the reading task; `None` when the client closed the channel.
+async fn next_request(
+    requests: &mut mpsc::UnboundedReceiver<Result<Option<Bytes>, SessionError>>,
+) -> Result<Option<Bytes>, SessionError> {
+    requests.recv().await.unwrap_or(Ok(None))
+}
+
+async fn run(
+    mut requests: mpsc::UnboundedReceiver<Result<Option<Bytes>, SessionError>>,
     session: Arc<Session>,
     tx: mpsc::Sender<Bytes>,
 ) -> Result<(), SessionError> {
-    let Some(init) = read_packet(reader).await? else { return Ok(()) };
+    let Some(init) = next_request(&mut requests).await? else { return Ok(()) };
     let kind = init.first().copied().unwrap_or(0);
     if kind != SSH_FXP_INIT {
         return Err(SessionError::NotInit(kind));
@@ -137,7 +163,7 @@ async fn run<R: AsyncRead + Unpin>(
 
     let order = Arc::new(RwLock::new(()));
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(request) = read_packet(reader).await? {
+    while let Some(request) = next_request(&mut requests).await? {
         let kind = request.first().copied().unwrap_or(0);
         let concurrent = match kind {
             SSH_FXP_READ | SSH_FXP_STAT | SSH_FXP_LSTAT | SSH_FXP_READLINK | SSH_FXP_REALPATH => true,

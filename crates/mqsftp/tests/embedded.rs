@@ -20,3 +20,6 @@ mod ops;
 
 #[path = "e2e/confinement.rs"]
 mod confinement;
+
+#[path = "e2e/load.rs"]
+mod load;
