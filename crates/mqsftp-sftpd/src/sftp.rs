@@ -96,13 +96,7 @@ pub(crate) async fn serve(channel: Channel<Msg>, root: Arc<Root>) {
     let reading = tokio::spawn(
         async move {
             let mut reader = read_half.make_reader();
-            loop {
-                let next = read_packet(&mut reader).await;
-                let end = !matches!(next, Ok(Some(_)));
-                if requests_tx.send(next).is_err() || end {
-                    break;
-                }
-            }
+            pump(&mut reader, requests_tx).await;
         }
         .in_current_span(),
     );
@@ -134,6 +128,21 @@ async fn read_packet<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Byte
 enum Order {
     Shared(#[allow(dead_code)] OwnedRwLockReadGuard<()>),
     Exclusive(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
+}
+
+/// Reads requests from `reader` into `requests` until the client closes the channel or a read fails (the error is
+/// queued too).
+async fn pump<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    requests: mpsc::UnboundedSender<Result<Option<Bytes>, SessionError>>,
+) {
+    loop {
+        let next = read_packet(reader).await;
+        let end = !matches!(next, Ok(Some(_)));
+        if requests.send(next).is_err() || end {
+            break;
+        }
+    }
 }
 
 /// The next request from the reading task; `None` when the client closed the channel.
@@ -581,7 +590,18 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let (mut server_read, _server_write) = tokio::io::split(server);
         let (tx, mut rx) = mpsc::channel(64);
-        let task = tokio::spawn(async move { run(&mut server_read, Arc::new(session), tx).await });
+        let task = tokio::spawn(async move {
+            run(
+                {
+                    let (rtx, rrx) = mpsc::unbounded_channel();
+                    tokio::spawn(async move { pump(&mut server_read, rtx).await });
+                    rrx
+                },
+                Arc::new(session),
+                tx,
+            )
+            .await
+        });
 
         let requests = [
             Packet::Init(Init { version: 3, extensions: HashMap::new() }),
@@ -632,7 +652,18 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let (mut server_read, _server_write) = tokio::io::split(server);
         let (tx, mut rx) = mpsc::channel(64);
-        let task = tokio::spawn(async move { run(&mut server_read, Arc::new(session), tx).await });
+        let task = tokio::spawn(async move {
+            run(
+                {
+                    let (rtx, rrx) = mpsc::unbounded_channel();
+                    tokio::spawn(async move { pump(&mut server_read, rtx).await });
+                    rrx
+                },
+                Arc::new(session),
+                tx,
+            )
+            .await
+        });
         let mut requests = vec![
             Packet::Init(Init { version: 3, extensions: HashMap::new() }),
             Packet::Open(Open {
@@ -678,7 +709,18 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let (mut server_read, _server_write) = tokio::io::split(server);
         let (tx, mut rx) = mpsc::channel(64);
-        let task = tokio::spawn(async move { run(&mut server_read, Arc::new(session), tx).await });
+        let task = tokio::spawn(async move {
+            run(
+                {
+                    let (rtx, rrx) = mpsc::unbounded_channel();
+                    tokio::spawn(async move { pump(&mut server_read, rtx).await });
+                    rrx
+                },
+                Arc::new(session),
+                tx,
+            )
+            .await
+        });
         let init = Packet::Init(Init { version: 3, extensions: HashMap::new() });
         client.write_all(&Bytes::try_from(init).unwrap()).await.unwrap();
         let raw = |kind: u8, id: u32, rest: &[u8]| {
