@@ -577,6 +577,17 @@ mod tests {
         Packet::try_from(&mut reply).unwrap()
     }
 
+    /// Runs a session on the server half of a duplex stream, its requests read by the same pump as `serve`'s.
+    fn serve_duplex(
+        mut server_read: tokio::io::ReadHalf<tokio::io::DuplexStream>,
+        session: Session,
+        tx: mpsc::Sender<Bytes>,
+    ) -> tokio::task::JoinHandle<Result<(), SessionError>> {
+        let (rtx, rrx) = mpsc::unbounded_channel();
+        tokio::spawn(async move { pump(&mut server_read, rtx).await });
+        tokio::spawn(run(rrx, Arc::new(session), tx))
+    }
+
     /// Two pipelined READs are in the handler at the same time (each waits for the other at the gate), and the
     /// CLOSE sent after them is answered only after both.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -588,20 +599,9 @@ mod tests {
         let mut session = Session::new(Arc::new(Root::open(dir.path()).unwrap()));
         session.read_gate = Some(gate.clone());
         let (mut client, server) = tokio::io::duplex(1 << 20);
-        let (mut server_read, _server_write) = tokio::io::split(server);
+        let (server_read, _server_write) = tokio::io::split(server);
         let (tx, mut rx) = mpsc::channel(64);
-        let task = tokio::spawn(async move {
-            run(
-                {
-                    let (rtx, rrx) = mpsc::unbounded_channel();
-                    tokio::spawn(async move { pump(&mut server_read, rtx).await });
-                    rrx
-                },
-                Arc::new(session),
-                tx,
-            )
-            .await
-        });
+        let task = serve_duplex(server_read, session, tx);
 
         let requests = [
             Packet::Init(Init { version: 3, extensions: HashMap::new() }),
@@ -650,20 +650,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let session = Session::new(Arc::new(Root::open(dir.path()).unwrap()));
         let (mut client, server) = tokio::io::duplex(1 << 20);
-        let (mut server_read, _server_write) = tokio::io::split(server);
+        let (server_read, _server_write) = tokio::io::split(server);
         let (tx, mut rx) = mpsc::channel(64);
-        let task = tokio::spawn(async move {
-            run(
-                {
-                    let (rtx, rrx) = mpsc::unbounded_channel();
-                    tokio::spawn(async move { pump(&mut server_read, rtx).await });
-                    rrx
-                },
-                Arc::new(session),
-                tx,
-            )
-            .await
-        });
+        let task = serve_duplex(server_read, session, tx);
         let mut requests = vec![
             Packet::Init(Init { version: 3, extensions: HashMap::new() }),
             Packet::Open(Open {
@@ -707,20 +696,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let session = Session::new(Arc::new(Root::open(dir.path()).unwrap()));
         let (mut client, server) = tokio::io::duplex(1 << 20);
-        let (mut server_read, _server_write) = tokio::io::split(server);
+        let (server_read, _server_write) = tokio::io::split(server);
         let (tx, mut rx) = mpsc::channel(64);
-        let task = tokio::spawn(async move {
-            run(
-                {
-                    let (rtx, rrx) = mpsc::unbounded_channel();
-                    tokio::spawn(async move { pump(&mut server_read, rtx).await });
-                    rrx
-                },
-                Arc::new(session),
-                tx,
-            )
-            .await
-        });
+        let task = serve_duplex(server_read, session, tx);
         let init = Packet::Init(Init { version: 3, extensions: HashMap::new() });
         client.write_all(&Bytes::try_from(init).unwrap()).await.unwrap();
         let raw = |kind: u8, id: u32, rest: &[u8]| {

@@ -208,7 +208,7 @@ impl RawDevice {
         self.publish(mqsftp_proto::Topic::up(&self.device, gateway), c.encode().to_vec()).await;
     }
 
-    /// The next response satisfying `pick`, skipping others (acks, ...).
+    /// The next response satisfying `pick`; others (acks, ...) are passed over.
     pub async fn expect<T>(&mut self, mut pick: impl FnMut(mqsftp_proto::Response) -> Option<T>) -> T {
         loop {
             let p = tokio::time::timeout(LIMIT, self.link.incoming.recv()).await.expect("an answer in time").unwrap();
