@@ -335,16 +335,8 @@ async fn a_file_changed_during_upload_is_not_committed() {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("f.bin");
     std::fs::write(&local, content(3 << 20, 5)).unwrap();
-    let mut client = connect(&cfg).await;
-    let (tx, mut done) = tokio::sync::watch::channel(0u64);
-    let l = local.clone();
-    let mut put = tokio::spawn(async move {
-        client
-            .put(&l, "f.bin", false, |p| {
-                tx.send_replace(p.done);
-            })
-            .await
-    });
+    let client = connect(&cfg).await;
+    let (mut put, mut done) = spawn_put(client, local.clone(), "f.bin");
     let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= 1 << 20)).await.expect("progress").is_ok();
     assert!(reached, "upload ended early: {:?}", (&mut put).await);
     std::thread::sleep(std::time::Duration::from_millis(20)); // a modification time that differs

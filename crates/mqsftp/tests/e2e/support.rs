@@ -345,6 +345,49 @@ pub fn device_with_timeout(stack: &Stack, id: &str, timeout: &str) -> DeviceConf
     DeviceConfig::load(&path).unwrap()
 }
 
+/// Starts `client.put(local, remote)` on a task; the watch follows the bytes acknowledged (never hold its borrow
+/// across an await: that blocks the transfer).
+pub fn spawn_put(
+    mut client: mqsftp_device::Client,
+    local: PathBuf,
+    remote: &str,
+) -> (
+    tokio::task::JoinHandle<Result<mqsftp_device::PutOutcome, mqsftp_device::DeviceError>>,
+    tokio::sync::watch::Receiver<u64>,
+) {
+    let (tx, done) = tokio::sync::watch::channel(0u64);
+    let remote = remote.to_string();
+    let task = tokio::spawn(async move {
+        client
+            .put(&local, &remote, false, |p| {
+                tx.send_replace(p.done);
+            })
+            .await
+    });
+    (task, done)
+}
+
+/// Starts `client.get(remote, target)` on a task; the watch follows the bytes received, as for [`spawn_put`].
+pub fn spawn_get(
+    mut client: mqsftp_device::Client,
+    remote: &str,
+    target: PathBuf,
+) -> (
+    tokio::task::JoinHandle<Result<mqsftp_device::GetOutcome, mqsftp_device::DeviceError>>,
+    tokio::sync::watch::Receiver<u64>,
+) {
+    let (tx, done) = tokio::sync::watch::channel(0u64);
+    let remote = remote.to_string();
+    let task = tokio::spawn(async move {
+        client
+            .get(&remote, &target, |p| {
+                tx.send_replace(p.done);
+            })
+            .await
+    });
+    (task, done)
+}
+
 /// The protocol error code of a failed request (panics on any other kind of failure).
 pub fn remote_code(e: mqsftp_device::DeviceError) -> mqsftp_device::ErrorCode {
     match e {

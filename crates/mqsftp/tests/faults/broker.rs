@@ -1,7 +1,5 @@
 use std::sync::atomic::Ordering;
 
-use tokio::sync::watch;
-
 use crate::common::*;
 use crate::support::*;
 
@@ -16,16 +14,8 @@ async fn get_resumes_after_the_broker_is_killed() {
     put_on_store(&stack, "bkget", "big.bin", &data);
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("big.bin");
-    let mut client = connect(&cfg).await;
-    let (tx, mut done) = watch::channel(0u64);
-    let t = target.clone();
-    let mut get = tokio::spawn(async move {
-        client
-            .get("big.bin", &t, |p| {
-                tx.send_replace(p.done);
-            })
-            .await
-    });
+    let client = connect(&cfg).await;
+    let (mut get, mut done) = spawn_get(client, "big.bin", target.clone());
     for k in 1..=KILLS {
         let threshold = size as u64 * k / (KILLS + 1);
         reach(&mut done, threshold, &mut get).await;
@@ -90,16 +80,8 @@ async fn put_resumes_after_the_broker_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("big.bin");
     std::fs::write(&local, &data).unwrap();
-    let mut client = connect(&cfg).await;
-    let (tx, mut done) = watch::channel(0u64);
-    let l = local.clone();
-    let mut put = tokio::spawn(async move {
-        client
-            .put(&l, "up/big.bin", false, |p| {
-                tx.send_replace(p.done);
-            })
-            .await
-    });
+    let client = connect(&cfg).await;
+    let (mut put, mut done) = spawn_put(client, local.clone(), "up/big.bin");
     for k in 1..=KILLS {
         let threshold = size as u64 * k / (KILLS + 1);
         reach(&mut done, threshold, &mut put).await;

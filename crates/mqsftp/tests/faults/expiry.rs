@@ -36,7 +36,6 @@ async fn abandoned_uploads_are_swept() {
 async fn uploads_expired_while_no_gateway_ran_are_swept_and_answered_expired() {
     use mqsftp_device::ErrorCode;
     use mqsftp_proto::{Request, Response};
-    use tokio::sync::watch;
 
     use crate::common::*;
 
@@ -75,16 +74,8 @@ async fn uploads_expired_while_no_gateway_ran_are_swept_and_answered_expired() {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("f.bin");
     std::fs::write(&local, &data).unwrap();
-    let mut client = connect(&cfg).await;
-    let (tx, mut done) = watch::channel(0u64);
-    let l = local.clone();
-    let mut task = tokio::spawn(async move {
-        client
-            .put(&l, "f.bin", false, |p| {
-                tx.send_replace(p.done);
-            })
-            .await
-    });
+    let client = connect(&cfg).await;
+    let (mut task, mut done) = spawn_put(client, local.clone(), "f.bin");
     reach(&mut done, size as u64 * 2 / 5, &mut task).await;
     first.kill().await;
     let killed = std::time::Instant::now();

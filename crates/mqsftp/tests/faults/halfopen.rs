@@ -1,8 +1,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
 use crate::common::*;
 use crate::support::*;
 
@@ -32,16 +30,8 @@ async fn a_silent_broker_is_detected_and_the_transfer_resumes() {
     put_on_store(&stack, "hobroker", "f.bin", &data);
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("f.bin");
-    let mut client = connect(&cfg).await;
-    let (tx, mut done) = watch::channel(0u64);
-    let t = target.clone();
-    let mut task = tokio::spawn(async move {
-        client
-            .get("f.bin", &t, |p| {
-                tx.send_replace(p.done);
-            })
-            .await
-    });
+    let client = connect(&cfg).await;
+    let (mut task, mut done) = spawn_get(client, "f.bin", target.clone());
     reach(&mut done, size as u64 * 3 / 10, &mut task).await;
     let broker = stack.broker_pid().expect("broker runs");
     signal(broker, "STOP");
@@ -85,16 +75,8 @@ async fn a_silent_sftp_session_is_detected_and_the_upload_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("f.bin");
     std::fs::write(&local, &data).unwrap();
-    let mut client = connect(&cfg).await;
-    let (tx, mut done) = watch::channel(0u64);
-    let l = local.clone();
-    let mut task = tokio::spawn(async move {
-        client
-            .put(&l, "f.bin", false, |p| {
-                tx.send_replace(p.done);
-            })
-            .await
-    });
+    let client = connect(&cfg).await;
+    let (mut task, mut done) = spawn_put(client, local.clone(), "f.bin");
     reach(&mut done, size as u64 * 3 / 10, &mut task).await;
     let sessions = descendants(stack.sshd_pid().expect("sshd runs"));
     assert!(!sessions.is_empty(), "the gateway's SFTP session has its sshd processes");

@@ -1,6 +1,5 @@
 use mqsftp_device::ErrorCode;
 use mqsftp_proto::{Request, Response};
-use tokio::sync::watch;
 
 use crate::common::*;
 use crate::support::*;
@@ -122,16 +121,8 @@ async fn the_device_client_resumes_an_upload_after_sshd_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("f.bin");
     std::fs::write(&local, &data).unwrap();
-    let mut client = connect(&cfg).await;
-    let (tx, mut done) = watch::channel(0u64);
-    let l = local.clone();
-    let mut task = tokio::spawn(async move {
-        client
-            .put(&l, "up/f.bin", false, |p| {
-                tx.send_replace(p.done);
-            })
-            .await
-    });
+    let client = connect(&cfg).await;
+    let (mut task, mut done) = spawn_put(client, local.clone(), "up/f.bin");
     reach(&mut done, size as u64 * 2 / 5, &mut task).await;
     restart_sshd_hard(&mut stack);
     let outcome = tokio::time::timeout(long_limit(), task).await.expect("in time").expect("no panic");
