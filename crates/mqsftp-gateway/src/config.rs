@@ -114,27 +114,25 @@ pub struct StoreConfig {
     pub device_root: String,
 }
 
+/// The directory that holds the roots made from a root template: the part before `{device}` (`.` when empty).
+pub(crate) fn roots_dir_of(template: &str) -> &str {
+    let base = template.split(DEVICE_PLACEHOLDER).next().unwrap_or("").trim_end_matches('/');
+    if base.is_empty() {
+        "."
+    } else {
+        base
+    }
+}
+
 impl StoreConfig {
     /// The store path of `rel` inside `device`'s root.
     pub fn path_of(&self, device: &DeviceId, rel: &RelPath) -> String {
-        let root = self.root_of(device);
-        if rel.is_root() {
-            root
-        } else if root.ends_with('/') {
-            format!("{root}{}", rel.as_str())
-        } else {
-            format!("{root}/{}", rel.as_str())
-        }
+        crate::policy::join(&self.root_of(device), rel)
     }
 
     /// The directory that holds all device roots: the part of `device_root` before `{device}` (`.` when empty).
     pub fn roots_dir(&self) -> &str {
-        let base = self.device_root.split(DEVICE_PLACEHOLDER).next().unwrap_or("").trim_end_matches('/');
-        if base.is_empty() {
-            "."
-        } else {
-            base
-        }
+        roots_dir_of(&self.device_root)
     }
 
     /// `device`'s root on the store.

@@ -348,14 +348,7 @@ impl Policy {
     pub fn root_dirs(&self) -> Vec<String> {
         let mut dirs: Vec<String> = std::iter::once(&self.default)
             .chain(self.rules.iter().map(|r| &r.template))
-            .map(|t| {
-                let base = t.root.split(DEVICE_PLACEHOLDER).next().unwrap_or("").trim_end_matches('/');
-                if base.is_empty() {
-                    ".".to_string()
-                } else {
-                    base.to_string()
-                }
-            })
+            .map(|t| crate::config::roots_dir_of(&t.root).to_string())
             .collect();
         dirs.sort();
         dirs.dedup();
