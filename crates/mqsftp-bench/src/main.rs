@@ -14,6 +14,7 @@
 //! processes, RSS), `scenarios.rs` (the measurements), `report.rs` (table, JSON, targets).
 
 mod env;
+mod floor;
 mod procs;
 mod report;
 mod scenarios;
@@ -184,7 +185,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
     );
 
     if selected("throughput") || selected("broker") {
-        throughput(&mut env, &runtime, &args, &mut r, selected("throughput"), selected("broker"))?;
+        let cost = throughput(&mut env, &runtime, &args, &mut r, selected("throughput"), selected("broker"))?;
+        if selected("throughput") {
+            limits(&mut r, &cost)?;
+        }
     }
     if selected("latency") {
         eprintln!("latency: {} gets of 1 KiB", args.small_requests);
@@ -254,6 +258,58 @@ fn run(args: Args) -> anyhow::Result<bool> {
     Ok(r.targets.iter().all(|t| t.pass))
 }
 
+/// CPU seconds per GiB by process (`sshd`, `mosquitto`, `gateway`, `device CLI`, `sftp client`) for sftp get,
+/// mqsftp get, sftp put, mqsftp put.
+type CpuCost = [Vec<(String, f64)>; 4];
+
+/// What the machine allows: the per-byte primitives timed here, and for each direction the fastest a transfer can
+/// go on these cores at its measured CPU cost, and at the least cost any gateway and device could have
+/// (see `floor.rs`).
+fn limits(r: &mut Report, cost: &CpuCost) -> anyhow::Result<()> {
+    eprintln!("limits: timing SHA-256, AES-128-GCM and CRC32C on one core");
+    let p = floor::measure()?;
+    r.figure("sha256_s_per_gib", "SHA-256 (sha2), one core", "s/GiB", p.sha256);
+    r.figure("aes_gcm_s_per_gib", "AES-128-GCM, 16 KiB records (aws-lc-rs), one core", "s/GiB", p.aes_gcm);
+    r.figure("crc32c_s_per_gib", "CRC32C, one core", "s/GiB", p.crc32c);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let total = |v: &Vec<(String, f64)>| v.iter().map(|(_, s)| s).sum::<f64>();
+    for (dir, raw, ours) in [("get", &cost[0], &cost[1]), ("put", &cost[2], &cost[3])] {
+        if raw.is_empty() || ours.is_empty() {
+            continue;
+        }
+        let servers: f64 = ours.iter().filter(|(n, _)| n == "sshd" || n == "mosquitto").map(|(_, s)| s).sum();
+        let least = servers + p.gateway_and_device();
+        r.figure(
+            &format!("sftp_{dir}_cpu_bound_mbps"),
+            &format!("raw sftp {dir}: bound on {cores} cores at its CPU cost ({:.2} s/GiB)", total(raw)),
+            "MB/s",
+            floor::bound_mbps(cores, total(raw)),
+        );
+        r.figure(
+            &format!("{dir}_cpu_bound_mbps"),
+            &format!("mqsftp {dir}: bound on {cores} cores at its CPU cost ({:.2} s/GiB)", total(ours)),
+            "MB/s",
+            floor::bound_mbps(cores, total(ours)),
+        );
+        let label = format!(
+            "mqsftp {dir}: bound if gateway+device cost only crypto, hash, CRC ({servers:.2} + {:.2} s/GiB)",
+            p.gateway_and_device()
+        );
+        let best = floor::bound_mbps(cores, least);
+        r.figure(&format!("{dir}_floor_mbps"), &label, "MB/s", best);
+        if let Some(sftp) = r.get(&format!("sftp_{dir}_mbps")) {
+            let verdict = if best < 0.8 * sftp { "out of reach on this machine" } else { "reachable in principle" };
+            r.notes.push(format!(
+                "{dir} >= 0.8 x raw sftp needs {:.0} MB/s; with sshd and Mosquitto costing what they cost here, no \
+                 gateway and device could do better than {best:.0} MB/s ({:.2} x) on {cores} cores: {verdict}",
+                0.8 * sftp,
+                best / sftp
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Raw sftp vs mqsftp get and put, and the broker's ceiling, interleaved `--runs` times.
 fn throughput(
     env: &mut Env,
@@ -262,7 +318,7 @@ fn throughput(
     r: &mut Report,
     transfers: bool,
     broker: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<CpuCost> {
     let size = args.size;
     let name = "throughput.bin";
     let (gateway_cipher, other_cipher) = ciphers();
@@ -332,7 +388,10 @@ fn throughput(
     }
     let runs = args.runs.max(1) as f64;
     let gib = size as f64 / (1u64 << 30) as f64;
-    for (what, used) in ["sftp get", "mqsftp get", "sftp put", "mqsftp put"].iter().zip(cpu.iter()) {
+    let mut cost = CpuCost::default();
+    for ((what, used), per) in
+        ["sftp get", "mqsftp get", "sftp put", "mqsftp put"].iter().zip(cpu.iter()).zip(&mut cost)
+    {
         if used.is_empty() {
             continue;
         }
@@ -352,6 +411,7 @@ fn throughput(
                 other => other,
             };
             parts.push(format!("{label} {per_gib:.2}"));
+            per.push((label.to_string(), per_gib));
         }
         r.notes.push(format!("CPU seconds per GiB, {what}: {} (total {total:.2})", parts.join(", ")));
     }
@@ -362,7 +422,7 @@ fn throughput(
         r.figure("throughput_put_device_rss_mib", "device CLI peak RSS, put", "MiB", put_rss as f64 / MIB);
     }
     std::fs::remove_file(&file).with_context(|| format!("remove {}", file.display()))?;
-    Ok(())
+    Ok(cost)
 }
 
 /// A `--big-size` get and put, each with a fresh gateway, for the peak RSS of gateway and device.

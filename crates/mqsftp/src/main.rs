@@ -276,7 +276,15 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The device commands run one transfer: a single-threaded runtime saves the cross-thread wake-ups between the
+    // MQTT event loop and the transfer (docs/performance.md). Servers get a thread per core.
+    let mut builder = match cli.command {
+        Command::Gateway { .. } | Command::Dev { .. } | Command::Demo { .. } => {
+            tokio::runtime::Builder::new_multi_thread()
+        }
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
