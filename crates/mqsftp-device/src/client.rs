@@ -434,10 +434,10 @@ impl Client {
                     .handle_read(buf.into())
                     .map_err(|e| DeviceError::LocalChanged { path: local.to_path_buf(), reason: e.to_string() })?;
             }
-            while let Some(chunk) = sender.poll_transmit() {
-                upload.sent += chunk.data.len() as u64;
+            while let Some(t) = sender.poll_transmit() {
+                upload.sent += t.chunk.data.len() as u64;
                 self.mqtt()
-                    .publish_bytes(up.clone(), QoS::AtLeastOnce, false, chunk.encode())
+                    .publish_bytes(up.clone(), QoS::AtLeastOnce, false, t.frame)
                     .await
                     .map_err(|e| DeviceError::Closed(e.to_string()))?;
             }

@@ -3,16 +3,20 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesOrdered, StreamExt};
 use mqsftp_mqtt::rumqttc::QoS;
 use mqsftp_proto::{DeviceId, ErrorCode, Response, Sender, SessionId, StreamParams, Topic, TransferId};
-use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::policy::Access;
 use crate::server::{confine_file, sleep_until, Claim, Ctl, Failure, Registration, Shared};
-use crate::store::StoreError;
+use crate::store::{ReadFile, StoreError};
 
 pub(crate) async fn start_get(
     shared: Arc<Shared>,
@@ -85,9 +89,8 @@ async fn serve_get(
         if meta.is_dir() {
             return Ok(Err(meta));
         }
-        let permit = sftp.handle_permit().await;
-        let file = sftp.open(store_path).await.map_err(sftp_err("open"))?;
-        Ok(Ok((meta, OpenFile { file, _permit: permit })))
+        let file = sftp.open_read(store_path).await.map_err(sftp_err("open"))?;
+        Ok(Ok((meta, file)))
     };
     let (meta, file) = match opened.await {
         Ok(Ok(x)) => x,
@@ -126,30 +129,30 @@ async fn serve_get(
         )
         .await;
     let down = Topic::down(device, session);
-    let block = (params.chunk_size as usize * params.window as usize).max(params.chunk_size as usize);
-    let mut reader = ReadAhead::spawn(file, size, block);
+    let window_bytes = u64::from(params.chunk_size) * u64::from(params.window);
+    let mut reads = ReadAhead::new(&file, size, params.chunk_size, window_bytes, &shared.read_ahead);
+    // The read the sender asked for and has not been given yet.
+    let mut wanted = None;
     loop {
-        while let Some(read) = sender.poll_read() {
-            let data = match reader.read(read.len as usize).await {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!(offset = read.offset, error = %e, "read from the store failed");
-                    return Err((
-                        ErrorCode::Internal,
-                        format!("reading from the store failed at offset {}", read.offset),
-                    ));
-                }
-            };
-            sender.handle_read(data).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
-        }
-        while let Some(chunk) = sender.poll_transmit() {
-            if let Some(b) = &bucket {
-                b.take(chunk.data.len()).await;
+        loop {
+            if wanted.is_none() {
+                wanted = sender.poll_read();
             }
-            shared.stats.sent_bytes.fetch_add(chunk.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let Some(want) = wanted else { break };
+            let Some(data) = reads.take(want.len as usize) else { break };
+            wanted = None;
+            sender.handle_read(data).map_err(|e| (ErrorCode::Internal, format!("{rel}: {e}")))?;
+        }
+        reads.fill(sender.read_room());
+        while let Some(t) = sender.poll_transmit() {
+            let len = t.chunk.data.len();
+            if let Some(b) = &bucket {
+                b.take(len).await;
+            }
+            shared.stats.sent_bytes.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
             shared
                 .client
-                .publish_bytes(down.clone(), QoS::AtLeastOnce, false, chunk.encode())
+                .publish_bytes(down.clone(), QoS::AtLeastOnce, false, t.frame)
                 .await
                 .map_err(|e| (ErrorCode::Internal, format!("broker link failed: {e}")))?;
         }
@@ -161,6 +164,21 @@ async fn serve_get(
         }
         let deadline = sender.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
+            landed = reads.next(), if reads.is_reading() => match landed {
+                Ok(()) => {}
+                Err(ReadFailure::Store { offset, source }) => {
+                    warn!(offset, error = %source, "read from the store failed");
+                    let err = StoreError::Sftp { op: "read", path: store_path.to_string(), source };
+                    let (code, msg) = (err.code(), err.device_message(rel));
+                    shared.store.note_error(&err).await;
+                    return Err((code, msg));
+                }
+                Err(ReadFailure::Short { offset, want, got }) => {
+                    warn!(offset, want, got, "read from the store failed: the file ended early");
+                    let msg = format!("{rel} changed while being read: {got} bytes at offset {offset} where {want} were expected");
+                    return Err((ErrorCode::Internal, msg));
+                }
+            },
             ctl = rx.recv() => match ctl {
                 Some(Ctl::Ack(next)) => {
                     sender.handle_ack(next, Instant::now()).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
@@ -176,71 +194,144 @@ async fn serve_get(
     }
 }
 
-/// An open store file with its handle permit. Fields drop in order: the file's close is queued on the channel
-/// before the permit lets another open through.
-struct OpenFile {
-    file: russh_sftp::client::fs::File,
-    _permit: Option<crate::store::HandlePermit>,
+/// Most bytes read ahead of all downloads together, beyond what their windows hold: see [`ReadAhead`].
+pub const READ_AHEAD_BUDGET: usize = 16 << 20;
+
+/// Why a store read failed.
+enum ReadFailure {
+    Store {
+        offset: u64,
+        source: russh_sftp::client::error::Error,
+    },
+    /// The file ended before the size it had when the download began.
+    Short {
+        offset: u64,
+        want: u32,
+        got: usize,
+    },
 }
 
-/// Reads the file sequentially on its own task, one block ahead of the sender, so that SFTP round trips overlap
-/// with waiting for the device's acknowledgements. Holds at most three blocks (one being filled by the read task,
-/// one queued, one being cut into chunks), so memory per transfer stays bounded by `3 × block` (plus the SFTP
-/// reads in flight, `store::SFTP_READS_IN_FLIGHT`).
-struct ReadAhead {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-    current: Bytes,
-    task: tokio::task::JoinHandle<()>,
+/// One completed read and, if it was read beyond the window, its share of the read-ahead budget.
+struct Piece {
+    data: Bytes,
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
-impl ReadAhead {
-    fn spawn(mut open: OpenFile, size: u64, block: usize) -> ReadAhead {
-        let (tx, rx) = mpsc::channel(1);
-        let task = tokio::spawn(async move {
-            let mut left = size;
-            while left > 0 {
-                let n = left.min(block as u64) as usize;
-                let mut buf = vec![0u8; n];
-                let r = open.file.read_exact(&mut buf).await.map(|_| Bytes::from(buf));
-                let failed = r.is_err();
-                if tx.send(r).await.is_err() || failed {
-                    return;
-                }
-                left -= n as u64;
-            }
-        });
-        ReadAhead { rx, current: Bytes::new(), task }
-    }
+type PendingRead<'a> = Pin<Box<dyn Future<Output = Result<Piece, ReadFailure>> + Send + 'a>>;
 
-    /// The next `len` bytes of the file.
-    async fn read(&mut self, len: usize) -> std::io::Result<Bytes> {
-        // Usually a slice of the current block (zero-copy); a read that straddles two blocks (after a resume at an
-        // odd offset) is assembled.
-        let mut assembled: Option<bytes::BytesMut> = None;
-        loop {
-            if self.current.is_empty() {
-                self.current = match self.rx.recv().await {
-                    Some(r) => r?,
-                    None => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file ended early")),
-                };
-            }
-            let have = assembled.as_ref().map_or(0, |b| b.len());
-            let need = len - have;
-            if assembled.is_none() && self.current.len() >= need {
-                return Ok(self.current.split_to(need));
-            }
-            let take = need.min(self.current.len());
-            let buf = assembled.get_or_insert_with(|| bytes::BytesMut::with_capacity(len));
-            buf.extend_from_slice(&self.current.split_to(take));
-            if buf.len() == len {
-                return Ok(assembled.take().map(|b| b.freeze()).unwrap_or_default());
-            }
+/// The file's chunk-sized reads, issued ahead of the [`Sender`] and handed to it in offset order.
+///
+/// Memory: reads that fit in the sender's free window ([`Sender::read_room`]) are free, as they end up in the
+/// window anyway. Reads beyond it (at most one more window per download, so that the store's latency hides behind
+/// the device's) each take their bytes from a budget shared by every download of the gateway
+/// ([`READ_AHEAD_BUDGET`]), given back when the sender takes the data. When the budget is spent, downloads read
+/// only into their windows: slower for a fast device, but a slow device (whose window stays full) can never pile up
+/// more than its window plus its share of the budget. So the gateway holds at most window × chunk per download,
+/// plus the budget.
+struct ReadAhead<'a> {
+    file: &'a ReadFile,
+    size: u64,
+    piece: u32,
+    /// Most bytes read beyond the free window for this download.
+    beyond: u64,
+    budget: &'a Arc<Semaphore>,
+    /// Next offset to request.
+    next: u64,
+    reads: FuturesOrdered<PendingRead<'a>>,
+    in_flight: u64,
+    ready: VecDeque<Piece>,
+    ready_bytes: u64,
+}
+
+impl<'a> ReadAhead<'a> {
+    fn new(file: &'a ReadFile, size: u64, piece: u32, beyond: u64, budget: &'a Arc<Semaphore>) -> Self {
+        let (reads, ready) = (FuturesOrdered::new(), VecDeque::new());
+        ReadAhead {
+            file,
+            size,
+            piece: piece.max(1),
+            beyond,
+            budget,
+            next: 0,
+            reads,
+            in_flight: 0,
+            ready,
+            ready_bytes: 0,
         }
     }
-}
 
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        self.task.abort();
+    /// Issues reads while the sender has room (`room` bytes from its read position), then up to one window more as
+    /// the shared budget allows.
+    fn fill(&mut self, room: u64) {
+        // Reads of a held prefix are free but not unbounded.
+        let most_reads = (2 * self.beyond / u64::from(self.piece)).max(2) as usize;
+        while self.next < self.size && self.reads.len() < most_reads {
+            let len = (self.size - self.next).min(u64::from(self.piece)) as u32;
+            let ahead = self.in_flight + self.ready_bytes + u64::from(len);
+            if ahead > room + self.beyond {
+                break;
+            }
+            let budget = if ahead <= room {
+                None
+            } else {
+                match self.budget.clone().try_acquire_many_owned(len) {
+                    Ok(p) => Some(p),
+                    Err(_) => break,
+                }
+            };
+            let (file, offset) = (self.file, self.next);
+            self.reads.push_back(Box::pin(async move {
+                let data =
+                    file.read_exact_at(offset, len).await.map_err(|source| ReadFailure::Store { offset, source })?;
+                if data.len() < len as usize {
+                    return Err(ReadFailure::Short { offset, want: len, got: data.len() });
+                }
+                Ok(Piece { data: Bytes::from(data), _budget: budget })
+            }));
+            self.next += u64::from(len);
+            self.in_flight += u64::from(len);
+        }
+    }
+
+    fn is_reading(&self) -> bool {
+        !self.reads.is_empty()
+    }
+
+    /// Waits for the oldest read in flight.
+    async fn next(&mut self) -> Result<(), ReadFailure> {
+        if let Some(piece) = self.reads.next().await {
+            let piece = piece?;
+            let len = piece.data.len() as u64;
+            self.in_flight -= len;
+            self.ready_bytes += len;
+            self.ready.push_back(piece);
+        }
+        Ok(())
+    }
+
+    /// The next `len` bytes of the file, if they have been read. Usually one whole piece (zero-copy); a read that
+    /// straddles pieces (the end of a held prefix) is assembled.
+    fn take(&mut self, len: usize) -> Option<Bytes> {
+        if self.ready_bytes < len as u64 {
+            return None;
+        }
+        self.ready_bytes -= len as u64;
+        let front = self.ready.front_mut()?;
+        if front.data.len() > len {
+            return Some(front.data.split_to(len));
+        }
+        if front.data.len() == len {
+            return self.ready.pop_front().map(|p| p.data);
+        }
+        let mut out = BytesMut::with_capacity(len);
+        while out.len() < len {
+            let front = self.ready.front_mut()?;
+            let n = (len - out.len()).min(front.data.len());
+            out.extend_from_slice(&front.data.split_to(n));
+            if front.data.is_empty() {
+                self.ready.pop_front();
+            }
+        }
+        Some(out.freeze())
     }
 }

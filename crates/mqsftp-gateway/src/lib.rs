@@ -4,6 +4,9 @@
 //! - `store.rs`: the SFTP connection (pinned host key from known_hosts, public-key auth, modern algorithms
 //!   only), shared by all transfers and reopened when it breaks.
 //! - `known_hosts.rs`: the strict known_hosts parser (hashed entries, `@revoked`, several keys per host).
+//! - `get.rs` / `put.rs`: one task per download / upload. Downloads read the store chunk by chunk, ahead of the
+//!   window only within a gateway-wide budget ([`READ_AHEAD_BUDGET`]), so memory is window × chunk per download
+//!   plus a constant.
 //! - `server.rs`: [`Gateway`]: subscribes to `mqsftp/v1/+/req`, takes the device id from the topic, confines
 //!   paths to the device's root, and runs one task per transfer that drives the sans-io
 //!   [`mqsftp_proto::Sender`].
@@ -23,6 +26,7 @@ pub mod store;
 mod sweep;
 
 pub use config::{ConfigError, GatewayConfig};
+pub use get::READ_AHEAD_BUDGET;
 pub use policy::{Policy, PolicyError};
 pub use server::{Gateway, GatewayError, GatewayStats, PolicyReloader};
 pub use store::{Store, StoreError, StoreSession};

@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     pub(crate) policy: PolicyCell,
     /// Rate limits of devices that have one.
     pub(crate) buckets: Buckets,
+    /// Bytes downloads may read beyond their windows, all together ([`crate::get::READ_AHEAD_BUDGET`]).
+    pub(crate) read_ahead: Arc<tokio::sync::Semaphore>,
     transfers: Mutex<HashMap<TransferId, Entry>>,
 }
 
@@ -217,6 +219,7 @@ impl Gateway {
             stats: Arc::default(),
             policy: PolicyCell::new(policy),
             buckets: Buckets::default(),
+            read_ahead: Arc::new(tokio::sync::Semaphore::new(crate::get::READ_AHEAD_BUDGET)),
         });
         Ok(Gateway { shared, link })
     }

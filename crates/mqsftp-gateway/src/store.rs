@@ -11,7 +11,7 @@ use russh::client::{self, AuthResult};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::Preferred;
 use russh_sftp::client::{RawSftpSession, SftpSession};
-use russh_sftp::protocol::{Packet, StatusCode};
+use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
 use tokio::sync::Mutex;
 
 use crate::config::SftpConfig;
@@ -201,6 +201,9 @@ pub struct StoreSession {
     pub posix_rename: bool,
     /// Permits for open handles on this session, see [`MAX_OPEN_HANDLES`].
     handles: Arc<tokio::sync::Semaphore>,
+    /// The same for the raw channel, which serves downloads ([`StoreSession::open_read`]); each channel has its
+    /// own `sftp-server` and so its own handle numbers.
+    read_handles: Arc<tokio::sync::Semaphore>,
     _ssh: client::Handle<PinnedHostKey>,
 }
 
@@ -222,6 +225,15 @@ impl StoreSession {
     /// Waits for a permit to open one file or directory; hold it until the handle is closed (or its close queued).
     pub async fn handle_permit(&self) -> Option<HandlePermit> {
         self.handles.clone().acquire_owned().await.ok()
+    }
+
+    /// Opens `path` for a download on the raw channel, within that channel's open-handle limit. Downloads read
+    /// chunk by chunk at offsets they choose ([`ReadFile::read_exact_at`]) so that the gateway, not the SFTP
+    /// library, decides how much is read ahead (see `get.rs`).
+    pub async fn open_read(self: &Arc<Self>, path: &str) -> Result<ReadFile, russh_sftp::client::error::Error> {
+        let permit = self.read_handles.clone().acquire_owned().await.ok();
+        let opened = self.ext.open(path, OpenFlags::READ, FileAttributes::empty()).await?;
+        Ok(ReadFile { session: self.clone(), handle: opened.handle, permit })
     }
 
     /// `read_dir` within the open-handle limit.
@@ -283,6 +295,44 @@ impl StoreSession {
 }
 
 const POSIX_RENAME: &str = "posix-rename@openssh.com";
+
+/// A file open for reading ([`StoreSession::open_read`]). Dropping it closes the handle: the close goes out on a
+/// task of its own, and the handle permit is released once the server has answered it.
+pub struct ReadFile {
+    session: Arc<StoreSession>,
+    handle: String,
+    permit: Option<HandlePermit>,
+}
+
+impl ReadFile {
+    /// `len` bytes at `offset`, in as many SFTP reads as the server needs (OpenSSH answers at most 255 KiB per
+    /// read). Fewer bytes only when the file ends first.
+    pub async fn read_exact_at(&self, offset: u64, len: u32) -> Result<Vec<u8>, russh_sftp::client::error::Error> {
+        let mut data = self.session.ext.read(self.handle.as_str(), offset, len).await?.data;
+        while data.len() < len as usize {
+            let at = offset + data.len() as u64;
+            match self.session.ext.read(self.handle.as_str(), at, len - data.len() as u32).await {
+                Ok(more) if !more.data.is_empty() => data.extend_from_slice(&more.data),
+                Ok(_) => break,
+                Err(russh_sftp::client::error::Error::Status(s)) if s.status_code == StatusCode::Eof => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(data)
+    }
+}
+
+impl Drop for ReadFile {
+    fn drop(&mut self) {
+        let (session, handle, permit) = (self.session.clone(), std::mem::take(&mut self.handle), self.permit.take());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = session.ext.close(handle).await;
+                drop(permit);
+            });
+        }
+    }
+}
 
 impl std::ops::Deref for StoreSession {
     type Target = SftpSession;
@@ -377,10 +427,11 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
     let start_err = |e| StoreError::Sftp { op: "start sftp on", path: host.clone(), source: e };
     let request_timeout = cfg.request_timeout.as_secs().max(1);
     let sftp_cfg = russh_sftp::client::Config {
-        // russh-sftp reads ahead this many requests of up to 255 KiB (OpenSSH's read limit) per open file. Its
-        // default, 16 (4 MiB per download), made the gateway's memory grow with the number of downloads far beyond
-        // their windows; 4 (1 MiB, two default windows) keeps loopback and LAN reads at full speed.
-        max_concurrent_reads: SFTP_READS_IN_FLIGHT,
+        // russh-sftp's `File` reads ahead up to 16 requests of 255 KiB per open file by default, which made the
+        // gateway's memory grow with the number of downloads far beyond their windows. Downloads now read chunk
+        // by chunk on the raw channel (`open_read`, with read-ahead accounted in get.rs); nothing reads through
+        // `File` any more, and this keeps it that way should something start to.
+        max_concurrent_reads: 1,
         request_timeout_secs: request_timeout,
         ..Default::default()
     };
@@ -393,11 +444,9 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
     let offers = |name: &str| version.extensions.contains_key(name);
     let (fsync, posix_rename) = (offers("fsync@openssh.com"), offers(POSIX_RENAME));
     let handles = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES));
-    Ok(StoreSession { sftp, ext, fsync, posix_rename, handles, _ssh: session })
+    let read_handles = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES));
+    Ok(StoreSession { sftp, ext, fsync, posix_rename, handles, read_handles, _ssh: session })
 }
-
-/// SFTP read requests in flight per open file (each up to 255 KiB with OpenSSH).
-pub const SFTP_READS_IN_FLIGHT: usize = 4;
 
 /// A shared, lazily (re)connected SFTP session.
 pub struct Store {

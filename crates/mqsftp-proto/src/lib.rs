@@ -24,5 +24,5 @@ pub use device_id::{DeviceId, DeviceIdError};
 pub use ids::{SessionId, SessionIdError, TransferId, MAX_TRANSFER_ID};
 pub use msg::{BadRequest, Entry, EntryKind, ErrorCode, Request, Response, MAX_LIST_PAGE, PROTOCOL_VERSION};
 pub use path::{confine, PathError, RelPath};
-pub use stream::{ReadRequest, ReceiveError, Received, Receiver, SendError, Sender, StreamParams};
+pub use stream::{ReadRequest, ReceiveError, Received, Receiver, SendError, Sender, StreamParams, Transmit};
 pub use topic::{GatewayId, Topic, TopicKind};

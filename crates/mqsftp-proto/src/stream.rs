@@ -3,7 +3,8 @@
 //! round.
 //!
 //! [`Sender`] asks its driver to read the file piece by piece ([`Sender::poll_read`] / [`Sender::handle_read`]),
-//! hands out chunk frames to publish ([`Sender::poll_transmit`]), keeps at most `window` chunks unacknowledged,
+//! hands out chunk frames to publish ([`Sender::poll_transmit`]), keeps at most `window` chunks unacknowledged
+//! (each encoded once, so a resend or a publish still queued in the MQTT client shares the window's memory),
 //! hashes the file as it first reads it, and resends everything unacknowledged when no acknowledgement has moved
 //! the window for `retransmit_after` (go-back-N; MQTT keeps order within one topic, so a gap means a lost
 //! connection, not reordering).
@@ -55,6 +56,15 @@ pub struct ReadRequest {
     pub len: u32,
 }
 
+/// A chunk to publish: the chunk and its encoded frame, which share one allocation with the sender's window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The chunk; `data` is a slice of `frame`.
+    pub chunk: Chunk,
+    /// The encoded frame ([`Chunk::encode`]), ready to publish.
+    pub frame: Bytes,
+}
+
 /// Why a download stopped on the sending side.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -71,6 +81,12 @@ pub enum SendError {
     AckBeyondSent { next: u64, sent: u64 },
 }
 
+#[derive(Debug)]
+struct Unacked {
+    sent: Transmit,
+    pending: bool,
+}
+
 /// The gateway's end of a download.
 #[derive(Debug)]
 pub struct Sender {
@@ -82,8 +98,8 @@ pub struct Sender {
     /// Next offset to read from the store.
     read_pos: u64,
     reading: bool,
-    /// Read but not acknowledged, in offset order; `.1` says whether it still has to be (re)sent.
-    unacked: VecDeque<(Chunk, bool)>,
+    /// Read but not acknowledged, in offset order; `pending` says whether it still has to be (re)sent.
+    unacked: VecDeque<Unacked>,
     acked: u64,
     hasher: Option<Sha256>,
     sha256: Option<[u8; 32]>,
@@ -182,6 +198,15 @@ impl Sender {
         Some(ReadRequest { offset: self.read_pos, len: self.next_len() })
     }
 
+    /// How many bytes the sender would take from reads right now: the rest of the held prefix (read only to be
+    /// hashed, then dropped) plus the free part of the window. A driver that reads ahead can fetch this much
+    /// without holding more than the window; anything beyond is read-ahead it has to account for itself.
+    pub fn read_room(&self) -> u64 {
+        let free = u64::from(self.params.window).saturating_sub(self.unacked.len() as u64);
+        let prefix = self.start.saturating_sub(self.read_pos);
+        (prefix + free * u64::from(self.params.chunk_size)).min(self.size - self.read_pos)
+    }
+
     /// Length of the next read: a chunk, cut short at the end of the held prefix and of the file.
     fn next_len(&self) -> u32 {
         let end = if self.read_pos < self.start { self.start } else { self.size };
@@ -198,25 +223,29 @@ impl Sender {
         if let Some(h) = self.hasher.as_mut() {
             h.update(&data);
         }
-        let chunk = Chunk { transfer: self.transfer, offset: self.read_pos, data };
-        self.read_pos = chunk.end();
-        if chunk.offset >= self.start {
-            self.unacked.push_back((chunk, true));
+        let offset = self.read_pos;
+        self.read_pos += data.len() as u64;
+        if offset >= self.start {
+            // Encoded once: the window keeps the frame, and the chunk's data is a slice of it.
+            let frame = Chunk { transfer: self.transfer, offset, data }.encode();
+            let data = frame.slice(crate::chunk::HEADER_LEN..);
+            let sent = Transmit { chunk: Chunk { transfer: self.transfer, offset, data }, frame };
+            self.unacked.push_back(Unacked { sent, pending: true });
         }
         self.finish_hash_if_read();
         Ok(())
     }
 
-    /// The next chunk to publish, if any.
-    pub fn poll_transmit(&mut self) -> Option<Chunk> {
-        let (chunk, pending) = self.unacked.iter_mut().find(|(_, pending)| *pending)?;
-        *pending = false;
-        Some(chunk.clone())
+    /// The next chunk to publish, if any (cloning its frame costs no copy).
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let u = self.unacked.iter_mut().find(|u| u.pending)?;
+        u.pending = false;
+        Some(u.sent.clone())
     }
 
     /// Size and SHA-256 to announce once every byte has been read and sent once; returned a single time.
     pub fn poll_done(&mut self) -> Option<(u64, [u8; 32])> {
-        if self.done_sent || self.read_pos < self.size || self.unacked.iter().any(|(_, pending)| *pending) {
+        if self.done_sent || self.read_pos < self.size || self.unacked.iter().any(|u| u.pending) {
             return None;
         }
         let sha = self.sha256?;
@@ -232,8 +261,8 @@ impl Sender {
         if next <= self.acked {
             return Ok(()); // stale or duplicate
         }
-        while let Some((c, _)) = self.unacked.front() {
-            if c.end() <= next {
+        while let Some(u) = self.unacked.front() {
+            if u.sent.chunk.end() <= next {
                 self.unacked.pop_front();
             } else {
                 break;
@@ -266,10 +295,10 @@ impl Sender {
         if now.saturating_duration_since(self.last_progress.max(self.last_retransmit)) >= self.params.retransmit_after {
             self.last_retransmit = now;
             self.retransmits += 1;
-            for (c, pending) in self.unacked.iter_mut() {
-                if !*pending {
-                    *pending = true;
-                    self.resent_bytes += c.data.len() as u64;
+            for u in self.unacked.iter_mut() {
+                if !u.pending {
+                    u.pending = true;
+                    self.resent_bytes += u.sent.chunk.data.len() as u64;
                 }
             }
         }
@@ -414,7 +443,8 @@ mod tests {
                 let (o, l) = (r.offset as usize, r.len as usize);
                 tx.handle_read(Bytes::copy_from_slice(&data[o..o + l])).unwrap();
             }
-            while let Some(c) = tx.poll_transmit() {
+            while let Some(t) = tx.poll_transmit() {
+                let c = Chunk::decode(t.frame).expect("the sender's frames decode");
                 for c in link.deliver(c) {
                     match rx.handle_chunk(c).unwrap() {
                         Received::Write { offset, data, ack } => {
@@ -497,7 +527,7 @@ mod tests {
                     let (o, l) = (r.offset as usize, r.len as usize);
                     tx.handle_read(Bytes::copy_from_slice(&data[o..o + l])).unwrap();
                 }
-                while let Some(c) = tx.poll_transmit() {
+                while let Some(c) = tx.poll_transmit().map(|t| t.chunk) {
                     assert!(c.offset >= start, "held bytes are never sent");
                     sent += c.data.len() as u64;
                     if let Received::Write { data, ack, .. } = rx.handle_chunk(c).unwrap() {
@@ -538,6 +568,46 @@ mod tests {
     }
 
     #[test]
+    fn read_room_is_the_held_prefix_plus_the_free_window() {
+        let now = Instant::now();
+        let params = StreamParams { chunk_size: 10, window: 3, ..StreamParams::default() };
+        let mut tx = Sender::new(1, 100, params, now);
+        assert_eq!(tx.read_room(), 30);
+        let r = tx.poll_read().unwrap();
+        tx.handle_read(Bytes::from(vec![1; r.len as usize])).unwrap();
+        assert_eq!(tx.read_room(), 20, "one chunk in the window");
+        tx.handle_ack(10, now).unwrap();
+        assert_eq!(tx.read_room(), 30, "acknowledged chunks leave the window");
+
+        let mut resumed = Sender::resume(2, 100, 25, params, now);
+        assert_eq!(resumed.read_room(), 25 + 30, "the held prefix is read only to be hashed");
+        let mut tail = Sender::new(3, 15, params, now);
+        assert_eq!(tail.read_room(), 15, "never past the end of the file");
+        for tx in [&mut resumed, &mut tail] {
+            while let Some(r) = tx.poll_read() {
+                tx.handle_read(Bytes::from(vec![1; r.len as usize])).unwrap();
+            }
+        }
+        assert_eq!((resumed.read_room(), tail.read_room()), (0, 0));
+    }
+
+    #[test]
+    fn frames_are_encoded_once_and_shared_with_the_window() {
+        let now = Instant::now();
+        let params = StreamParams { chunk_size: 4, window: 2, ..StreamParams::default() };
+        let mut tx = Sender::new(9, 6, params, now);
+        while let Some(r) = tx.poll_read() {
+            tx.handle_read(Bytes::from(vec![7; r.len as usize])).unwrap();
+        }
+        let first = tx.poll_transmit().unwrap();
+        assert_eq!(Chunk::decode(first.frame.clone()).unwrap(), first.chunk);
+        assert_eq!(first.frame.slice(crate::chunk::HEADER_LEN..).as_ptr(), first.chunk.data.as_ptr());
+        tx.handle_timeout(now + params.retransmit_after).unwrap();
+        let again = tx.poll_transmit().unwrap();
+        assert_eq!(again.frame.as_ptr(), first.frame.as_ptr(), "a resend publishes the same frame");
+    }
+
+    #[test]
     fn stalled_device_is_abandoned_and_resends_are_counted() {
         let t0 = Instant::now();
         let params = StreamParams {
@@ -553,7 +623,7 @@ mod tests {
         while tx.poll_transmit().is_some() {}
         assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(1)));
         tx.handle_timeout(t0 + Duration::from_secs(1)).unwrap();
-        assert_eq!(tx.poll_transmit().map(|c| c.offset), Some(0));
+        assert_eq!(tx.poll_transmit().map(|t| t.chunk.offset), Some(0));
         assert_eq!(tx.resent_bytes(), 20);
         assert_eq!(tx.handle_timeout(t0 + Duration::from_secs(5)), Err(SendError::Stalled(Duration::from_secs(5))));
     }
@@ -595,8 +665,8 @@ mod tests {
                 tx.handle_read(Bytes::from(vec![0u8; r.len as usize])).unwrap();
             }
             let mut last = None;
-            while let Some(c) = tx.poll_transmit() {
-                last = Some(c.end());
+            while let Some(t) = tx.poll_transmit() {
+                last = Some(t.chunk.end());
             }
             if tx.poll_done().is_some_and(|d| d == (10_500, [9; 32])) {
                 break;
