@@ -248,12 +248,14 @@ impl Forger {
                     transfers.push(transfer);
                 }
                 let index = transfers.iter().position(|t| *t == transfer).unwrap_or(usize::MAX);
-                // A forged chunk the device accepts is acknowledged like a real one; forging at that new offset
-                // too would run ahead of what the gateway has sent (it refuses an ack beyond what it read), so
-                // content is forged at every other chunk only.
-                let every = if kind == Forgery::WrongContent { 2 * CHUNK } else { CHUNK };
+                // A chunk the device accepts is acknowledged like a real one, and the gateway refuses an
+                // acknowledgement beyond what it has read (`bad_request`, ending the download): that is what a
+                // frame injected ahead of the real stream looks like, not one altered in transit. So content is
+                // forged only from the acknowledgement of the first paced chunk on (chunk 2, after the burst of
+                // two), when the gateway has long read the whole file (5 chunks, inside its window of 8).
+                let first = if kind == Forgery::WrongContent { 3 * CHUNK } else { 0 };
                 let Some(session) = &session else { continue };
-                if index >= corrupt || next >= size || next % every != 0 || !forged.insert((transfer, next)) {
+                if index >= corrupt || next >= size || next < first || !forged.insert((transfer, next)) {
                     continue;
                 }
                 let len = CHUNK.min(size - next) as usize;
