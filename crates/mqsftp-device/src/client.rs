@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use mqsftp_mqtt::rumqttc::{AsyncClient, QoS};
 use mqsftp_mqtt::{LinkOptions, MqttLink};
 use mqsftp_proto::{
-    Chunk, DeviceId, Entry, ErrorCode, GatewayId, Received, Receiver, Request, Response, Sender, SessionId,
-    StreamParams, Topic, TopicKind, TransferId,
+    Chunk, DeviceId, Entry, ErrorCode, GatewayId, ReceiveError, Received, Receiver, Request, Response, Sender,
+    SessionId, StreamParams, Topic, TopicKind, TransferId,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tracing::debug;
@@ -32,8 +32,14 @@ pub struct GetOutcome {
     pub size: u64,
     /// Its SHA-256, lowercase hex.
     pub sha256: String,
-    /// Bytes that arrived more than once (after interruptions and resumes); 0 on an undisturbed download.
+    /// Bytes that arrived more than once (after interruptions, resumes and restarts); 0 on an undisturbed download.
     pub resent_bytes: u64,
+    /// Times the download started again from nothing because what was received failed verification (a chunk
+    /// corrupted in transit that still passed its CRC32C, or a part file left by another version of the file).
+    pub restarts: u32,
+    /// Chunk frames on this client's download topic that were dropped during the download because they did not
+    /// decode (most often a CRC32C mismatch: data corrupted in transit). The gateway sends them again.
+    pub bad_frames: u64,
 }
 
 /// The result of a committed upload.
@@ -64,6 +70,8 @@ pub struct Client {
     /// A transfer whose cancel could not be sent because the connection was down; sent after reconnecting so that
     /// the gateway stops re-sending to nobody.
     orphan: Option<(TransferId, GatewayId)>,
+    /// Frames on the download topic dropped because they did not decode, since the client connected.
+    bad_frames: u64,
 }
 
 /// Attempts of one `get` (a first try and resumes) before a transient failure is reported.
@@ -75,12 +83,36 @@ const GET_ATTEMPTS: u32 = 30;
 /// answers a ping, so with no gateway at all the failure comes after two timeouts.
 const IDLE_RESUMES: u32 = 2;
 
-/// Pause before resuming an upload after the gateway reported the store `unavailable`.
+/// Pause before resuming a transfer after the gateway reported the store `unavailable`.
 const STORE_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Downloads of one `get`, each from nothing, whose received data fails verification before the failure is
+/// reported: data corrupted on the way (with a valid CRC32C, or it would have been dropped) is fetched again, a
+/// store or gateway that keeps sending a wrong file is not fetched forever.
+const VERIFY_ATTEMPTS: u32 = 3;
 
 enum Incoming {
     Response(Response),
     Chunk(Chunk),
+}
+
+/// Why one attempt of a download failed: like any request, or because what was received failed verification
+/// (then the part file is worthless and the download starts again from nothing).
+enum GetFailure {
+    Device(DeviceError),
+    Verify(ReceiveError),
+}
+
+impl From<DeviceError> for GetFailure {
+    fn from(e: DeviceError) -> Self {
+        GetFailure::Device(e)
+    }
+}
+
+impl From<ReceiveError> for GetFailure {
+    fn from(e: ReceiveError) -> Self {
+        GetFailure::Verify(e)
+    }
 }
 
 impl Client {
@@ -107,6 +139,7 @@ impl Client {
             timeout: cfg.transfer.timeout,
             next_id: 0,
             orphan: None,
+            bad_frames: 0,
         })
     }
 
@@ -204,7 +237,10 @@ impl Client {
                 Some(TopicKind::Down(s)) if s == self.session => match Chunk::decode(msg.payload) {
                     Ok(c) => return Ok(Some(Incoming::Chunk(c))),
                     // A corrupt chunk is dropped; the gateway resends what is not acknowledged.
-                    Err(e) => debug!(error = %e, "dropping a bad chunk"),
+                    Err(e) => {
+                        self.bad_frames += 1;
+                        debug!(error = %e, "dropping a bad chunk");
+                    }
                 },
                 _ => debug!(topic = %msg.topic, "ignoring a message on another topic"),
             }
@@ -482,6 +518,12 @@ impl Client {
 
     /// Downloads `remote` (relative to the device's root) to `local`, verifying size and SHA-256 before the file
     /// appears at `local`. `local` may be an existing directory, in which case the remote file name is used.
+    ///
+    /// Interruptions resume from the bytes held in the part file beside the target (`.{name}.mqsftp-part`): a lost
+    /// broker connection, a gateway that went silent, a gateway that lost its SFTP store (`unavailable`, retried
+    /// after a pause). Data that fails verification is dropped and fetched again from nothing, up to three
+    /// downloads in all, then [`DeviceError::Integrity`]. Nothing ever appears at the target
+    /// unless verified; a part file stays only after a transient failure, for the next `get` to continue from.
     pub async fn get(
         &mut self,
         remote: &str,
@@ -492,12 +534,34 @@ impl Client {
         let part = PartFile::for_target(&target);
         let mut received = 0u64;
         let mut held_at_start = None;
-        let (mut attempt, mut idle) = (0, 0);
+        let (mut attempt, mut idle, mut failed_checks) = (0, 0, 0);
+        let bad_frames_before = self.bad_frames;
         loop {
             attempt += 1;
             let before = received;
             let result = self.get_once(remote, &part, &mut received, &mut held_at_start, &mut progress).await;
             idle = if received > before { 0 } else { idle + 1 };
+            let e = match result {
+                Ok((size, sha256)) => {
+                    part.commit(&target).await?;
+                    let resent_bytes = received.saturating_sub(size - held_at_start.unwrap_or(0));
+                    let (restarts, bad_frames) = (failed_checks, self.bad_frames - bad_frames_before);
+                    return Ok(GetOutcome { path: target, size, sha256, resent_bytes, restarts, bad_frames });
+                }
+                // What is held is wrong (corrupted on the way, or another version of the file): start from nothing.
+                Err(GetFailure::Verify(error)) => {
+                    part.discard().await;
+                    failed_checks += 1;
+                    if failed_checks >= VERIFY_ATTEMPTS {
+                        let (remote, path) = (remote.to_string(), target);
+                        return Err(DeviceError::Integrity { remote, path, attempts: failed_checks, error });
+                    }
+                    debug!(%error, attempt, "download failed verification; starting again from nothing");
+                    held_at_start = Some(0);
+                    continue;
+                }
+                Err(GetFailure::Device(e)) => e,
+            };
             // Try again when the connection broke, or when this attempt got somewhere before it stopped (a
             // gateway that went away mid-transfer), or, a few times, when nothing moved at all (see IDLE_RESUMES).
             let retry = |e: &DeviceError| {
@@ -508,19 +572,23 @@ impl Client {
                         || (matches!(e, DeviceError::Stalled { .. } | DeviceError::NoGateway { .. })
                             && idle <= IDLE_RESUMES))
             };
-            match result {
-                Ok((size, sha256)) => {
-                    part.commit(&target).await?;
-                    let resent_bytes = received.saturating_sub(size - held_at_start.unwrap_or(0));
-                    return Ok(GetOutcome { path: target, size, sha256, resent_bytes });
+            match e {
+                // The gateway lost the SFTP store (restarted, or a session that stopped answering) after it had
+                // accepted this download; the part file stays. Ask again, paced, until the store is back or the
+                // attempts are used up (as an upload does).
+                e @ DeviceError::Remote { code: ErrorCode::Unavailable, .. }
+                    if held_at_start.is_some() && attempt < GET_ATTEMPTS =>
+                {
+                    debug!(error = %e, attempt, "store unavailable; resuming the download after a pause");
+                    tokio::time::sleep(STORE_RETRY_PAUSE).await;
                 }
-                Err(e) if retry(&e) => {
+                e if retry(&e) => {
                     debug!(error = %e, attempt, "download interrupted; resuming");
                     self.recover(&e).await?;
                 }
                 // The bytes held so far stay in the part file for the next `get` of the same target.
-                Err(e) if e.is_transient() => return Err(e),
-                Err(e) => {
+                e if e.is_transient() => return Err(e),
+                e => {
                     part.discard().await;
                     return Err(e);
                 }
@@ -536,7 +604,7 @@ impl Client {
         received: &mut u64,
         held_at_start: &mut Option<u64>,
         progress: &mut impl FnMut(Progress),
-    ) -> Result<(u64, String), DeviceError> {
+    ) -> Result<(u64, String), GetFailure> {
         let held = part.len().await;
         let id = self.request_id();
         let get =
@@ -544,7 +612,7 @@ impl Client {
         self.send(&get).await?;
         let (transfer, gateway, size) = loop {
             match self.next(self.timeout).await? {
-                None => return Err(DeviceError::NoGateway { after: self.timeout }),
+                None => return Err(DeviceError::NoGateway { after: self.timeout }.into()),
                 Some(Incoming::Response(Response::GetAccepted { id: got, transfer, gateway, size, .. }))
                     if got == id =>
                 {
@@ -554,9 +622,10 @@ impl Client {
                     // A part file longer than the remote file belongs to another version of it: start over.
                     if code == ErrorCode::BadRequest && held > 0 {
                         part.discard().await;
-                        return Err(DeviceError::Closed(format!("stale partial download discarded: {message}")));
+                        let message = format!("stale partial download discarded: {message}");
+                        return Err(DeviceError::Closed(message).into());
                     }
-                    return Err(DeviceError::Remote { code, message });
+                    return Err(DeviceError::Remote { code, message }.into());
                 }
                 Some(_) => {}
             }
@@ -580,22 +649,15 @@ impl Client {
         part: &PartFile,
         received: &mut u64,
         progress: &mut impl FnMut(Progress),
-    ) -> Result<String, DeviceError> {
+    ) -> Result<String, GetFailure> {
         let mut rx = Receiver::new(transfer, size);
         part.hash_into(&mut rx).await?;
         let mut file = part.open_append().await?;
         progress(Progress { done: rx.received(), total: size });
         loop {
             if let Some(result) = rx.poll_finished() {
-                let sha = match result {
-                    Ok(sha) => sha,
-                    // What is held is wrong (another version of the file?): drop it so that the next try starts clean.
-                    Err(e) => {
-                        drop(file);
-                        part.discard().await;
-                        return Err(e.into());
-                    }
-                };
+                // A mismatch: the caller drops the part file and starts again.
+                let sha = result?;
                 file.flush().await.map_err(|e| part.err(e))?;
                 file.get_ref().sync_all().await.map_err(|e| part.err(e))?;
                 return Ok(hex::encode(sha));
@@ -604,11 +666,11 @@ impl Client {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     file.flush().await.map_err(|e| part.err(e))?;
-                    return Err(DeviceError::Stalled { after: self.timeout, received: rx.received(), size });
+                    return Err(DeviceError::Stalled { after: self.timeout, received: rx.received(), size }.into());
                 }
                 Err(e) => {
                     file.flush().await.map_err(|e| part.err(e))?;
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
             match msg {
@@ -624,7 +686,7 @@ impl Client {
                     };
                     if let Err(e) = self.send_to(gateway, &Request::Ack { transfer, next: ack }).await {
                         file.flush().await.map_err(|e| part.err(e))?;
-                        return Err(e);
+                        return Err(e.into());
                     }
                 }
                 Incoming::Response(Response::GetDone { transfer: t, size: done_size, sha256 }) if t == transfer => {
@@ -632,7 +694,7 @@ impl Client {
                 }
                 Incoming::Response(Response::Error { transfer: Some(t), code, message, .. }) if t == transfer => {
                     file.flush().await.map_err(|e| part.err(e))?;
-                    return Err(DeviceError::Remote { code, message });
+                    return Err(DeviceError::Remote { code, message }.into());
                 }
                 _ => {}
             }
@@ -737,11 +799,11 @@ impl PartFile {
     }
 
     /// Feeds what the part file holds into `rx` (hash and position).
-    async fn hash_into(&self, rx: &mut Receiver) -> Result<(), DeviceError> {
+    async fn hash_into(&self, rx: &mut Receiver) -> Result<(), GetFailure> {
         let mut f = match tokio::fs::File::open(&self.path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.err(e)),
+            Err(e) => return Err(self.err(e).into()),
         };
         let mut buf = vec![0u8; 256 * 1024];
         loop {

@@ -51,9 +51,14 @@ pub enum DeviceError {
     /// The gateway stopped sending in the middle of a transfer.
     #[error("transfer stalled: nothing from the gateway for {after:?} after {received} of {size} bytes")]
     Stalled { after: Duration, received: u64, size: u64 },
-    /// The received file failed verification.
-    #[error("verification failed: {0}")]
-    Integrity(#[from] mqsftp_proto::ReceiveError),
+    /// What was received of `remote` failed verification in each of `attempts` downloads (every one started again
+    /// from nothing); nothing was written at `path`.
+    #[error(
+        "{remote}: the received data failed verification in {attempts} downloads, each started again from nothing; \
+         {path} was not written (last: {error})",
+        path = path.display()
+    )]
+    Integrity { remote: String, path: PathBuf, attempts: u32, error: mqsftp_proto::ReceiveError },
     /// A local file could not be written.
     #[error("{path}: {source}")]
     Local { path: PathBuf, source: std::io::Error },

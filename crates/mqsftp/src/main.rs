@@ -299,6 +299,7 @@ fn main() -> ExitCode {
             if json {
                 let code = match e.downcast_ref::<DeviceError>() {
                     Some(DeviceError::Remote { code, .. }) => code.as_str(),
+                    Some(DeviceError::Integrity { .. }) => ErrorCode::ChecksumMismatch.as_str(),
                     _ => "local",
                 };
                 println!("{}", serde_json::json!({ "error": code, "message": format!("{e:#}") }));
@@ -325,7 +326,7 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
         DeviceError::Remote { code: ErrorCode::Exists, .. } => exit::EXISTS,
         DeviceError::Remote { code: ErrorCode::ChecksumMismatch, .. } => exit::VERIFY,
         DeviceError::NoGateway { .. } | DeviceError::Stalled { .. } => exit::NO_GATEWAY,
-        DeviceError::Integrity(_) => exit::VERIFY,
+        DeviceError::Integrity { .. } => exit::VERIFY,
         DeviceError::Mqtt(m) if m.is_tls() => exit::TLS,
         DeviceError::Mqtt(MqttError::SubscriptionRefused { .. }) => exit::PERMISSION_DENIED,
         DeviceError::Mqtt(_) => exit::UNREACHABLE,

@@ -30,7 +30,7 @@ mod sshd;
 #[path = "faults/store.rs"]
 mod store;
 
-/// 5. Corrupt, duplicate and overlapping chunks, wrong hashes, concurrent commits.
+/// 5. Corrupt, duplicate and overlapping chunks, wrong hashes, concurrent commits; forged chunks during a download.
 #[path = "faults/integrity.rs"]
 mod integrity;
 
@@ -46,6 +46,6 @@ mod gateways;
 #[path = "faults/slow.rs"]
 mod slow;
 
-/// 7. Half-open connections: a broker or an SFTP session that stops answering without closing.
+/// 7. Half-open connections: a broker or an SFTP session that stops answering without closing, mid-get and mid-put.
 #[path = "faults/halfopen.rs"]
 mod halfopen;

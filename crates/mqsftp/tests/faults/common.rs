@@ -92,3 +92,48 @@ pub fn restart_sshd_hard(stack: &mut mqsftp_testkit::Stack) {
     }
     stack.start_sshd().unwrap();
 }
+
+/// An MQTT client with the gateway's certificate (the broker's ACL lets the gateway read and write every mqsftp
+/// topic), subscribed to `filters`: for tests that play the gateway's part by hand, or forge what only a gateway
+/// may publish (chunks on a device's `down` topic).
+pub async fn gateway_identity(
+    stack: &mqsftp_testkit::Stack,
+    name: &str,
+    filters: Vec<String>,
+) -> mqsftp_mqtt::MqttLink {
+    let cfg = mqsftp_gateway::GatewayConfig::load(stack.gateway_config()).expect("gateway config loads");
+    let options = mqsftp_mqtt::LinkOptions {
+        client_id: format!("test-{name}"),
+        subscriptions: filters,
+        connect_timeout: LIMIT,
+        reconnect: false,
+        inflight: 32,
+    };
+    tokio::time::timeout(LIMIT, mqsftp_mqtt::MqttLink::connect(&cfg.broker, options))
+        .await
+        .expect("in time")
+        .expect("the gateway's identity connects")
+}
+
+/// Publishes `payload` on `topic` (QoS 1) from a [`gateway_identity`] link.
+pub async fn publish(link: &mqsftp_mqtt::MqttLink, topic: String, payload: Vec<u8>) {
+    use mqsftp_mqtt::rumqttc::QoS;
+    link.client.publish(topic, QoS::AtLeastOnce, false, payload).await.expect("publish queued");
+}
+
+/// The requests a device publishes (`req` and `req/{gateway}`), as a gateway sees them: the filter to pass to
+/// [`gateway_identity`].
+pub fn device_requests(device: &str) -> String {
+    format!("{}/#", mqsftp_proto::Topic::request(&mqsftp_proto::DeviceId::new(device).unwrap()))
+}
+
+/// The next request a device published, as a [`gateway_identity`] link subscribed to [`device_requests`] sees it
+/// (acks and cancels included), bounded in time.
+pub async fn next_request(link: &mut mqsftp_mqtt::MqttLink) -> mqsftp_proto::Request {
+    loop {
+        let p = tokio::time::timeout(LIMIT, link.incoming.recv()).await.expect("a request in time").expect("link up");
+        if let Ok(r) = mqsftp_proto::Request::decode(&p.payload) {
+            return r;
+        }
+    }
+}

@@ -106,3 +106,162 @@ async fn a_silent_sftp_session_is_detected_and_the_upload_resumes() {
     assert!(detected <= KEEPALIVE * 2 + Duration::from_millis(1500), "detected after {detected:?}");
     gw.kill().await;
 }
+
+/// Issue 7, scenario 7c: the sshd processes serving the gateway's SFTP session stop answering without closing
+/// (SIGSTOP) during a download. The SSH keepalive (1 s, one may go unanswered) drops the dead session; the pending
+/// store read fails (`read from the store failed`), the device is told `unavailable`, keeps its part file, asks
+/// again after a pause, and the gateway continues on a new session from the offset the device holds.
+/// Byte-identical, nothing else left beside the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_sftp_session_is_detected_and_the_download_resumes() {
+    const KEEPALIVE: Duration = Duration::from_secs(1);
+    let size = scaled(64 * MIB, 256 * MIB);
+    let stack = mqsftp_testkit::Stack::start().unwrap();
+    set_option(stack.gateway_config(), "sftp", "keepalive", "1s".into());
+    set_option(stack.gateway_config(), "sftp", "keepalive_max", 1.into());
+    set_option(stack.gateway_config(), "sftp", "request_timeout", "10s".into());
+    let cfg = device_with_timeout(&stack, "hoget", "10s");
+    let gw = GatewayProcess::spawn(&stack).await;
+    let data = content(size, 106);
+    put_on_store(&stack, "hoget", "f.bin", &data);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("f.bin");
+    let client = connect(&cfg).await;
+    let (mut task, mut done) = spawn_get(client, "f.bin", target.clone());
+    reach(&mut done, size as u64 * 3 / 10, &mut task).await;
+    let sessions = descendants(stack.sshd_pid().expect("sshd runs"));
+    assert!(!sessions.is_empty(), "the gateway's SFTP session has its sshd processes");
+    for &p in &sessions {
+        signal(p, "STOP");
+    }
+    let stopped = Instant::now();
+    let held_when_stopped = *done.borrow();
+    gw.wait_for_log("read from the store failed").await;
+    let detected = stopped.elapsed();
+    for &p in &sessions {
+        signal(p, "CONT");
+    }
+    let outcome = tokio::time::timeout(long_limit(), task).await.expect("in time").expect("no panic");
+    let outcome = outcome.expect("the download resumes on a new SFTP session");
+    assert_eq!(sha256_file(&target), sha256(&data));
+    assert_eq!(entries(out.path()), vec!["f.bin".to_string()], "one file, no part file");
+    assert_eq!(outcome.restarts, 0, "resumed from the part file, not started again");
+    println!(
+        "SFTP session silent (sshd session processes SIGSTOPped) during a {} MiB get at {} MiB, SSH keepalive \
+         {KEEPALIVE:?} (1 may be missed): gateway detected it after {:.2} s ({:.2} x keepalive); the device was told \
+         `unavailable` and resumed from its part file on a new session, {} bytes received twice, byte-identical",
+        size >> 20,
+        held_when_stopped >> 20,
+        detected.as_secs_f64(),
+        detected.as_secs_f64() / KEEPALIVE.as_secs_f64(),
+        outcome.resent_bytes
+    );
+    assert!(detected <= KEEPALIVE * 2 + Duration::from_millis(1500), "detected after {detected:?}");
+    assert!(
+        outcome.resent_bytes <= 2 * WINDOW_BYTES,
+        "at most what was in flight is received again: {} bytes",
+        outcome.resent_bytes
+    );
+    gw.kill().await;
+}
+
+/// The device library's half of scenario 7c, against a gateway played by hand so that every answer is exact: the
+/// gateway answers `unavailable` (it lost the store) in the middle of a download, and again to the first `get` that
+/// resumes it. Each time the device keeps its part file and asks again after a pause, with the offset it holds;
+/// the download then completes byte-identical and nothing is received twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_told_unavailable_resumes_from_its_part_file_after_a_pause() {
+    use mqsftp_proto::{ErrorCode, Request, Response, Topic};
+    /// The device library's pause after `unavailable` (`STORE_RETRY_PAUSE`).
+    const PAUSE: Duration = Duration::from_millis(500);
+    const C: usize = 64 * 1024;
+    let stack = mqsftp_testkit::Stack::start().unwrap();
+    let cfg = device_with_timeout(&stack, "unavail", "10s");
+    let mut gw = gateway_identity(&stack, "unavail", vec![device_requests("unavail")]).await;
+    let gateway = mqsftp_proto::GatewayId::new("byhand").unwrap();
+    let data = content(10 * C + 5, 105);
+    let (size, half) = (data.len() as u64, 5 * C as u64);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("f.bin");
+    let (task, _done) = spawn_get(connect(&cfg).await, "f.bin", target.clone());
+
+    // The next `get`: its request id, session and offset (acks of a finished window and the device's cancel of
+    // the failed transfer are passed over). A device that gave up instead asks nothing more: 20 s is plenty.
+    async fn next_get(gw: &mut mqsftp_mqtt::MqttLink) -> (String, mqsftp_proto::SessionId, u64) {
+        let get = async {
+            loop {
+                if let Request::Get { id, session, offset, .. } = next_request(gw).await {
+                    return (id, session, offset);
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), get).await.expect("the device asks for the file again")
+    }
+    let device = cfg.device_id.clone();
+    let (id, session, offset) = next_get(&mut gw).await;
+    assert_eq!(offset, 0, "a fresh download");
+    let (res, down) = (Topic::response(&device, &session), Topic::down(&device, &session));
+    let accepted = |id: String, transfer| Response::GetAccepted {
+        id,
+        transfer,
+        gateway: gateway.clone(),
+        size,
+        chunk_size: C as u32,
+        window: 16,
+    };
+    let unavailable = |id: String, transfer| Response::Error {
+        id: Some(id),
+        transfer,
+        code: ErrorCode::Unavailable,
+        message: "the file store is unavailable".into(),
+    };
+    // Transfer 1: half the file, acknowledged, then the store is lost.
+    publish(&gw, res.clone(), accepted(id.clone(), 1).encode()).await;
+    send_chunks(&gw, &down, 1, &data, 0..half as usize, C).await;
+    while !matches!(next_request(&mut gw).await, Request::Ack { transfer: 1, next } if next == half) {}
+    publish(&gw, res.clone(), unavailable(id, Some(1)).encode()).await;
+    let told = Instant::now();
+    // The first resume is refused too: the store is not back yet.
+    let (id, _, offset1) = next_get(&mut gw).await;
+    let pause1 = told.elapsed();
+    publish(&gw, res.clone(), unavailable(id, None).encode()).await;
+    let told = Instant::now();
+    // The second gets the rest.
+    let (id, _, offset2) = next_get(&mut gw).await;
+    let pause2 = told.elapsed();
+    publish(&gw, res.clone(), accepted(id, 2).encode()).await;
+    send_chunks(&gw, &down, 2, &data, half as usize..data.len(), C).await;
+    let done = Response::GetDone { transfer: 2, size, sha256: sha256(&data) };
+    publish(&gw, res.clone(), done.encode()).await;
+
+    let outcome = tokio::time::timeout(LIMIT, task).await.expect("in time").expect("no panic");
+    let outcome = outcome.expect("the download resumes once the store is back");
+    println!(
+        "download told `unavailable` at {half} of {size} bytes, then again on its first resume: resumed after \
+         {:.2} s and {:.2} s with offsets {offset1} and {offset2}; {} bytes received twice, byte-identical",
+        pause1.as_secs_f64(),
+        pause2.as_secs_f64(),
+        outcome.resent_bytes
+    );
+    assert_eq!((offset1, offset2), (half, half), "each resume asks from the bytes held in the part file");
+    assert!(pause1 >= PAUSE && pause2 >= PAUSE, "paced: {pause1:?}, {pause2:?}");
+    assert_eq!(std::fs::read(&target).unwrap(), data);
+    assert_eq!(entries(out.path()), vec!["f.bin".to_string()], "one file, no part file");
+    assert_eq!(outcome.resent_bytes, 0);
+}
+
+/// Publishes `data[range]` as chunks of `chunk` bytes of `transfer` on `down`.
+async fn send_chunks(
+    link: &mqsftp_mqtt::MqttLink,
+    down: &str,
+    transfer: u64,
+    data: &[u8],
+    range: std::ops::Range<usize>,
+    chunk: usize,
+) {
+    for (k, piece) in data[range.clone()].chunks(chunk).enumerate() {
+        let offset = (range.start + k * chunk) as u64;
+        let c = mqsftp_proto::Chunk { transfer, offset, data: bytes::Bytes::copy_from_slice(piece) };
+        publish(link, down.to_string(), c.encode().to_vec()).await;
+    }
+}
