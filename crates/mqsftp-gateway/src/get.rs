@@ -81,20 +81,23 @@ async fn serve_get(
         let (code, msg, _) = fail(e);
         (code, msg)
     })?;
-    crate::ops::check_resolved(shared, &sftp, access, store_path, rel).await?;
     let bucket = shared.buckets.get(device, access.rate);
     let sftp_err = |op: &'static str| move |source| StoreError::Sftp { op, path: store_path.to_string(), source };
-    let opened = async {
-        let meta = sftp.metadata(store_path).await.map_err(sftp_err("stat"))?;
-        if meta.is_dir() {
-            return Ok(Err(meta));
-        }
-        let file = sftp.open_read(store_path).await.map_err(sftp_err("open"))?;
-        Ok(Ok((meta, file)))
+    // One round trip instead of three: the symlink check, the stat and the open go out together. Nothing is read
+    // or sent before the check has passed; a handle opened outside the root is closed unused.
+    let (resolved, meta, file) = tokio::join!(
+        crate::ops::check_resolved(shared, &sftp, access, store_path, rel),
+        sftp.metadata(store_path),
+        sftp.open_read(store_path),
+    );
+    resolved?;
+    let opened = match meta.map_err(sftp_err("stat")) {
+        Ok(meta) if meta.is_dir() => return Err((ErrorCode::IsDirectory, format!("is a directory: {rel}"))),
+        Ok(meta) => file.map(|f| (meta, f)).map_err(sftp_err("open")),
+        Err(e) => Err(e),
     };
-    let (meta, file) = match opened.await {
-        Ok(Ok(x)) => x,
-        Ok(Err(_)) => return Err((ErrorCode::IsDirectory, format!("is a directory: {rel}"))),
+    let (meta, file) = match opened {
+        Ok(x) => x,
         Err(e) => {
             let (code, msg, err) = fail(e);
             shared.store.note_error(&err).await;

@@ -57,20 +57,44 @@ async fn a_silent_broker_is_detected_and_the_transfer_resumes() {
     gw.kill().await;
 }
 
+/// The SSH keepalive of the stacks of scenarios 7b and 7c: one may go unanswered.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// A stack whose gateway checks its SFTP session every [`KEEPALIVE`] (one may go unanswered) and gives a store
+/// request 10 s, with a device `device` that waits 10 s, and the gateway running.
+async fn stack_with_sftp_keepalive(
+    device: &str,
+) -> (mqsftp_testkit::Stack, mqsftp_device::DeviceConfig, GatewayProcess) {
+    let stack = mqsftp_testkit::Stack::start().unwrap();
+    set_option(stack.gateway_config(), "sftp", "keepalive", "1s".into());
+    set_option(stack.gateway_config(), "sftp", "keepalive_max", 1.into());
+    set_option(stack.gateway_config(), "sftp", "request_timeout", "10s".into());
+    let cfg = device_with_timeout(&stack, device, "10s");
+    let gw = GatewayProcess::spawn(&stack).await;
+    (stack, cfg, gw)
+}
+
+/// The sshd processes serving the gateway's SFTP session (children of the stack's sshd).
+fn sftp_sessions(stack: &mqsftp_testkit::Stack) -> Vec<u32> {
+    let sessions = descendants(stack.sshd_pid().expect("sshd runs"));
+    assert!(!sessions.is_empty(), "the gateway's SFTP session has its sshd processes");
+    sessions
+}
+
+fn signal_all(pids: &[u32], sig: &str) {
+    for &p in pids {
+        signal(p, sig);
+    }
+}
+
 /// Issue 7, scenario 7b: the sshd processes serving the gateway's SFTP session stop answering without closing
 /// (SIGSTOP) during an upload. The SSH keepalive (1 s, one may go unanswered) drops the dead session within about
 /// twice the keepalive; the upload's pending writes fail, the device is told `unavailable`, resumes, and the
 /// gateway continues on a new session from what the store holds. Byte-identical, one file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_sftp_session_is_detected_and_the_upload_resumes() {
-    const KEEPALIVE: Duration = Duration::from_secs(1);
     let size = scaled(64 * MIB, 256 * MIB);
-    let stack = mqsftp_testkit::Stack::start().unwrap();
-    set_option(stack.gateway_config(), "sftp", "keepalive", "1s".into());
-    set_option(stack.gateway_config(), "sftp", "keepalive_max", 1.into());
-    set_option(stack.gateway_config(), "sftp", "request_timeout", "10s".into());
-    let cfg = device_with_timeout(&stack, "hosshd", "10s");
-    let gw = GatewayProcess::spawn(&stack).await;
+    let (stack, cfg, gw) = stack_with_sftp_keepalive("hosshd").await;
     let data = content(size, 104);
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("f.bin");
@@ -78,17 +102,12 @@ async fn a_silent_sftp_session_is_detected_and_the_upload_resumes() {
     let client = connect(&cfg).await;
     let (mut task, mut done) = spawn_put(client, local.clone(), "f.bin");
     reach(&mut done, size as u64 * 3 / 10, &mut task).await;
-    let sessions = descendants(stack.sshd_pid().expect("sshd runs"));
-    assert!(!sessions.is_empty(), "the gateway's SFTP session has its sshd processes");
-    for &p in &sessions {
-        signal(p, "STOP");
-    }
+    let sessions = sftp_sessions(&stack);
+    signal_all(&sessions, "STOP");
     let stopped = Instant::now();
     gw.wait_for_log("write to the store failed").await;
     let detected = stopped.elapsed();
-    for &p in &sessions {
-        signal(p, "CONT");
-    }
+    signal_all(&sessions, "CONT");
     let outcome = tokio::time::timeout(long_limit(), task).await.expect("in time").expect("no panic");
     let outcome = outcome.expect("the upload resumes on a new SFTP session");
     let root = stack.device_root("hosshd");
@@ -114,14 +133,8 @@ async fn a_silent_sftp_session_is_detected_and_the_upload_resumes() {
 /// Byte-identical, nothing else left beside the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_sftp_session_is_detected_and_the_download_resumes() {
-    const KEEPALIVE: Duration = Duration::from_secs(1);
     let size = scaled(64 * MIB, 256 * MIB);
-    let stack = mqsftp_testkit::Stack::start().unwrap();
-    set_option(stack.gateway_config(), "sftp", "keepalive", "1s".into());
-    set_option(stack.gateway_config(), "sftp", "keepalive_max", 1.into());
-    set_option(stack.gateway_config(), "sftp", "request_timeout", "10s".into());
-    let cfg = device_with_timeout(&stack, "hoget", "10s");
-    let gw = GatewayProcess::spawn(&stack).await;
+    let (stack, cfg, gw) = stack_with_sftp_keepalive("hoget").await;
     let data = content(size, 106);
     put_on_store(&stack, "hoget", "f.bin", &data);
     let out = tempfile::tempdir().unwrap();
@@ -129,18 +142,13 @@ async fn a_silent_sftp_session_is_detected_and_the_download_resumes() {
     let client = connect(&cfg).await;
     let (mut task, mut done) = spawn_get(client, "f.bin", target.clone());
     reach(&mut done, size as u64 * 3 / 10, &mut task).await;
-    let sessions = descendants(stack.sshd_pid().expect("sshd runs"));
-    assert!(!sessions.is_empty(), "the gateway's SFTP session has its sshd processes");
-    for &p in &sessions {
-        signal(p, "STOP");
-    }
+    let sessions = sftp_sessions(&stack);
+    signal_all(&sessions, "STOP");
     let stopped = Instant::now();
     let held_when_stopped = *done.borrow();
     gw.wait_for_log("read from the store failed").await;
     let detected = stopped.elapsed();
-    for &p in &sessions {
-        signal(p, "CONT");
-    }
+    signal_all(&sessions, "CONT");
     let outcome = tokio::time::timeout(long_limit(), task).await.expect("in time").expect("no panic");
     let outcome = outcome.expect("the download resumes on a new SFTP session");
     assert_eq!(sha256_file(&target), sha256(&data));
