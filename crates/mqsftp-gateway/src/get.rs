@@ -1,11 +1,10 @@
 //! Downloads: one task per `get`, driving a [`Sender`] with the file read ahead from the store.
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
