@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 use mqsftp_mqtt::rumqttc::QoS;
 use mqsftp_proto::{DeviceId, ErrorCode, Response, Sender, SessionId, StreamParams, Topic, TransferId};
@@ -132,7 +132,8 @@ async fn serve_get(
         .await;
     let down = Topic::down(device, session);
     let window_bytes = u64::from(params.chunk_size) * u64::from(params.window);
-    let mut reads = ReadAhead::new(&file, size, params.chunk_size, window_bytes, &shared.read_ahead);
+    let piece = read_piece(params.chunk_size, file.max_read());
+    let mut reads = ReadAhead::new(&file, size, piece, window_bytes, &shared.read_ahead);
     // The read the sender asked for and has not been given yet.
     let mut wanted = None;
     loop {
@@ -141,9 +142,9 @@ async fn serve_get(
                 wanted = sender.poll_read();
             }
             let Some(want) = wanted else { break };
-            let Some(data) = reads.take(want.len as usize) else { break };
+            let Some(parts) = reads.take(want.len as usize) else { break };
             wanted = None;
-            sender.handle_read(data).map_err(|e| (ErrorCode::Internal, format!("{rel}: {e}")))?;
+            sender.handle_read_parts(&parts).map_err(|e| (ErrorCode::Internal, format!("{rel}: {e}")))?;
         }
         reads.fill(sender.read_room());
         while let Some(t) = sender.poll_transmit() {
@@ -196,6 +197,14 @@ async fn serve_get(
     }
 }
 
+/// The length of the store reads of a download: the chunk, or when the store answers less per read (OpenSSH: at
+/// most 255 KiB), the chunk cut into equal reads that it answers in full, sent together. The sender copies the
+/// pieces of a chunk once, into its frame ([`Sender::handle_read_parts`]).
+fn read_piece(chunk: u32, max_read: u32) -> u32 {
+    let chunk = chunk.max(1);
+    chunk.div_ceil(chunk.div_ceil(max_read.max(1)))
+}
+
 /// Most bytes read ahead of all downloads together, beyond what their windows hold: see [`ReadAhead`].
 pub const READ_AHEAD_BUDGET: usize = 16 << 20;
 
@@ -221,7 +230,7 @@ struct Piece {
 
 type PendingRead<'a> = Pin<Box<dyn Future<Output = Result<Piece, ReadFailure>> + Send + 'a>>;
 
-/// The file's chunk-sized reads, issued ahead of the [`Sender`] and handed to it in offset order.
+/// The file's reads ([`read_piece`] long), issued ahead of the [`Sender`] and handed to it in offset order.
 ///
 /// Memory: reads that fit in the sender's free window ([`Sender::read_room`]) are free, as they end up in the
 /// window anyway. Reads beyond it (at most one more window per download, so that the store's latency hides behind
@@ -311,29 +320,44 @@ impl<'a> ReadAhead<'a> {
         Ok(())
     }
 
-    /// The next `len` bytes of the file, if they have been read. Usually one whole piece (zero-copy); a read that
-    /// straddles pieces (the end of a held prefix) is assembled.
-    fn take(&mut self, len: usize) -> Option<Bytes> {
+    /// The next `len` bytes of the file, if they have been read, as the pieces (or parts of pieces) that hold
+    /// them, in order; no copy.
+    fn take(&mut self, len: usize) -> Option<Vec<Bytes>> {
         if self.ready_bytes < len as u64 {
             return None;
         }
         self.ready_bytes -= len as u64;
-        let front = self.ready.front_mut()?;
-        if front.data.len() > len {
-            return Some(front.data.split_to(len));
-        }
-        if front.data.len() == len {
-            return self.ready.pop_front().map(|p| p.data);
-        }
-        let mut out = BytesMut::with_capacity(len);
-        while out.len() < len {
+        let mut parts = Vec::with_capacity(2);
+        let mut need = len;
+        while need > 0 {
             let front = self.ready.front_mut()?;
-            let n = (len - out.len()).min(front.data.len());
-            out.extend_from_slice(&front.data.split_to(n));
-            if front.data.is_empty() {
-                self.ready.pop_front();
+            if front.data.len() > need {
+                parts.push(front.data.split_to(need));
+                break;
             }
+            need -= front.data.len();
+            parts.push(self.ready.pop_front()?.data);
         }
-        Some(out.freeze())
+        Some(parts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_piece;
+
+    #[test]
+    fn chunks_are_read_in_equal_pieces_the_store_answers_in_full() {
+        const OPENSSH: u32 = 256 * 1024 - 1024;
+        assert_eq!(read_piece(64 * 1024, OPENSSH), 64 * 1024);
+        assert_eq!(read_piece(256 * 1024, OPENSSH), 128 * 1024);
+        assert_eq!(read_piece(1 << 20, OPENSSH), 209_716); // 5 reads, the last 4 bytes shorter
+        assert_eq!(read_piece(256 * 1024, 256 * 1024), 256 * 1024);
+        assert_eq!(read_piece(100_000, 32 * 1024), 25_000);
+        assert_eq!(read_piece(0, 0), 1);
+        for (chunk, max) in [(1u32 << 20, OPENSSH), (100_000, 32 * 1024), (12_345, 1000), (7, 1)] {
+            let p = read_piece(chunk, max);
+            assert!(p <= max && chunk.div_ceil(p) == chunk.div_ceil(max), "{chunk} {max} {p}");
+        }
     }
 }

@@ -199,6 +199,9 @@ pub struct StoreSession {
     pub fsync: bool,
     /// The server offers `posix-rename@openssh.com` (rename that replaces the target atomically).
     pub posix_rename: bool,
+    /// Most bytes one SFTP read returns: the server's `limits@openssh.com` `max-read-length` (OpenSSH: 255 KiB),
+    /// else [`DEFAULT_MAX_READ`]. Downloads split larger chunks into reads of at most this.
+    pub max_read: u32,
     /// Permits for open handles on this session, see [`MAX_OPEN_HANDLES`].
     handles: Arc<tokio::sync::Semaphore>,
     /// The same for the raw channel, which serves downloads ([`StoreSession::open_read`]); each channel has its
@@ -295,6 +298,11 @@ impl StoreSession {
 }
 
 const POSIX_RENAME: &str = "posix-rename@openssh.com";
+const LIMITS: &str = "limits@openssh.com";
+
+/// Read length assumed when the server does not state its limit: every SFTP server is expected to answer reads
+/// of 32 KiB in full; common ones (OpenSSH, the embedded server) answer far more. Shorter answers are read on.
+pub const DEFAULT_MAX_READ: u32 = 64 * 1024;
 
 /// A file open for reading ([`StoreSession::open_read`]). Dropping it closes the handle: the close goes out on a
 /// task of its own, and the handle permit is released once the server has answered it.
@@ -305,6 +313,11 @@ pub struct ReadFile {
 }
 
 impl ReadFile {
+    /// Most bytes one read of this file returns ([`StoreSession::max_read`]).
+    pub fn max_read(&self) -> u32 {
+        self.session.max_read
+    }
+
     /// `len` bytes at `offset`, in as many SFTP reads as the server needs (OpenSSH answers at most 255 KiB per
     /// read). Fewer bytes only when the file ends first.
     pub async fn read_exact_at(&self, offset: u64, len: u32) -> Result<Vec<u8>, russh_sftp::client::error::Error> {
@@ -443,9 +456,16 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
     let version = ext.init().await.map_err(start_err)?;
     let offers = |name: &str| version.extensions.contains_key(name);
     let (fsync, posix_rename) = (offers("fsync@openssh.com"), offers(POSIX_RENAME));
+    let mut max_read = DEFAULT_MAX_READ;
+    if offers(LIMITS) {
+        let limits = ext.limits().await.map_err(start_err)?;
+        if limits.max_read_len > 0 {
+            max_read = u32::try_from(limits.max_read_len).unwrap_or(u32::MAX);
+        }
+    }
     let handles = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES));
     let read_handles = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES));
-    Ok(StoreSession { sftp, ext, fsync, posix_rename, handles, read_handles, _ssh: session })
+    Ok(StoreSession { sftp, ext, fsync, posix_rename, max_read, handles, read_handles, _ssh: session })
 }
 
 /// A shared, lazily (re)connected SFTP session.

@@ -21,7 +21,10 @@ pub fn scaled<T>(ci_size: T, full_size: T) -> T {
 pub const MIB: usize = 1024 * 1024;
 
 /// Window × chunk size of the default gateway config: the most a sender has in flight.
-pub const WINDOW_BYTES: u64 = 8 * 64 * 1024;
+pub const WINDOW_BYTES: u64 = {
+    let p = mqsftp_proto::StreamParams::DEFAULT;
+    p.window as u64 * p.chunk_size as u64
+};
 
 /// A bound for awaits whose work grows with the scale (a whole large transfer).
 pub fn long_limit() -> Duration {

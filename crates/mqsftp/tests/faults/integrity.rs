@@ -225,7 +225,7 @@ struct Forger {
 
 impl Forger {
     async fn start(stack: &mqsftp_testkit::Stack, device: &str, size: u64, kind: Forgery, corrupt: usize) -> Forger {
-        const CHUNK: u64 = 64 * 1024; // the gateway's default chunk size
+        const CHUNK: u64 = PACED_CHUNK as u64;
         let mut link = gateway_identity(stack, &format!("forger-{device}"), vec![device_requests(device)]).await;
         let device = mqsftp_proto::DeviceId::new(device).unwrap();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
@@ -277,11 +277,17 @@ impl Forger {
     }
 }
 
+/// Chunk size and window of the paced gateway: small chunks, so that the pacing leaves gaps between them.
+const PACED_CHUNK: usize = 64 * 1024;
+const PACED_WINDOW: i64 = 8;
+
 /// A stack whose gateway sends device `id` at most 128 KiB/s (two 64 KiB chunks a second after a burst of two):
 /// the gaps in which a forged frame reaches the device first.
 async fn paced_setup(id: &str) -> (mqsftp_testkit::Stack, RunningGateway, mqsftp_device::DeviceConfig) {
     let stack = start_stack();
     set_policy(&stack, &format!("[[device]]\nmatch = \"{id}\"\nrate = \"128 KiB\"\n"));
+    set_transfer_option(&stack, "chunk_size", (PACED_CHUNK as i64).into());
+    set_transfer_option(&stack, "window", PACED_WINDOW.into());
     let gw = RunningGateway::start(&stack).await;
     let cfg = mqsftp_device::DeviceConfig::load(&stack.device(id).unwrap()).unwrap();
     (stack, gw, cfg)
@@ -289,7 +295,7 @@ async fn paced_setup(id: &str) -> (mqsftp_testkit::Stack, RunningGateway, mqsftp
 
 /// Five 64 KiB chunks: two at once, then one every 0.5 s at the paced rate, so that every forged frame reaches the
 /// device well before the download ends (a short last chunk would follow the one before it at once).
-const FORGED_FILE: usize = 5 * 64 * 1024;
+const FORGED_FILE: usize = 5 * PACED_CHUNK;
 
 /// Issue 7, scenario 5 (downloads), a: frames whose CRC32C does not match their data, forged at the offset the
 /// device expects next during a real `get`. The device drops every one (they never reach the file or the hash);
