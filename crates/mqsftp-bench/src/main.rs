@@ -258,6 +258,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
     Ok(r.targets.iter().all(|t| t.pass))
 }
 
+/// The in-process rumqttc publisher + subscriber of the broker run, in [`CpuCost`].
+const RUMQTTC: &str = "rumqttc publisher+subscriber";
+
 /// CPU seconds per GiB by process (`sshd`, `mosquitto`, `gateway`, `device CLI`, `sftp client`) for sftp get,
 /// mqsftp get, sftp put, mqsftp put, and Mosquitto's own pub->sub run.
 type CpuCost = [Vec<(String, f64)>; 5];
@@ -287,6 +290,26 @@ fn limits(r: &mut Report, cost: &CpuCost) -> anyhow::Result<()> {
         let mosquitto = least_of("mosquitto", [ours, &cost[4]]);
         let servers = if sshd.is_finite() && mosquitto.is_finite() { sshd + mosquitto } else { 0.0 };
         let least = servers + p.gateway_and_device();
+        // What the same work costs when done by the programs measured here: sshd and the sftp client as in raw sftp
+        // (serving the file; receiving it over SSH and writing it, or reading it and sending it over SSH), Mosquitto
+        // and a rumqttc publisher and subscriber as in the pub->sub run (TLS out, relay, TLS in), plus the hash and
+        // CRC on both ends. mqsftp does all of that per byte, so this is what it costs unless it does each part
+        // more cheaply than those programs do.
+        let parts = [
+            of(raw, "sshd"),
+            of(raw, "sftp client"),
+            of(&cost[4], "mosquitto"),
+            of(&cost[4], RUMQTTC),
+            Some(2.0 * (p.sha256 + p.crc32c)),
+        ];
+        let components = parts.iter().all(Option::is_some).then(|| parts.iter().flatten().sum::<f64>());
+        if let Some(c) = components {
+            let label = format!(
+                "mqsftp {dir}: bound from measured parts, sshd + sftp client + Mosquitto + rumqttc pub/sub + hash/CRC \
+                 x2 ({c:.2} s/GiB)"
+            );
+            r.figure(&format!("{dir}_components_bound_mbps"), &label, "MB/s", floor::bound_mbps(cores, c));
+        }
         r.figure(
             &format!("sftp_{dir}_cpu_bound_mbps"),
             &format!("raw sftp {dir}: bound on {cores} cores at its CPU cost ({:.2} s/GiB)", total(raw)),
@@ -317,6 +340,14 @@ fn limits(r: &mut Report, cost: &CpuCost) -> anyhow::Result<()> {
                 min * base,
                 best / base
             ));
+            if let Some(c) = components {
+                let at = floor::bound_mbps(cores, c);
+                r.notes.push(format!(
+                    "{dir}: at what sshd, the sftp client, Mosquitto and rumqttc cost for their parts of it, plus the \
+                     hashes, {dir} goes at most {at:.0} MB/s ({:.2} x {what}) on {cores} cores",
+                    at / base
+                ));
+            }
         }
     }
     Ok(())
@@ -381,9 +412,11 @@ fn throughput(
             }
         }
         if broker {
-            let before = procs::cpu_snapshot();
+            let (before, own) = (procs::cpu_snapshot(), procs::own_cpu());
             let elapsed = runtime.block_on(scenarios::broker_ceiling(env, size, env.chunk_size as usize))?;
-            let used = procs::cpu_delta(&before, &procs::cpu_snapshot());
+            let mut used = procs::cpu_delta(&before, &procs::cpu_snapshot());
+            // The publisher and the subscriber run in this process: what a TLS MQTT sender and receiver cost.
+            used.push((RUMQTTC.to_string(), procs::own_cpu() - own));
             add_cpu(4, &procs::Timed { elapsed, peak_rss: 0, cpu: used });
             samples[6].push(mbps(size, elapsed));
         }

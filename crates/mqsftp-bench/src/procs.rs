@@ -289,6 +289,12 @@ fn clock_ticks_per_second() -> f64 {
     })
 }
 
+/// CPU seconds (user + system) this process has used so far, its reaped children not included: what the
+/// in-process rumqttc publisher and subscriber of the broker run cost.
+pub fn own_cpu() -> f64 {
+    read_stat(std::process::id()).map_or(0.0, |me| me.own / clock_ticks_per_second())
+}
+
 /// `after - before`, by name.
 pub fn cpu_delta(before: &[(String, f64)], after: &[(String, f64)]) -> Vec<(String, f64)> {
     after
