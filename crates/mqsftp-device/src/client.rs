@@ -9,9 +9,9 @@ use mqsftp_proto::{
     Chunk, DeviceId, Entry, ErrorCode, GatewayId, ReceiveError, Received, Receiver, Request, Response, Sender,
     SessionId, StreamParams, Topic, TopicKind, TransferId,
 };
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tracing::debug;
 
+use crate::file_io::{CommitError, FileReader, PartWriter};
 use crate::{DeviceConfig, DeviceError};
 
 /// Progress of a transfer, reported after every chunk.
@@ -351,8 +351,7 @@ impl Client {
     ) -> Result<PutOutcome, DeviceError> {
         let local_err = |source| DeviceError::Local { path: local.to_path_buf(), source };
         // Taken before hashing: a change after it shows as a different length or modification time at the end.
-        let stamp = file_stamp(local).await.map_err(local_err)?;
-        let (size, sha256) = hash_file(local).await.map_err(local_err)?;
+        let (stamp, size, sha256) = crate::file_io::stamp_and_hash(local).await.map_err(local_err)?;
         let mut upload = Upload { local, remote, size, sha256, stamp, overwrite, resume: None, acked: 0, sent: 0 };
         let (mut attempt, mut idle) = (0, 0);
         loop {
@@ -408,7 +407,6 @@ impl Client {
             return Err(unexpected(&accepted));
         };
         upload.resume = Some(transfer);
-        let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
         let params = StreamParams {
             chunk_size: chunk_size.clamp(1, mqsftp_proto::chunk::MAX_CHUNK_DATA as u32),
             window: window.max(1),
@@ -422,16 +420,17 @@ impl Client {
             reason: "its hash could not be decoded".into(),
         })?;
         let mut sender = Sender::resume(transfer, size, offset, params, Instant::now()).with_known_sha256(known);
-        file.seek(std::io::SeekFrom::Start(offset.min(size))).await.map_err(local_err)?;
+        // Read ahead by a thread, about a window of chunks, in the sender's chunk size: no pool round trip and no
+        // copy per chunk.
+        let mut file = FileReader::start(local, offset.min(size), size, params.chunk_size, params.window as usize);
         let up = Topic::up(&self.device, &gateway);
         upload.acked = upload.acked.max(sender.acked());
         progress(Progress { done: sender.acked(), total: size });
         while !sender.is_complete() {
             while let Some(read) = sender.poll_read() {
-                let mut buf = vec![0u8; read.len as usize];
-                file.read_exact(&mut buf).await.map_err(local_err)?;
+                let data = file.read(read).await?;
                 sender
-                    .handle_read(buf.into())
+                    .handle_read(data)
                     .map_err(|e| DeviceError::LocalChanged { path: local.to_path_buf(), reason: e.to_string() })?;
             }
             while let Some(t) = sender.poll_transmit() {
@@ -542,8 +541,17 @@ impl Client {
             let result = self.get_once(remote, &part, &mut received, &mut held_at_start, &mut progress).await;
             idle = if received > before { 0 } else { idle + 1 };
             let e = match result {
-                Ok((size, sha256)) => {
-                    part.commit(&target).await?;
+                Ok((size, sha256, writer)) => {
+                    match writer.commit(&target).await {
+                        Ok(()) => {}
+                        // Data not known to be on disk: as any definite failure, the part file goes.
+                        Err(CommitError::Part(e)) => {
+                            part.discard().await;
+                            return Err(e);
+                        }
+                        // The rename failed; the verified part file stays.
+                        Err(CommitError::Target(e)) => return Err(e),
+                    }
                     let resent_bytes = received.saturating_sub(size - held_at_start.unwrap_or(0));
                     let (restarts, bad_frames) = (failed_checks, self.bad_frames - bad_frames_before);
                     return Ok(GetOutcome { path: target, size, sha256, resent_bytes, restarts, bad_frames });
@@ -596,7 +604,8 @@ impl Client {
         }
     }
 
-    /// One attempt: continues from what the part file holds. Returns size and SHA-256 of the verified file.
+    /// One attempt: continues from what the part file holds. Returns size and SHA-256 of the verified file, and
+    /// the writer holding it, to commit.
     async fn get_once(
         &mut self,
         remote: &str,
@@ -604,8 +613,9 @@ impl Client {
         received: &mut u64,
         held_at_start: &mut Option<u64>,
         progress: &mut impl FnMut(Progress),
-    ) -> Result<(u64, String), GetFailure> {
-        let held = part.len().await;
+    ) -> Result<(u64, String, PartWriter), GetFailure> {
+        // The part file's writer thread, and the bytes it holds, in one round trip.
+        let (writer, held) = PartWriter::open(&part.path).await?;
         let id = self.request_id();
         let get =
             Request::Get { id: id.clone(), session: self.session.clone(), path: remote.to_string(), offset: held };
@@ -621,6 +631,7 @@ impl Client {
                 Some(Incoming::Response(Response::Error { id: Some(got), code, message, .. })) if got == id => {
                     // A part file longer than the remote file belongs to another version of it: start over.
                     if code == ErrorCode::BadRequest && held > 0 {
+                        let _ = writer.close().await;
                         part.discard().await;
                         let message = format!("stale partial download discarded: {message}");
                         return Err(DeviceError::Closed(message).into());
@@ -631,69 +642,89 @@ impl Client {
             }
         };
         held_at_start.get_or_insert(held);
-        let result = self.receive(transfer, &gateway, size, part, received, progress).await;
+        let result = self.receive(transfer, &gateway, size, writer, held, received, progress).await;
         if result.is_err() {
             // Tell the gateway to stop; it would give up by itself later anyway.
             if self.send_to(&gateway, &Request::Cancel { transfer }).await.is_err() {
                 self.orphan = Some((transfer, gateway));
             }
         }
-        result.map(|sha| (size, sha))
+        result.map(|(sha, writer)| (size, sha, writer))
     }
 
+    /// Receives the transfer into the part file. On success the writer is handed back for the commit; on any
+    /// failure it has been closed first, so that the part file holds everything received (for a resume, or to
+    /// be removed).
+    #[allow(clippy::too_many_arguments)]
     async fn receive(
         &mut self,
         transfer: TransferId,
         gateway: &GatewayId,
         size: u64,
-        part: &PartFile,
+        mut writer: PartWriter,
+        held: u64,
+        received: &mut u64,
+        progress: &mut impl FnMut(Progress),
+    ) -> Result<(String, PartWriter), GetFailure> {
+        match self.receive_into(transfer, gateway, size, &mut writer, held, received, progress).await {
+            Ok(sha) => Ok((sha, writer)),
+            // The part file is dropped anyway.
+            Err(GetFailure::Verify(e)) => {
+                let _ = writer.close().await;
+                Err(GetFailure::Verify(e))
+            }
+            // A write that failed is reported before the interruption, as a flush would.
+            Err(GetFailure::Device(e)) => {
+                writer.close().await?;
+                Err(GetFailure::Device(e))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn receive_into(
+        &mut self,
+        transfer: TransferId,
+        gateway: &GatewayId,
+        size: u64,
+        writer: &mut PartWriter,
+        held: u64,
         received: &mut u64,
         progress: &mut impl FnMut(Progress),
     ) -> Result<String, GetFailure> {
         let mut rx = Receiver::new(transfer, size);
-        part.hash_into(&mut rx).await?;
-        let mut file = part.open_append().await?;
+        if held > 0 {
+            rx = writer.hash_held(rx).await??;
+        } else {
+            writer.create().await?;
+        }
         progress(Progress { done: rx.received(), total: size });
         loop {
             if let Some(result) = rx.poll_finished() {
                 // A mismatch: the caller drops the part file and starts again.
-                let sha = result?;
-                file.flush().await.map_err(|e| part.err(e))?;
-                file.get_ref().sync_all().await.map_err(|e| part.err(e))?;
-                return Ok(hex::encode(sha));
+                return Ok(hex::encode(result?));
             }
-            let msg = match self.next(self.timeout).await {
-                Ok(Some(m)) => m,
-                Ok(None) => {
-                    file.flush().await.map_err(|e| part.err(e))?;
-                    return Err(DeviceError::Stalled { after: self.timeout, received: rx.received(), size }.into());
-                }
-                Err(e) => {
-                    file.flush().await.map_err(|e| part.err(e))?;
-                    return Err(e.into());
-                }
+            let msg = match self.next(self.timeout).await? {
+                Some(m) => m,
+                None => return Err(DeviceError::Stalled { after: self.timeout, received: rx.received(), size }.into()),
             };
             match msg {
                 Incoming::Chunk(c) if c.transfer == transfer => {
                     *received += c.data.len() as u64;
                     let ack = match rx.handle_chunk(c)? {
                         Received::Write { data, ack, .. } => {
-                            file.write_all(&data).await.map_err(|e| part.err(e))?;
+                            writer.write(data).await?;
                             progress(Progress { done: ack, total: size });
                             ack
                         }
                         Received::Reack { ack } => ack,
                     };
-                    if let Err(e) = self.send_to(gateway, &Request::Ack { transfer, next: ack }).await {
-                        file.flush().await.map_err(|e| part.err(e))?;
-                        return Err(e.into());
-                    }
+                    self.send_to(gateway, &Request::Ack { transfer, next: ack }).await?;
                 }
                 Incoming::Response(Response::GetDone { transfer: t, size: done_size, sha256 }) if t == transfer => {
                     rx.handle_done(done_size, &sha256)?;
                 }
                 Incoming::Response(Response::Error { transfer: Some(t), code, message, .. }) if t == transfer => {
-                    file.flush().await.map_err(|e| part.err(e))?;
                     return Err(DeviceError::Remote { code, message }.into());
                 }
                 _ => {}
@@ -724,27 +755,10 @@ fn unexpected(r: &Response) -> DeviceError {
     DeviceError::Remote { code: ErrorCode::Internal, message: format!("unexpected answer from the gateway: {r:?}") }
 }
 
-/// Size and SHA-256 (hex) of a local file, in one pass.
 /// Length and modification time of a local file.
 async fn file_stamp(path: &Path) -> std::io::Result<(u64, Option<std::time::SystemTime>)> {
     let m = tokio::fs::metadata(path).await?;
     Ok((m.len(), m.modified().ok()))
-}
-
-async fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    use sha2::Digest;
-    let mut f = tokio::fs::File::open(path).await?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            return Ok((size, hex::encode(h.finalize())));
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
 }
 
 /// Where `get remote local` writes: `local`, or `local/<remote file name>` when `local` is a directory.
@@ -791,51 +805,6 @@ impl PartFile {
         let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         PartFile { path: dir.join(part_name(&name)) }
-    }
-
-    /// Bytes held (0 when there is no part file).
-    async fn len(&self) -> u64 {
-        tokio::fs::metadata(&self.path).await.map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Feeds what the part file holds into `rx` (hash and position).
-    async fn hash_into(&self, rx: &mut Receiver) -> Result<(), GetFailure> {
-        let mut f = match tokio::fs::File::open(&self.path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.err(e).into()),
-        };
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = f.read(&mut buf).await.map_err(|e| self.err(e))?;
-            if n == 0 {
-                return Ok(());
-            }
-            rx.handle_held(&buf[..n])?;
-        }
-    }
-
-    async fn open_append(&self) -> Result<tokio::io::BufWriter<tokio::fs::File>, DeviceError> {
-        let f =
-            tokio::fs::OpenOptions::new().create(true).append(true).open(&self.path).await.map_err(|e| self.err(e))?;
-        Ok(tokio::io::BufWriter::with_capacity(256 * 1024, f))
-    }
-
-    fn err(&self, source: std::io::Error) -> DeviceError {
-        DeviceError::Local { path: self.path.clone(), source }
-    }
-
-    async fn commit(&self, target: &Path) -> Result<(), DeviceError> {
-        if let Err(source) = tokio::fs::rename(&self.path, target).await {
-            return Err(DeviceError::Local { path: target.into(), source });
-        }
-        // Make the rename itself durable.
-        if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(d) = tokio::fs::File::open(dir).await {
-                let _ = d.sync_all().await;
-            }
-        }
-        Ok(())
     }
 
     async fn discard(&self) {

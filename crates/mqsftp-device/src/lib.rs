@@ -5,11 +5,13 @@
 //! place only after size and SHA-256 match. The protocol logic is `mqsftp_proto::Receiver`; this crate does the
 //! I/O around it.
 //!
-//! Layout: `config.rs` (`device.toml`), `client.rs` (the client), this file (errors).
+//! Layout: `config.rs` (`device.toml`), `client.rs` (the client), `file_io.rs` (the part file of a download and
+//! the file of an upload, each on a blocking thread of its own), this file (errors).
 
 pub mod check;
 mod client;
 mod config;
+mod file_io;
 
 use std::path::PathBuf;
 use std::time::Duration;
