@@ -135,10 +135,15 @@ pub async fn broker_ceiling(env: &Env, size: u64, chunk: usize) -> anyhow::Resul
     Ok(elapsed)
 }
 
-/// Round trips of 1 KiB gets (and of pings, the broker hop alone) on one warm device connection, in ms, sorted.
+/// Round trips of 1 KiB gets (and of pings, the broker hop alone) on one warm device connection, and the parts a
+/// get cannot do without, each timed alone: in ms, sorted.
 pub struct Latencies {
     pub get_ms: Vec<f64>,
     pub ping_ms: Vec<f64>,
+    /// The gateway's store work for a 1 KiB get on a warm SFTP session: the stat and open (together), then the read.
+    pub sftp_ms: Vec<f64>,
+    /// The device's commit of a 1 KiB download: write the part file, fsync it, rename it, fsync the directory.
+    pub commit_ms: Vec<f64>,
 }
 
 pub async fn small_gets(env: &Env, requests: usize) -> anyhow::Result<Latencies> {
@@ -164,10 +169,59 @@ pub async fn small_gets(env: &Env, requests: usize) -> anyhow::Result<Latencies>
     for _ in 0..requests.min(1000) {
         ping_ms.push(client.ping().await?.0.as_secs_f64() * 1e3);
     }
-    get_ms.sort_by(f64::total_cmp);
-    ping_ms.sort_by(f64::total_cmp);
+    let rounds = requests.min(1000);
+    let mut sftp_ms = store_round_trips(env, name, rounds).await?;
+    let mut commit_ms = local_commits(&env.work, rounds)?;
+    for v in [&mut get_ms, &mut ping_ms, &mut sftp_ms, &mut commit_ms] {
+        v.sort_by(f64::total_cmp);
+    }
     env::remove(&local);
-    Ok(Latencies { get_ms, ping_ms })
+    Ok(Latencies { get_ms, ping_ms, sftp_ms, commit_ms })
+}
+
+/// What the gateway asks of the SFTP server for a 1 KiB get, timed `rounds` times on a session of its own (with
+/// the gateway's key and settings, warmed up first): stat and open in one round trip, then the read.
+async fn store_round_trips(env: &Env, name: &str, rounds: usize) -> anyhow::Result<Vec<f64>> {
+    let gw = mqsftp_gateway::GatewayConfig::load(&env.gateway_toml)?;
+    let session = Arc::new(mqsftp_gateway::store::connect(&gw.sftp).await?);
+    let device = mqsftp_proto::DeviceId::new(env::DEVICE)?;
+    let path = gw.store.path_of(&device, &mqsftp_proto::confine(name)?);
+    let mut out = Vec::with_capacity(rounds);
+    for i in 0..rounds + 20 {
+        let t = Instant::now();
+        let (meta, file) = tokio::join!(session.metadata(path.as_str()), session.open_read(path.as_str()));
+        let (meta, file) = (meta.context("stat")?, file.context("open")?);
+        let data = file.read_exact_at(0, 1024).await.context("read")?;
+        let elapsed = t.elapsed();
+        if meta.len() != 1024 || data.len() != 1024 {
+            bail!("{path}: {} bytes stated, {} read, 1024 expected", meta.len(), data.len());
+        }
+        if i >= 20 {
+            out.push(elapsed.as_secs_f64() * 1e3);
+        }
+    }
+    Ok(out)
+}
+
+/// The device's durable commit of a 1 KiB download, in `dir`, timed `rounds` times: create and write the part
+/// file, fsync it, rename it to the target, fsync the directory (`mqsftp-device`'s `file_io.rs` does the same).
+fn local_commits(dir: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
+    use std::io::Write;
+    let (part, target) = (dir.join(".commit-1k.mqsftp-part"), dir.join("commit-1k.out"));
+    let data = [0x5au8; 1024];
+    let mut out = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let mut f = std::fs::File::options().create(true).append(true).open(&part)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&part, &target)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        out.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    env::remove(&target);
+    Ok(out)
 }
 
 /// What the many-devices run saw.
