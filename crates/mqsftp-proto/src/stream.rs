@@ -38,8 +38,8 @@ pub struct StreamParams {
 
 impl StreamParams {
     /// The defaults: 256 KiB chunks, 4 in flight (1 MiB a window). Chosen by measurement (docs/performance.md):
-    /// against 64 KiB × 8, every process of a transfer (device, broker, gateway, SFTP server) spends about a fifth
-    /// less CPU per GiB, as each pays per message; the window in bytes doubles, for links with more latency.
+    /// against 64 KiB × 8, every process of a transfer (device, broker, gateway, SFTP server) spends less CPU per
+    /// GiB, a sixth less in all, as each pays per message; the window in bytes doubles, for links with more latency.
     pub const DEFAULT: StreamParams = StreamParams {
         chunk_size: 256 * 1024,
         window: 4,
