@@ -86,6 +86,37 @@ const IDLE_RESUMES: u32 = 2;
 /// Pause before resuming a transfer after the gateway reported the store `unavailable`.
 const STORE_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// First pause after a `busy` answer; each further one doubles, up to [`BUSY_PAUSE_MAX`].
+const BUSY_PAUSE_FIRST: Duration = Duration::from_millis(100);
+const BUSY_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// The pauses of a transfer whose request is answered `busy` (the gateway is at one of its concurrent-transfer
+/// limits): each longer than the last, jittered to 50–100 % so that devices refused together do not all come back
+/// together, and at most the transfer timeout in all; then the `busy` error is reported.
+struct BusyBackoff {
+    next: Duration,
+    waited: Duration,
+    limit: Duration,
+}
+
+impl BusyBackoff {
+    fn new(limit: Duration) -> Self {
+        BusyBackoff { next: BUSY_PAUSE_FIRST, waited: Duration::ZERO, limit }
+    }
+
+    /// Waits before the next try; `false` (at once) when the time for waiting is used up.
+    async fn pause(&mut self) -> bool {
+        if self.waited >= self.limit {
+            return false;
+        }
+        let pause = self.next.mul_f64(rand::random::<f64>().mul_add(0.5, 0.5)).min(self.limit - self.waited);
+        tokio::time::sleep(pause).await;
+        self.waited += pause;
+        self.next = (self.next * 2).min(BUSY_PAUSE_MAX);
+        true
+    }
+}
+
 /// Downloads of one `get`, each from nothing, whose received data fails verification before the failure is
 /// reported: data corrupted on the way (with a valid CRC32C, or it would have been dropped) is fetched again, a
 /// store or gateway that keeps sending a wrong file is not fetched forever.
@@ -341,7 +372,9 @@ impl Client {
 
     /// Uploads `local` to `remote` (relative to the device root). The gateway writes a temporary file and renames
     /// it into place only after size and SHA-256 match; an existing `remote` is replaced only with `overwrite`.
-    /// After an interruption (broker restart, gateway gone) the upload continues from what the store holds.
+    /// After an interruption (broker restart, gateway gone) the upload continues from what the store holds. A
+    /// gateway at its transfer limit (`busy`) is asked again after growing, jittered pauses, for up to the transfer
+    /// timeout.
     pub async fn put(
         &mut self,
         local: &Path,
@@ -354,6 +387,7 @@ impl Client {
         let (stamp, size, sha256) = crate::file_io::stamp_and_hash(local).await.map_err(local_err)?;
         let mut upload = Upload { local, remote, size, sha256, stamp, overwrite, resume: None, acked: 0, sent: 0 };
         let (mut attempt, mut idle) = (0, 0);
+        let mut busy = BusyBackoff::new(self.timeout);
         loop {
             attempt += 1;
             let before = upload.acked;
@@ -361,6 +395,14 @@ impl Client {
             idle = if upload.acked > before { 0 } else { idle + 1 };
             match result {
                 Ok(o) => return Ok(o),
+                // The gateway is at a transfer limit: ask again after a pause; that is neither an attempt nor a stall.
+                Err(e @ DeviceError::Remote { code: ErrorCode::Busy, .. }) => {
+                    if !busy.pause().await {
+                        return Err(e);
+                    }
+                    debug!(error = %e, "gateway busy; asking again");
+                    (attempt, idle) = (attempt - 1, 0);
+                }
                 // The store no longer holds the interrupted upload: start it again from nothing.
                 Err(DeviceError::Remote { code: ErrorCode::Expired, .. })
                     if upload.resume.is_some() && attempt < GET_ATTEMPTS =>
@@ -458,10 +500,9 @@ impl Client {
                 sender.poll_timeout().map(|t| t.saturating_duration_since(Instant::now())).unwrap_or(self.timeout);
             match self.next(wait).await? {
                 Some(Incoming::Response(Response::PutAck { transfer: t, next })) if t == transfer => {
-                    sender.handle_ack(next, Instant::now()).map_err(|e| DeviceError::Remote {
-                        code: ErrorCode::Internal,
-                        message: format!("gateway acknowledged more than was sent: {e}"),
-                    })?;
+                    // An acknowledgement beyond what was sent counts up to what was sent; the gateway's check of
+                    // size and hash at the commit catches bytes that did not come from here.
+                    sender.handle_ack(next, Instant::now());
                     upload.acked = upload.acked.max(sender.acked());
                     progress(Progress { done: sender.acked(), total: size });
                 }
@@ -520,7 +561,8 @@ impl Client {
     ///
     /// Interruptions resume from the bytes held in the part file beside the target (`.{name}.mqsftp-part`): a lost
     /// broker connection, a gateway that went silent, a gateway that lost its SFTP store (`unavailable`, retried
-    /// after a pause). Data that fails verification is dropped and fetched again from nothing, up to three
+    /// after a pause). A gateway at its transfer limit (`busy`) is asked again after growing, jittered pauses, for
+    /// up to the transfer timeout. Data that fails verification is dropped and fetched again from nothing, up to three
     /// downloads in all, then [`DeviceError::Integrity`]. Nothing ever appears at the target
     /// unless verified; a part file stays only after a transient failure, for the next `get` to continue from.
     pub async fn get(
@@ -534,6 +576,7 @@ impl Client {
         let mut received = 0u64;
         let mut held_at_start = None;
         let (mut attempt, mut idle, mut failed_checks) = (0, 0, 0);
+        let mut busy = BusyBackoff::new(self.timeout);
         let bad_frames_before = self.bad_frames;
         loop {
             attempt += 1;
@@ -581,6 +624,15 @@ impl Client {
                             && idle <= IDLE_RESUMES))
             };
             match e {
+                // The gateway is at a transfer limit: ask again after a pause; that is neither an attempt nor a stall.
+                // Whatever the part file holds stays, as after any transient failure.
+                e @ DeviceError::Remote { code: ErrorCode::Busy, .. } => {
+                    if !busy.pause().await {
+                        return Err(e);
+                    }
+                    debug!(error = %e, "gateway busy; asking again");
+                    (attempt, idle) = (attempt - 1, 0);
+                }
                 // The gateway lost the SFTP store (restarted, or a session that stopped answering) after it had
                 // accepted this download; the part file stays. Ask again, paced, until the store is back or the
                 // attempts are used up (as an upload does).

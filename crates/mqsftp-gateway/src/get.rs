@@ -184,7 +184,13 @@ async fn serve_get(
             },
             ctl = rx.recv() => match ctl {
                 Some(Ctl::Ack(next)) => {
-                    sender.handle_ack(next, Instant::now()).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+                    let beyond = sender.acks_beyond_sent();
+                    sender.handle_ack(next, Instant::now());
+                    if sender.acks_beyond_sent() > beyond && beyond == 0 {
+                        // The device took bytes this gateway has not sent: forged or stray frames on its topic. Its
+                        // whole-file check will fail and it starts again; the download goes on meanwhile.
+                        warn!(next, "the device acknowledged bytes this gateway had not sent yet (forged frames?)");
+                    }
                 }
                 Some(Ctl::Chunk(_) | Ctl::Commit { .. } | Ctl::Reattach(_)) => {} // upload messages mean nothing to a download
                 Some(Ctl::Cancel) => return Err((ErrorCode::Internal, "cancelled by the device".into())),

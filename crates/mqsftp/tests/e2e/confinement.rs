@@ -1,3 +1,5 @@
+use std::time::{Duration, Instant};
+
 use mqsftp_device::ErrorCode;
 
 use crate::support::*;
@@ -47,22 +49,21 @@ async fn escapes_are_denied_even_when_the_target_exists() {
     gw.stop().await;
 }
 
-/// A device over its concurrent-transfer limit gets `busy`; the transfer in progress is not disturbed.
+/// A device over its concurrent-transfer limit gets `busy`; the transfer in progress is not disturbed. The device
+/// library asks again after growing pauses: a get that stays refused for the whole transfer timeout fails with
+/// `busy` naming the limit, leaving nothing; a get refused while another transfer runs completes once it ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_the_per_device_limit_is_busy() {
+async fn over_the_per_device_limit_is_busy_until_a_transfer_ends() {
     use mqsftp_mqtt::{rumqttc::QoS, LinkOptions, MqttLink};
     use mqsftp_proto::{Request, Response, SessionId, Topic};
 
     let stack = start_stack();
     // One transfer per device.
-    let path = stack.gateway_config();
-    let mut t: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
-    let transfer = t.entry("transfer").or_insert(toml::Table::new().into()).as_table_mut().unwrap();
-    transfer.insert("max_transfers_per_device".into(), 1.into());
-    std::fs::write(path, toml::to_string(&t).unwrap()).unwrap();
+    set_transfer_option(&stack, "max_transfers_per_device", 1.into());
     let gw = RunningGateway::start(&stack).await;
-    let cfg = mqsftp_device::DeviceConfig::load(&stack.device("busy").unwrap()).unwrap();
-    put_on_store(&stack, "busy", "big.bin", &content(4 * 1024 * 1024, 9));
+    let mut cfg = mqsftp_device::DeviceConfig::load(&stack.device("busy").unwrap()).unwrap();
+    let data = content(4 * 1024 * 1024, 9);
+    put_on_store(&stack, "busy", "big.bin", &data);
 
     // A raw client that asks for the file and never acknowledges: its transfer stays open.
     let session = SessionId::new("hold").unwrap();
@@ -81,19 +82,38 @@ async fn over_the_per_device_limit_is_busy() {
     .unwrap();
     let get = Request::Get { id: "hold-1".into(), session: session.clone(), path: "big.bin".into(), offset: 0 };
     raw.client.publish(Topic::request(&device), QoS::AtLeastOnce, false, get.encode()).await.unwrap();
-    loop {
+    let (transfer, gateway) = loop {
         let p = tokio::time::timeout(LIMIT, raw.incoming.recv()).await.expect("answer in time").unwrap();
-        if let Ok(Response::GetAccepted { .. }) = Response::decode(&p.payload) {
-            break;
+        if let Ok(Response::GetAccepted { transfer, gateway, .. }) = Response::decode(&p.payload) {
+            break (transfer, gateway);
         }
-    }
+    };
 
+    // Refused for longer than the device's timeout: busy, after pausing and asking again for that long.
+    cfg.transfer.timeout = Duration::from_secs(2);
     let mut client = connect(&cfg).await;
     let out = tempfile::tempdir().unwrap();
+    let started = Instant::now();
     let err = client.get("big.bin", &out.path().join("x"), |_| {}).await.unwrap_err();
+    let waited = started.elapsed();
     let msg = err.to_string();
     assert_eq!(remote_code(err), ErrorCode::Busy, "{msg}");
     assert!(msg.contains("limit 1"), "names the limit: {msg}");
+    assert!(waited >= Duration::from_secs(2) && waited < LIMIT, "asked again for the timeout: {waited:?}");
     assert!(entries(out.path()).is_empty());
+
+    // Refused while the other transfer runs, then served when it ends.
+    let later = tokio::spawn(async move {
+        let r = client.get("big.bin", &out.path().join("y"), |_| {}).await;
+        (r, out)
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!later.is_finished(), "the second get waits while the limit is reached");
+    let cancel = Request::Cancel { transfer };
+    raw.client.publish(Topic::direct(&device, &gateway), QoS::AtLeastOnce, false, cancel.encode()).await.unwrap();
+    let (r, out) = tokio::time::timeout(LIMIT, later).await.expect("served in time").unwrap();
+    let outcome = r.expect("the get completes once the transfer in progress has ended");
+    assert_eq!(std::fs::read(&outcome.path).unwrap(), data);
+    assert_eq!(entries(out.path()), vec!["y".to_string()]);
     gw.stop().await;
 }

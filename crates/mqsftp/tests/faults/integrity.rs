@@ -248,11 +248,11 @@ impl Forger {
                     transfers.push(transfer);
                 }
                 let index = transfers.iter().position(|t| *t == transfer).unwrap_or(usize::MAX);
-                // A chunk the device accepts is acknowledged like a real one, and the gateway refuses an
-                // acknowledgement beyond what it has read (`bad_request`, ending the download): that is what a
-                // frame injected ahead of the real stream looks like, not one altered in transit. So content is
-                // forged only from the acknowledgement of the first paced chunk on (chunk 2, after the burst of
-                // two), when the gateway has long read the whole file (5 chunks, inside its window of 8).
+                // Content is forged only from the acknowledgement of the first paced chunk on (chunk 2, after the
+                // burst of two): a frame altered in transit, not one injected at the start. A forged frame may
+                // still land ahead of what the paced gateway has sent; the device then acknowledges bytes the
+                // gateway never sent, which counts only up to what it sent (`Sender::handle_ack`), and the
+                // download fails its whole-file check all the same.
                 let first = if kind == Forgery::WrongContent { 3 * CHUNK } else { 0 };
                 let Some(session) = &session else { continue };
                 if index >= corrupt || next >= size || next < first || !forged.insert((transfer, next)) {
