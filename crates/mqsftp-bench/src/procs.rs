@@ -106,19 +106,30 @@ impl GatewayProc {
     /// output; SIGKILL after 60 s) and returns its peak RSS in bytes.
     pub fn stop(mut self) -> u64 {
         let peak = self.rss.take().map(RssSampler::finish).unwrap_or(0);
-        let term = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        if term.is_ok_and(|s| s.success()) {
+        // A wrapper (`--wrap-gateway`) may not pass the signal on: its children get it too.
+        let below = descendants(self.child.id());
+        let term = signal("-TERM", self.child.id(), &below);
+        if term {
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(60) {
                 if let Ok(Some(_)) = self.child.try_wait() {
-                    return peak;
+                    if below.iter().all(|p| read_stat(*p).is_none()) {
+                        return peak;
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        self.kill_all();
+        peak
+    }
+
+    /// SIGKILL to the gateway and whatever it (or its wrapper) started, then reaps it.
+    fn kill_all(&mut self) {
+        let below = descendants(self.child.id());
+        signal("-KILL", self.child.id(), &below);
         let _ = self.child.kill();
         let _ = self.child.wait();
-        peak
     }
 
     /// Fails if the gateway has died.
@@ -134,9 +145,39 @@ impl GatewayProc {
 
 impl Drop for GatewayProc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill_all();
     }
+}
+
+/// Sends `sig` (`-TERM`, `-KILL`) to `pid` and `others` with kill(1); true when it reached `pid`.
+fn signal(sig: &str, pid: u32, others: &[u32]) -> bool {
+    let first = Command::new("kill").args([sig, &pid.to_string()]).status().is_ok_and(|s| s.success());
+    for p in others {
+        let _ = Command::new("kill").args([sig, &p.to_string()]).status();
+    }
+    first
+}
+
+/// The processes descended from `pid` (its children, theirs, …), from `/proc`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let procs: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| read_stat(p).map(|s| (s.pid, s.ppid)))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for (p, pp) in &procs {
+            if *pp == parent && !out.contains(p) {
+                out.push(*p);
+                frontier.push(*p);
+            }
+        }
+    }
+    out
 }
 
 /// `program`, or `wrap[0] wrap[1..] program` when a wrapper is given.
@@ -320,6 +361,30 @@ mod tests {
         assert!(peak_rss(std::process::id()).unwrap() > 0);
         assert!(read_stat(u32::MAX).is_none());
         assert!(open_files_limit().unwrap() > 0);
+    }
+
+    #[test]
+    fn descendants_are_found_through_a_wrapper() {
+        // sh (the "wrapper") starts sleep (the "gateway"): both are found below this process.
+        let mut child = Command::new("sh").args(["-c", "sleep 30 & wait"]).spawn().unwrap();
+        let started = Instant::now();
+        let below = loop {
+            let below = descendants(child.id());
+            if !below.is_empty() || started.elapsed() > Duration::from_secs(5) {
+                break below;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(below.len(), 1, "the sleep under the shell: {below:?}");
+        assert!(descendants(std::process::id()).contains(&child.id()));
+        assert!(descendants(below[0]).is_empty());
+        signal("-KILL", child.id(), &below);
+        child.wait().unwrap();
+        let gone = Instant::now();
+        while read_stat(below[0]).is_some_and(|s| s.ppid != 1) && gone.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(descendants(child.id()).is_empty());
     }
 
     #[test]
