@@ -153,7 +153,8 @@ impl Drop for GatewayProc {
 fn signal(sig: &str, pid: u32, others: &[u32]) -> bool {
     let first = Command::new("kill").args([sig, &pid.to_string()]).status().is_ok_and(|s| s.success());
     for p in others {
-        let _ = Command::new("kill").args([sig, &p.to_string()]).status();
+        // Some may have exited meanwhile: nothing to say about those.
+        let _ = Command::new("kill").args([sig, &p.to_string()]).stderr(Stdio::null()).status();
     }
     first
 }
