@@ -161,24 +161,29 @@ fn signal(sig: &str, pid: u32, others: &[u32]) -> bool {
 
 /// The processes descended from `pid` (its children, theirs, …), from `/proc`.
 fn descendants(pid: u32) -> Vec<u32> {
-    let procs: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|p| read_stat(p).map(|s| (s.pid, s.ppid)))
-        .collect();
+    let procs = all_procs();
     let mut out = Vec::new();
     let mut frontier = vec![pid];
     while let Some(parent) = frontier.pop() {
-        for (p, pp) in &procs {
-            if *pp == parent && !out.contains(p) {
-                out.push(*p);
-                frontier.push(*p);
+        for p in &procs {
+            if p.ppid == parent && !out.contains(&p.pid) {
+                out.push(p.pid);
+                frontier.push(p.pid);
             }
         }
     }
     out
+}
+
+/// Every process `/proc` lists now.
+fn all_procs() -> Vec<ProcCpu> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(read_stat)
+        .collect()
 }
 
 /// `program`, or `wrap[0] wrap[1..] program` when a wrapper is given.
@@ -258,13 +263,7 @@ pub fn open_files_limit() -> anyhow::Result<u64> {
 /// (the device CLI and `sftp` runs). Differences of two snapshots say who worked how much during a transfer.
 pub fn cpu_snapshot() -> Vec<(String, f64)> {
     let me = std::process::id();
-    let procs: Vec<ProcCpu> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(read_stat)
-        .collect();
+    let procs = all_procs();
     let tick = clock_ticks_per_second();
     let mut out: Vec<(String, f64)> = Vec::new();
     let mut add = |name: &str, secs: f64| match out.iter_mut().find(|(n, _)| n == name) {

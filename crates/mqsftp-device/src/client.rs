@@ -808,7 +808,7 @@ fn unexpected(r: &Response) -> DeviceError {
 }
 
 /// Length and modification time of a local file.
-async fn file_stamp(path: &Path) -> std::io::Result<(u64, Option<std::time::SystemTime>)> {
+async fn file_stamp(path: &Path) -> std::io::Result<crate::file_io::Stamp> {
     let m = tokio::fs::metadata(path).await?;
     Ok((m.len(), m.modified().ok()))
 }

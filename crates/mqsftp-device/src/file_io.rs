@@ -235,12 +235,10 @@ fn hash_into(f: &mut File, rx: &mut Receiver) -> std::io::Result<Result<(), Rece
     f.seek(SeekFrom::Start(0))?;
     let mut buf = vec![0u8; HASH_BUF];
     loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => return Ok(Ok(())),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let n = read_full(f, &mut buf)?;
+        if n == 0 {
+            return Ok(Ok(()));
+        }
         if let Err(e) = rx.handle_held(&buf[..n]) {
             return Ok(Err(e));
         }
@@ -387,12 +385,10 @@ fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
     let mut buf = vec![0u8; HASH_BUF];
     let mut size = 0u64;
     loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => return Ok((size, hex::encode(h.finalize()))),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let n = read_full(&mut f, &mut buf)?;
+        if n == 0 {
+            return Ok((size, hex::encode(h.finalize())));
+        }
         size += n as u64;
         h.update(&buf[..n]);
     }
