@@ -151,10 +151,12 @@ impl Drop for GatewayProc {
 
 /// Sends `sig` (`-TERM`, `-KILL`) to `pid` and `others` with kill(1); true when it reached `pid`.
 fn signal(sig: &str, pid: u32, others: &[u32]) -> bool {
-    let first = Command::new("kill").args([sig, &pid.to_string()]).status().is_ok_and(|s| s.success());
+    // Any of them may have exited meanwhile (the gateway after a SIGTERM, before its final SIGKILL): nothing to say
+    // about those.
+    let kill = |p: u32| Command::new("kill").args([sig, &p.to_string()]).stderr(Stdio::null()).status();
+    let first = kill(pid).is_ok_and(|s| s.success());
     for p in others {
-        // Some may have exited meanwhile: nothing to say about those.
-        let _ = Command::new("kill").args([sig, &p.to_string()]).stderr(Stdio::null()).status();
+        let _ = kill(*p);
     }
     first
 }

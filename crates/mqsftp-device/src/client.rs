@@ -666,8 +666,8 @@ impl Client {
         held_at_start: &mut Option<u64>,
         progress: &mut impl FnMut(Progress),
     ) -> Result<(u64, String, PartWriter), GetFailure> {
-        // The part file's writer thread, and the bytes it holds, in one round trip.
-        let (writer, held) = PartWriter::open(&part.path).await?;
+        // The part file (opened here, if there is one) and the bytes it holds; its writer thread starts meanwhile.
+        let (writer, held) = PartWriter::open(&part.path)?;
         let id = self.request_id();
         let get =
             Request::Get { id: id.clone(), session: self.session.clone(), path: remote.to_string(), offset: held };
@@ -765,7 +765,7 @@ impl Client {
                     *received += c.data.len() as u64;
                     let ack = match rx.handle_chunk(c)? {
                         Received::Write { data, ack, .. } => {
-                            writer.write(data).await?;
+                            writer.write(data, ack == size).await?;
                             progress(Progress { done: ack, total: size });
                             ack
                         }

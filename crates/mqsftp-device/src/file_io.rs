@@ -4,8 +4,10 @@
 //! (into a `BufWriter`, then into tokio's own buffer). perf showed memmove at 18 % of the device's CPU during a 1 GiB
 //! get, and a 1 KiB get paid for about eight pool round trips (stat, open for the hash, open to append, flush,
 //! fsync, rename, open the directory, fsync it). Here a download is one thread owning a `std::fs::File` that writes
-//! each received `Bytes` as it is (no copy); a fresh get costs two round trips: the open before the request and the
-//! commit (fsync, rename, directory fsync) at the end. An upload is one thread reading the file ahead, in the
+//! each received `Bytes` as it is (no copy). A fresh get waits for the thread once, at the commit: the part file is
+//! opened before the request, in place (one `open` that fails when there is none), and the thread fsyncs it as soon
+//! as the last byte is written, while the device waits for the gateway's `get_done`, so that the commit is left
+//! with the rename and the directory fsync. An upload is one thread reading the file ahead, in the
 //! sender's chunk sizes, into `Bytes` handed to the sender as they are (its one copy is the one into the frame),
 //! instead of a pool round trip and a fresh buffer per chunk.
 //!
@@ -57,8 +59,9 @@ enum Op {
     Create,
     /// Feed what the part file holds into the receiver (hash and position) and hand it back.
     Hash(Box<Receiver>, oneshot::Sender<Result<Box<Receiver>, ReceiveError>>),
-    /// Append these bytes.
-    Write(Bytes),
+    /// Append these bytes; when `last`, fsync the part file right after (the download is complete unless it fails
+    /// verification, and the fsync then overlaps the wait for `get_done`).
+    Write { data: Bytes, last: bool },
     /// Fsync the part file, rename it to this target, fsync the target's directory; then stop.
     Commit(PathBuf),
 }
@@ -75,23 +78,20 @@ pub(crate) struct PartWriter {
 }
 
 impl PartWriter {
-    /// Starts the writer thread for the part file at `path` and opens the part file if it exists (one round trip).
-    /// Returns the writer and the bytes the part file holds (0 when there is none; then nothing is created until
-    /// [`create`](Self::create) or the first write).
-    pub(crate) async fn open(path: &Path) -> Result<(PartWriter, u64), DeviceError> {
+    /// Opens the part file at `path` if it exists and starts the writer thread with it. Returns the writer and the
+    /// bytes the part file holds (0 when there is none; then nothing is created until [`create`](Self::create) or
+    /// the first write).
+    ///
+    /// The open happens here, on the caller's thread: it is one local `open` (and an `fstat` when the file
+    /// exists), like the `is_dir` that picks the target, and waiting for a pool thread to do it cost a fresh 1 KiB
+    /// get about 50 µs (docs/performance.md).
+    pub(crate) fn open(path: &Path) -> Result<(PartWriter, u64), DeviceError> {
+        let held = open_held(path).map_err(|source| DeviceError::Local { path: path.to_path_buf(), source })?;
+        let len = held.as_ref().map_or(0, |(_, len)| *len);
         let (ops, queue) = mpsc::channel(WRITE_QUEUE);
-        let (opened, held) = oneshot::channel();
         let thread_path = path.to_path_buf();
-        let thread = tokio::task::spawn_blocking(move || run_writer(thread_path, opened, queue));
-        let mut writer = PartWriter { path: path.to_path_buf(), ops: Some(ops), thread: Some(thread) };
-        match held.await {
-            Ok(Ok(held)) => Ok((writer, held)),
-            Ok(Err(source)) => {
-                let _ = writer.finish().await;
-                Err(DeviceError::Local { path: path.to_path_buf(), source })
-            }
-            Err(_) => Err(writer.stopped().await),
-        }
+        let thread = tokio::task::spawn_blocking(move || run_writer(thread_path, held.map(|(f, _)| f), queue));
+        Ok((PartWriter { path: path.to_path_buf(), ops: Some(ops), thread: Some(thread) }, len))
     }
 
     /// Creates the part file if it does not exist yet. Does not wait for the thread; a failure shows at the next
@@ -111,13 +111,15 @@ impl PartWriter {
         }
     }
 
-    /// Appends `data` (queued; waits only while the queue is full).
-    pub(crate) async fn write(&mut self, data: Bytes) -> Result<(), DeviceError> {
-        self.send(Op::Write(data)).await
+    /// Appends `data` (queued; waits only while the queue is full). `last`: these are the download's last bytes,
+    /// and the thread fsyncs the part file right after them.
+    pub(crate) async fn write(&mut self, data: Bytes, last: bool) -> Result<(), DeviceError> {
+        self.send(Op::Write { data, last }).await
     }
 
-    /// Makes the download final in one round trip: the part file is fsynced, renamed to `target`, and the
-    /// target's directory fsynced, in that order.
+    /// Makes the download final in one round trip: the part file is fsynced (unless that happened after the last
+    /// write and nothing was written since), renamed to `target`, and the target's directory fsynced, in that
+    /// order.
     pub(crate) async fn commit(mut self, target: &Path) -> Result<(), CommitError> {
         self.send(Op::Commit(target.to_path_buf())).await.map_err(CommitError::Part)?;
         self.finish().await
@@ -163,24 +165,11 @@ impl PartWriter {
     }
 }
 
-/// The writer thread: opens the part file if it exists and reports its length, then works through `queue`.
-fn run_writer(
-    path: PathBuf,
-    opened: oneshot::Sender<std::io::Result<u64>>,
-    mut queue: mpsc::Receiver<Op>,
-) -> Result<(), CommitError> {
+/// The writer thread: works through `queue` on the part file (`file`, or created at the first need).
+fn run_writer(path: PathBuf, mut file: Option<File>, mut queue: mpsc::Receiver<Op>) -> Result<(), CommitError> {
     let part_err = |source| CommitError::Part(DeviceError::Local { path: path.clone(), source });
-    let mut file = match open_held(&path) {
-        Ok(f) => {
-            let held = f.as_ref().map(|(_, len)| *len).unwrap_or(0);
-            let _ = opened.send(Ok(held));
-            f.map(|(f, _)| f)
-        }
-        Err(e) => {
-            let _ = opened.send(Err(e));
-            return Ok(());
-        }
-    };
+    // Everything written so far is fsynced.
+    let mut synced = false;
     while let Some(op) = queue.blocking_recv() {
         match op {
             Op::Create => {
@@ -198,11 +187,20 @@ fn run_writer(
                     Err(e) => return Err(part_err(e)),
                 }
             }
-            Op::Write(data) => {
-                ensure_open(&mut file, &path).map_err(part_err)?.write_all(&data).map_err(part_err)?;
+            Op::Write { data, last } => {
+                let f = ensure_open(&mut file, &path).map_err(part_err)?;
+                f.write_all(&data).map_err(part_err)?;
+                // A failed fsync is final (the kernel may drop the dirty pages): the thread stops with it.
+                if last {
+                    f.sync_all().map_err(part_err)?;
+                }
+                synced = last;
             }
             Op::Commit(target) => {
-                ensure_open(&mut file, &path).map_err(part_err)?.sync_all().map_err(part_err)?;
+                let f = ensure_open(&mut file, &path).map_err(part_err)?;
+                if !synced {
+                    f.sync_all().map_err(part_err)?;
+                }
                 drop(file);
                 return commit(&path, &target);
             }
@@ -403,10 +401,11 @@ mod tests {
         (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
     }
 
-    /// Writes `data` in pieces of `piece` bytes, each its own `Bytes` (as chunks arrive).
+    /// Writes `data` in pieces of `piece` bytes, each its own `Bytes` (as chunks arrive), the last one marked so.
     async fn write_all(w: &mut PartWriter, data: &[u8], piece: usize) -> Result<(), DeviceError> {
-        for c in data.chunks(piece) {
-            w.write(Bytes::copy_from_slice(c)).await?;
+        let pieces = data.chunks(piece).count();
+        for (i, c) in data.chunks(piece).enumerate() {
+            w.write(Bytes::copy_from_slice(c), i + 1 == pieces).await?;
         }
         Ok(())
     }
@@ -422,7 +421,7 @@ mod tests {
     async fn writes_land_byte_exact_and_the_target_appears_only_on_commit() {
         let dir = tempfile::tempdir().unwrap();
         let (part, target) = (dir.path().join(".f.mqsftp-part"), dir.path().join("f"));
-        let (mut w, held) = PartWriter::open(&part).await.unwrap();
+        let (mut w, held) = PartWriter::open(&part).unwrap();
         assert_eq!(held, 0);
         assert!(!part.exists(), "nothing is created before the download is accepted");
         w.create().await.unwrap();
@@ -438,7 +437,7 @@ mod tests {
     async fn an_empty_download_commits_an_empty_file() {
         let dir = tempfile::tempdir().unwrap();
         let (part, target) = (dir.path().join(".e.mqsftp-part"), dir.path().join("e"));
-        let (mut w, _) = PartWriter::open(&part).await.unwrap();
+        let (mut w, _) = PartWriter::open(&part).unwrap();
         w.create().await.unwrap();
         w.commit(&target).await.unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), Vec::<u8>::new());
@@ -451,13 +450,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (part, target) = (dir.path().join(".r.mqsftp-part"), dir.path().join("r"));
         let data = content(700_001, 2);
-        let (mut w, _) = PartWriter::open(&part).await.unwrap();
+        let (mut w, _) = PartWriter::open(&part).unwrap();
         w.create().await.unwrap();
         write_all(&mut w, &data[..300_000], 4096).await.unwrap();
         w.close().await.unwrap();
         assert_eq!(std::fs::read(&part).unwrap(), &data[..300_000]);
 
-        let (mut w, held) = PartWriter::open(&part).await.unwrap();
+        let (mut w, held) = PartWriter::open(&part).unwrap();
         assert_eq!(held, 300_000);
         let rx = w.hash_held(Receiver::new(7, data.len() as u64)).await.unwrap().unwrap();
         assert_eq!(rx.received(), 300_000);
@@ -466,12 +465,27 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), data);
     }
 
+    /// The fsync after a write marked last covers only what was written up to then: bytes written after it are
+    /// fsynced by the commit, and land.
+    #[tokio::test]
+    async fn bytes_written_after_the_last_marked_write_still_reach_the_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (part, target) = (dir.path().join(".m.mqsftp-part"), dir.path().join("m"));
+        let data = content(200_000, 3);
+        let (mut w, _) = PartWriter::open(&part).unwrap();
+        write_all(&mut w, &data[..120_000], 65_536).await.unwrap();
+        w.write(Bytes::copy_from_slice(&data[120_000..]), false).await.unwrap();
+        w.commit(&target).await.unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), data);
+        assert!(!part.exists());
+    }
+
     #[tokio::test]
     async fn a_part_file_longer_than_the_download_fails_verification() {
         let dir = tempfile::tempdir().unwrap();
         let part = dir.path().join(".l.mqsftp-part");
         std::fs::write(&part, content(5000, 3)).unwrap();
-        let (mut w, held) = PartWriter::open(&part).await.unwrap();
+        let (mut w, held) = PartWriter::open(&part).unwrap();
         assert_eq!(held, 5000);
         let got = w.hash_held(Receiver::new(1, 4000)).await.unwrap();
         assert!(matches!(got, Err(ReceiveError::PastEnd { .. })), "{got:?}");
@@ -486,7 +500,7 @@ mod tests {
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
         let (part, target) = (sub.join(".w.mqsftp-part"), dir.path().join("w"));
-        let (mut w, _) = PartWriter::open(&part).await.unwrap();
+        let (mut w, _) = PartWriter::open(&part).unwrap();
         std::fs::remove_dir(&sub).unwrap();
         // The first failure shows at a later write, or at the latest at the commit.
         let e = match write_all(&mut w, &content(1 << 20, 4), 65_536).await {
@@ -507,7 +521,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let part = dir.path().join(".d.mqsftp-part");
         std::fs::create_dir(&part).unwrap();
-        let e = PartWriter::open(&part).await.err().expect("a directory is no part file");
+        let e = PartWriter::open(&part).err().expect("a directory is no part file");
         assert_eq!(local_path(&e), part, "{e}");
     }
 
@@ -520,7 +534,7 @@ mod tests {
         std::fs::create_dir(&target).unwrap();
         std::fs::write(target.join("occupied"), b"x").unwrap();
         let data = content(200_000, 5);
-        let (mut w, _) = PartWriter::open(&part).await.unwrap();
+        let (mut w, _) = PartWriter::open(&part).unwrap();
         w.create().await.unwrap();
         write_all(&mut w, &data, 65_536).await.unwrap();
         match w.commit(&target).await {

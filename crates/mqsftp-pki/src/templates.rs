@@ -207,8 +207,8 @@ known_hosts = \"known_hosts\"  # the server's host key must be listed here
 device_root = \"devices/{{device}}\"
 
 [transfer]
-chunk_size = 65536
-window = 8
+chunk_size = 262144
+window = 4
 ",
         broker_host = toml_string(&g.broker_host.to_string()),
         broker_port = g.broker_port,

@@ -21,7 +21,7 @@ pub const HEADER_LEN: usize = 24;
 pub const VERSION: u8 = 1;
 /// Kind byte of a data chunk.
 pub const KIND_DATA: u8 = 1;
-/// Largest data part of one chunk (1 MiB); gateways use far less (64 KiB by default).
+/// Largest data part of one chunk (1 MiB); gateways use less (256 KiB by default).
 pub const MAX_CHUNK_DATA: usize = 1 << 20;
 
 /// Why a chunk frame was refused.

@@ -277,12 +277,22 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     // The device commands run one transfer: a single-threaded runtime saves the cross-thread wake-ups between the
-    // MQTT event loop and the transfer (docs/performance.md). Servers get a thread per core.
-    let mut builder = match cli.command {
-        Command::Gateway { .. } | Command::Dev { .. } | Command::Demo { .. } => {
-            tokio::runtime::Builder::new_multi_thread()
+    // MQTT event loop and the transfer (docs/performance.md). The gateway runs as many threads as its config's
+    // `[runtime] threads` says (one by default, for the same reason); a config that does not load is reported by
+    // `gateway` itself, on one thread. `dev` and `demo` run broker, SFTP server and gateway: a thread per core.
+    let threads = match &cli.command {
+        Command::Gateway { config } => GatewayConfig::load(config).map_or(1, |c| c.runtime.threads),
+        Command::Dev { .. } | Command::Demo { .. } => 0,
+        _ => 1,
+    };
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
         }
-        _ => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
