@@ -21,6 +21,8 @@ pub struct Tuning {
     /// Chunk size and window, when not the defaults (to choose them by measurement).
     pub chunk_size: Option<u32>,
     pub window: Option<u32>,
+    /// `[runtime] threads`, when not the default.
+    pub gateway_threads: Option<usize>,
 }
 
 /// Everything the scenarios share.
@@ -39,6 +41,8 @@ pub struct Env {
     /// The gateway's chunk size and window, as configured.
     pub chunk_size: u32,
     pub window: u32,
+    /// The gateway process's runtime threads (`[runtime] threads`: 0 = one per core).
+    pub gateway_threads: usize,
     /// Where the gateway logs go (kept after the run).
     pub logs: PathBuf,
     /// Commands to run the gateway / device CLI under (`--wrap-gateway`, `--wrap-device`), e.g. a profiler.
@@ -73,6 +77,11 @@ impl Env {
         if let Some(w) = tuning.window {
             transfer.insert("window".into(), toml::Value::Integer(i64::from(w)));
         }
+        if let Some(n) = tuning.gateway_threads {
+            let mut runtime = toml::Table::new();
+            runtime.insert("threads".into(), toml::Value::Integer(i64::try_from(n)?));
+            table.insert("runtime".into(), toml::Value::Table(runtime));
+        }
         std::fs::write(&gateway_toml, toml::to_string(&table)?)
             .with_context(|| format!("write {}", gateway_toml.display()))?;
         let cfg = mqsftp_gateway::GatewayConfig::load(&gateway_toml)?;
@@ -88,6 +97,7 @@ impl Env {
             device_root,
             chunk_size: cfg.transfer.chunk_size,
             window: cfg.transfer.window,
+            gateway_threads: cfg.runtime.threads,
             logs,
             wrap_gateway: Vec::new(),
             wrap_device: Vec::new(),

@@ -76,6 +76,10 @@ struct Args {
     /// Gateway window in chunks ([transfer] window; default: the gateway's default).
     #[arg(long)]
     window: Option<u32>,
+    /// Gateway runtime threads ([runtime] threads: 1 = one thread, 0 = one per core; default: the gateway's
+    /// default).
+    #[arg(long)]
+    gateway_threads: Option<usize>,
     /// Directory for the gateway logs, kept after the run (default: a new mqsftp-bench-logs-* in the temp dir).
     #[arg(long)]
     logs: Option<PathBuf>,
@@ -161,7 +165,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         Some(c) => Some(u32::try_from(c).context("--chunk-size is too large")?),
         None => None,
     };
-    let tuning = env::Tuning { max_transfers, chunk_size, window: args.window };
+    let tuning = env::Tuning { max_transfers, chunk_size, window: args.window, gateway_threads: args.gateway_threads };
     let mut env = Env::start(mqsftp.canonicalize()?, tuning, logs)?;
     env.wrap_gateway = args.wrap_gateway.clone();
     env.wrap_device = args.wrap_device.clone();
@@ -173,6 +177,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     r.setup("runs", args.runs);
     r.setup("chunk_size", env.chunk_size);
     r.setup("window", env.window);
+    r.setup("gateway_threads", env.gateway_threads);
     r.setup("gateway_max_transfers", max_transfers);
     r.setup("ssh_cipher", ciphers().0);
     r.setup("cpus", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));

@@ -123,17 +123,43 @@ async fn serve_put(
     let sftp = session(shared).await?;
     let final_path = access.path_of(rel);
     crate::ops::check_resolved(shared, &sftp, access, &final_path, rel.as_str()).await?;
-    if !req.overwrite && sftp.try_exists(final_path.as_str()).await.unwrap_or(false) {
-        return Err((ErrorCode::Exists, format!("already exists: {} (ask to overwrite to replace it)", rel.as_str())));
-    }
     let (dir, name) = match final_path.rsplit_once('/') {
         Some((d, n)) => (d.to_string(), n.to_string()),
         None => (".".to_string(), final_path.clone()),
     };
+    let path = format!("{dir}/{}", part_name(&name, transfer));
+    if req.resume.is_some() && committed_already(&sftp, &final_path, &path, transfer, req).await {
+        // Committed, by another gateway or by this one before a restart, and the answer was lost (the device gave up
+        // waiting and asked again): answer as for a commit remembered here, instead of `exists` for its own file.
+        info!("the upload is in place already (its commit's answer was lost); answering its commit again");
+        let answer = Response::Committed {
+            id: req.id.clone(),
+            transfer,
+            size: req.size,
+            sha256: req.sha256.clone(),
+            durable: sftp.fsync,
+        };
+        if let Ok(mut c) = shared.committed.lock() {
+            c.insert(transfer, device.clone(), answer);
+        }
+        let t = shared.cfg.transfer;
+        let resp = Response::PutAccepted {
+            gateway: shared.id.clone(),
+            id: req.id.clone(),
+            transfer,
+            chunk_size: t.chunk_size,
+            window: t.window,
+            offset: req.size,
+        };
+        shared.respond(device, &req.session, &resp).await;
+        return Ok(());
+    }
+    if !req.overwrite && sftp.try_exists(final_path.as_str()).await.unwrap_or(false) {
+        return Err((ErrorCode::Exists, format!("already exists: {} (ask to overwrite to replace it)", rel.as_str())));
+    }
     let rel_dir = rel.as_str().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
     ensure_dir(shared, &sftp, &dir, rel_dir).await?;
     let permit = sftp.handle_permit().await;
-    let path = format!("{dir}/{}", part_name(&name, transfer));
     let mut part = Part { sftp: &sftp, path, committed: false, _permit: permit };
     let mut receiver = Receiver::new(transfer, req.size);
     let mut file = if req.resume.is_some() {
@@ -356,6 +382,38 @@ async fn commit(
     }
     part.committed = true;
     Ok(durable)
+}
+
+/// Whether the resumed upload `req` is committed already: its temporary file (`part_path`) is gone and the target
+/// holds exactly the announced size and SHA-256. Any doubt (a store error, another size) is a no: the request then
+/// goes on as any resume, to `exists` or `expired`.
+async fn committed_already(
+    sftp: &StoreSession,
+    final_path: &str,
+    part_path: &str,
+    transfer: TransferId,
+    req: &PutRequest,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    if sftp.try_exists(part_path).await.unwrap_or(true) {
+        return false;
+    }
+    match sftp.metadata(final_path).await {
+        Ok(meta) if !meta.is_dir() && meta.len() == req.size => {}
+        _ => return false,
+    }
+    let Ok(mut file) = sftp.open(final_path).await else { return false };
+    let mut receiver = Receiver::new(transfer, req.size);
+    let mut buf = vec![0u8; 256 * 1024];
+    let read_all = loop {
+        match file.read(&mut buf).await {
+            Ok(0) => break true,
+            Ok(n) if receiver.handle_held(&buf[..n]).is_ok() => {}
+            _ => break false,
+        }
+    };
+    let _ = file.shutdown().await;
+    read_all && receiver.handle_done(req.size, &req.sha256).is_ok() && matches!(receiver.poll_finished(), Some(Ok(_)))
 }
 
 /// Takes over the temporary file of an interrupted upload: hashes what it holds into `receiver`, makes it durable,

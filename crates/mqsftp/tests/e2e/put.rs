@@ -347,3 +347,69 @@ async fn a_file_changed_during_upload_is_not_committed() {
     assert!(!stack.device_root("changer").join("f.bin").exists(), "nothing committed");
     gw.stop().await;
 }
+
+/// An upload committed by one gateway whose answer never reached the device: the device asks again (a put resuming
+/// the transfer), and another gateway, which never saw it, finds the target holding exactly the announced bytes
+/// and answers as for a commit, instead of `exists` for the device's own file. A target with other bytes is still
+/// `exists`. (Seen in the three-gateway fault test at full size, with a device timeout of 3 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_was_lost_is_answered_by_another_gateway() {
+    let (stack, gw_a, cfg) = setup("lostcommit").await;
+    let mut raw = RawDevice::connect(&cfg, "raw3").await;
+    let session = raw.session.clone();
+    let put = |id: &str, size: u64, sha256: String, resume: Option<u64>| Request::Put {
+        id: id.into(),
+        session: session.clone(),
+        path: "c.bin".into(),
+        size,
+        sha256,
+        overwrite: false,
+        resume,
+    };
+    raw.send(&put("p1", 5, sha256(b"hello"), None)).await;
+    let (transfer, first) = raw
+        .expect(|r| match r {
+            Response::PutAccepted { id, transfer, gateway, .. } if id == "p1" => Some((transfer, gateway)),
+            _ => None,
+        })
+        .await;
+    raw.send_chunk(&first, transfer, 0, b"hello").await;
+    raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
+    raw.send_to(&first, &Request::Commit { id: "c1".into(), session: session.clone(), transfer }).await;
+    raw.expect(|r| matches!(r, Response::Committed { ref id, .. } if id == "c1").then_some(())).await;
+    // The gateway that committed goes away with what it remembers; another one takes the requests.
+    gw_a.stop().await;
+    let gw_b = RunningGateway::start(&stack).await;
+    raw.send(&put("p2", 5, sha256(b"hello"), Some(transfer))).await;
+    let (offset, second) = raw
+        .expect(|r| match r {
+            Response::PutAccepted { id, offset, gateway, .. } if id == "p2" => Some((offset, gateway)),
+            Response::Error { id: Some(id), code, message, .. } if id == "p2" => panic!("{code}: {message}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(offset, 5, "nothing to send again");
+    assert_ne!(second, first);
+    raw.send_to(&second, &Request::Commit { id: "c2".into(), session: session.clone(), transfer }).await;
+    let (size, sha) = raw
+        .expect(|r| match r {
+            Response::Committed { id, size, sha256, .. } if id == "c2" => Some((size, sha256)),
+            Response::Error { id: Some(id), code, message, .. } if id == "c2" => panic!("{code}: {message}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!((size, sha), (5, sha256(b"hello")));
+    // Another upload to the same name (other bytes) resuming a transfer nobody knows: the file is someone else's.
+    raw.send(&put("p3", 5, sha256(b"HELLO"), Some(transfer + 1))).await;
+    let code = raw
+        .expect(|r| match r {
+            Response::Error { id: Some(id), code, .. } if id == "p3" => Some(code),
+            Response::PutAccepted { id, .. } if id == "p3" => panic!("accepted an upload over another file"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(code, ErrorCode::Exists);
+    assert_eq!(std::fs::read(stack.device_root("lostcommit").join("c.bin")).unwrap(), b"hello");
+    assert!(part_files(stack.store_dir()).is_empty(), "{:?}", part_files(stack.store_dir()));
+    gw_b.stop().await;
+}
