@@ -275,6 +275,8 @@ fn gateway_toml_matches_the_documented_format() {
         [transfer]
         chunk_size = 262144
         window = 4
+        [runtime]
+        threads = 1
     "#
     .parse()
     .unwrap();
