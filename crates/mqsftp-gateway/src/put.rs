@@ -142,16 +142,7 @@ async fn serve_put(
         if let Ok(mut c) = shared.committed.lock() {
             c.insert(transfer, device.clone(), answer);
         }
-        let t = shared.cfg.transfer;
-        let resp = Response::PutAccepted {
-            gateway: shared.id.clone(),
-            id: req.id.clone(),
-            transfer,
-            chunk_size: t.chunk_size,
-            window: t.window,
-            offset: req.size,
-        };
-        shared.respond(device, &req.session, &resp).await;
+        shared.respond(device, &req.session, &shared.put_accepted(req.id.clone(), transfer, req.size)).await;
         return Ok(());
     }
     if !req.overwrite && sftp.try_exists(final_path.as_str()).await.unwrap_or(false) {
@@ -182,20 +173,7 @@ async fn serve_put(
     let t = shared.cfg.transfer;
     let bucket = shared.buckets.get(device, access.rate);
     let mut session = req.session.clone();
-    shared
-        .respond(
-            device,
-            &req.session,
-            &Response::PutAccepted {
-                gateway: shared.id.clone(),
-                id: req.id.clone(),
-                transfer,
-                chunk_size: t.chunk_size,
-                window: t.window,
-                offset: receiver.received(),
-            },
-        )
-        .await;
+    shared.respond(device, &req.session, &shared.put_accepted(req.id.clone(), transfer, receiver.received())).await;
     if let Err(e) = receiver.handle_done(req.size, &req.sha256) {
         part.discard(file.take()).await;
         return Err((ErrorCode::BadRequest, e.to_string()));
@@ -295,15 +273,7 @@ async fn serve_put(
                     }
                 }
                 session = again.session.clone();
-                let resp = Response::PutAccepted {
-                    gateway: shared.id.clone(),
-                    id: again.id,
-                    transfer,
-                    chunk_size: t.chunk_size,
-                    window: t.window,
-                    offset: receiver.received(),
-                };
-                shared.respond(device, &session, &resp).await;
+                shared.respond(device, &session, &shared.put_accepted(again.id, transfer, receiver.received())).await;
             }
             Ctl::Cancel => break Err((ErrorCode::Internal, "cancelled by the device".to_string())),
             Ctl::Ack(_) => {} // download acknowledgements mean nothing to an upload
@@ -394,7 +364,6 @@ async fn committed_already(
     transfer: TransferId,
     req: &PutRequest,
 ) -> bool {
-    use tokio::io::AsyncReadExt;
     if sftp.try_exists(part_path).await.unwrap_or(true) {
         return false;
     }
@@ -404,16 +373,28 @@ async fn committed_already(
     }
     let Ok(mut file) = sftp.open(final_path).await else { return false };
     let mut receiver = Receiver::new(transfer, req.size);
-    let mut buf = vec![0u8; 256 * 1024];
-    let read_all = loop {
-        match file.read(&mut buf).await {
-            Ok(0) => break true,
-            Ok(n) if receiver.handle_held(&buf[..n]).is_ok() => {}
-            _ => break false,
-        }
-    };
+    let read_all = feed_held(&mut file, &mut receiver).await.is_ok();
     let _ = file.shutdown().await;
     read_all && receiver.handle_done(req.size, &req.sha256).is_ok() && matches!(receiver.poll_finished(), Some(Ok(_)))
+}
+
+/// Why [`feed_held`] stopped.
+enum FeedError {
+    Read(std::io::Error),
+    Held(mqsftp_proto::ReceiveError),
+}
+
+/// Reads `file` from where it stands to its end into `receiver` as held bytes (hashed, not written).
+async fn feed_held(file: &mut File, receiver: &mut Receiver) -> Result<(), FeedError> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).await.map_err(FeedError::Read)?;
+        if n == 0 {
+            return Ok(());
+        }
+        receiver.handle_held(&buf[..n]).map_err(FeedError::Held)?;
+    }
 }
 
 /// Takes over the temporary file of an interrupted upload: hashes what it holds into `receiver`, makes it durable,
@@ -426,7 +407,7 @@ async fn adopt(
     receiver: &mut Receiver,
 ) -> Result<File, Failure> {
     use russh_sftp::protocol::OpenFlags;
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    use tokio::io::AsyncSeekExt;
     let mut reader = match sftp.open(part_path).await {
         Ok(f) => f,
         Err(russh_sftp::client::error::Error::Status(st))
@@ -439,19 +420,13 @@ async fn adopt(
         }
         Err(e) => return Err(sftp_failure(shared, "open", part_path, rel.as_str(), e).await),
     };
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = match reader.read(&mut buf).await {
-            Ok(n) => n,
-            Err(e) => {
-                warn!(error = %e, "reading the temporary file failed");
-                return Err((ErrorCode::Internal, format!("reading the partial upload of {} failed", rel.as_str())));
-            }
-        };
-        if n == 0 {
-            break;
+    match feed_held(&mut reader, receiver).await {
+        Ok(()) => {}
+        Err(FeedError::Read(e)) => {
+            warn!(error = %e, "reading the temporary file failed");
+            return Err((ErrorCode::Internal, format!("reading the partial upload of {} failed", rel.as_str())));
         }
-        receiver.handle_held(&buf[..n]).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+        Err(FeedError::Held(e)) => return Err((ErrorCode::BadRequest, e.to_string())),
     }
     let _ = reader.close().await;
     let held = receiver.received();

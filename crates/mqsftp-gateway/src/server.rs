@@ -99,6 +99,19 @@ pub(crate) struct Claim<'a> {
 }
 
 impl Shared {
+    /// `put_accepted` for request `id` of upload `transfer`, held up to `offset`, with this gateway's settings.
+    pub(crate) fn put_accepted(&self, id: String, transfer: TransferId, offset: u64) -> Response {
+        let t = self.cfg.transfer;
+        Response::PutAccepted {
+            gateway: self.id.clone(),
+            id,
+            transfer,
+            chunk_size: t.chunk_size,
+            window: t.window,
+            offset,
+        }
+    }
+
     pub(crate) async fn respond(&self, device: &DeviceId, session: &SessionId, resp: &Response) {
         let topic = Topic::response(device, session);
         if let Err(e) = self.client.publish(topic, QoS::AtLeastOnce, false, resp.encode()).await {
@@ -377,16 +390,7 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
                 // Already committed (the answer to the commit was lost): let the device commit again.
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    let t_cfg = shared.cfg.transfer;
-                    let resp = Response::PutAccepted {
-                        id: put.id,
-                        transfer: t,
-                        gateway: shared.id.clone(),
-                        chunk_size: t_cfg.chunk_size,
-                        window: t_cfg.window,
-                        offset: size,
-                    };
-                    shared.respond(&device, &put.session, &resp).await;
+                    shared.respond(&device, &put.session, &shared.put_accepted(put.id, t, size)).await;
                 });
                 return;
             }

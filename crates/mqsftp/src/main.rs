@@ -278,11 +278,16 @@ fn main() -> ExitCode {
         .init();
     // The device commands run one transfer: a single-threaded runtime saves the cross-thread wake-ups between the
     // MQTT event loop and the transfer (docs/performance.md). The gateway runs as many threads as its config's
-    // `[runtime] threads` says (one by default, for the same reason); a config that does not load is reported by
-    // `gateway` itself, on one thread. `dev` and `demo` run broker, SFTP server and gateway: a thread per core.
-    let threads = match &cli.command {
-        Command::Gateway { config } => GatewayConfig::load(config).map_or(1, |c| c.runtime.threads),
-        Command::Dev { .. } | Command::Demo { .. } => 0,
+    // `[runtime] threads` says (one by default, for the same reason), so its config is loaded first; one that does
+    // not load is reported by `gateway`, on one thread. `dev` and `demo` run broker, SFTP server and gateway: a
+    // thread per core.
+    let gateway_cfg = match &cli.command {
+        Command::Gateway { config } => Some(GatewayConfig::load(config)),
+        _ => None,
+    };
+    let threads = match (&cli.command, &gateway_cfg) {
+        (_, Some(Ok(cfg))) => cfg.runtime.threads,
+        (Command::Dev { .. } | Command::Demo { .. }, _) => 0,
         _ => 1,
     };
     let mut builder = match threads {
@@ -302,7 +307,7 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.json;
-    match runtime.block_on(run(cli.command, json)) {
+    match runtime.block_on(run(cli.command, json, gateway_cfg)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -344,12 +349,17 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
     }
 }
 
-async fn run(cmd: Command, json: bool) -> anyhow::Result<u8> {
+/// Runs `cmd`; `gateway_cfg` is the gateway config `main` loaded already (for `Command::Gateway`).
+async fn run(
+    cmd: Command,
+    json: bool,
+    gateway_cfg: Option<Result<GatewayConfig, mqsftp_gateway::ConfigError>>,
+) -> anyhow::Result<u8> {
     match cmd {
         Command::Pki(p) => pki(p),
         Command::Demo { size, keep } => demo::demo(size, keep).await.map(|()| exit::OK),
         Command::Dev { dir } => demo::dev(&dir, shutdown_signal()).await.map(|()| exit::OK),
-        Command::Gateway { config } => gateway(&config).await,
+        Command::Gateway { config } => gateway(gateway_cfg.unwrap_or_else(|| GatewayConfig::load(&config))).await,
         Command::Get { config, remote, local, quiet } => get(&config, &remote, local, quiet || json, json).await,
         Command::Put { config, local, remote, overwrite, quiet } => {
             put(&config, &local, remote, overwrite, quiet || json, json).await
@@ -503,8 +513,8 @@ fn pki(cmd: PkiCommand) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-async fn gateway(config: &Path) -> anyhow::Result<u8> {
-    let cfg = GatewayConfig::load(config)?;
+async fn gateway(cfg: Result<GatewayConfig, mqsftp_gateway::ConfigError>) -> anyhow::Result<u8> {
+    let cfg = cfg?;
     let gw = Gateway::connect(cfg).await.context("gateway could not start")?;
     let _reload = reload_policy_on_sighup(gw.policy_reloader());
     gw.run(shutdown_signal()).await?;
