@@ -16,7 +16,8 @@ pub const DEVICE: &str = "bench";
 
 /// What the benchmark changes in the stack's `gateway.toml` `[transfer]` section.
 pub struct Tuning {
-    /// Concurrent transfers (the default, 256, would answer `busy` to most of 1,000 simultaneous devices).
+    /// Concurrent transfers, in all and per device (the defaults, 256 and 4, would answer `busy` to most of 1,000
+    /// simultaneous devices, and to most of the loaded run's downloads).
     pub max_transfers: usize,
     /// Chunk size and window, when not the defaults (to choose them by measurement).
     pub chunk_size: Option<u32>,
@@ -71,6 +72,8 @@ impl Env {
             .as_table_mut()
             .context("[transfer] of the gateway config is not a table")?;
         transfer.insert("max_transfers".into(), toml::Value::Integer(tuning.max_transfers as i64));
+        // The loaded run's downloads are one device's.
+        transfer.insert("max_transfers_per_device".into(), toml::Value::Integer(tuning.max_transfers as i64));
         if let Some(c) = tuning.chunk_size {
             transfer.insert("chunk_size".into(), toml::Value::Integer(i64::from(c)));
         }
@@ -110,6 +113,23 @@ impl Env {
         self.gateways += 1;
         let log = self.logs.join(format!("gateway-{}-{scenario}.log", self.gateways));
         GatewayProc::start(&self.mqsftp, &self.gateway_toml, log, &self.wrap_gateway)
+    }
+
+    /// Starts a fresh gateway process that reaches the broker on `port` of the same host (a relay in front of it).
+    pub fn gateway_via(&mut self, scenario: &str, port: u16) -> anyhow::Result<GatewayProc> {
+        let text = std::fs::read_to_string(&self.gateway_toml)
+            .with_context(|| format!("read {}", self.gateway_toml.display()))?;
+        let mut table: toml::Table = text.parse().with_context(|| format!("parse {}", self.gateway_toml.display()))?;
+        let broker = table
+            .get_mut("broker")
+            .and_then(|b| b.as_table_mut())
+            .context("[broker] of the gateway config is not a table")?;
+        broker.insert("port".into(), toml::Value::Integer(i64::from(port)));
+        let path = self.gateway_toml.with_file_name(format!("bench-gateway-{scenario}.toml"));
+        std::fs::write(&path, toml::to_string(&table)?).with_context(|| format!("write {}", path.display()))?;
+        self.gateways += 1;
+        let log = self.logs.join(format!("gateway-{}-{scenario}.log", self.gateways));
+        GatewayProc::start(&self.mqsftp, &path, log, &self.wrap_gateway)
     }
 
     /// `mqsftp get` of [`DEVICE`]: `remote` into `local`.

@@ -16,6 +16,7 @@
 mod env;
 mod floor;
 mod procs;
+mod relay;
 mod report;
 mod scenarios;
 
@@ -42,9 +43,14 @@ fn ciphers() -> (&'static str, &'static str) {
 /// File size of each device in the many-devices run.
 const CROWD_FILE: u64 = 256 * 1024;
 
+/// The loaded run's second part: the gateway's link to the broker passes this many bytes per second, and each
+/// download is at most this large (so that it takes seconds, not minutes).
+const SLOW_LINK_RATE: u64 = 32_000_000;
+const SLOW_LINK_FILE: u64 = 2 * 1024 * 1024;
+
 const MIB: f64 = 1024.0 * 1024.0;
 
-const SCENARIOS: [&str; 5] = ["throughput", "broker", "latency", "devices", "big"];
+const SCENARIOS: [&str; 6] = ["throughput", "broker", "latency", "loaded", "devices", "big"];
 
 #[derive(Parser, Debug)]
 #[command(name = "mqsftp-bench", about = "mqsftp's performance benchmark against raw OpenSSH sftp and Mosquitto")]
@@ -64,7 +70,13 @@ struct Args {
     /// Interleaved runs of the throughput measurements (medians are reported).
     #[arg(long, default_value_t = 1)]
     runs: usize,
-    /// Run only these scenarios (comma-separated): throughput, broker, latency, devices, big.
+    /// Downloads running at once while pings measure how long an answer waits behind their chunks.
+    #[arg(long, default_value_t = 100)]
+    loaded_downloads: usize,
+    /// File size of each of those downloads.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    loaded_size: u64,
+    /// Run only these scenarios (comma-separated): throughput, broker, latency, loaded, devices, big.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON to this file.
@@ -242,6 +254,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
             ));
         }
     }
+    if selected("loaded") {
+        loaded(&mut env, &runtime, &args, &mut r)?;
+    }
     if selected("devices") {
         eprintln!("devices: {} devices, each getting 256 KiB at once", args.devices);
         let mut gw = env.gateway("devices")?;
@@ -278,6 +293,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
     r.at_most("latency_p50_ms", 2.0);
     r.at_most("latency_p99_ms", 10.0);
     r.at_most("devices_failures", 0.0);
+    for key in ["loaded", "slowlink"] {
+        r.at_most(&format!("{key}_ping_failures"), 0.0);
+        r.at_most(&format!("{key}_download_failures"), 0.0);
+    }
     r.at_most("devices_gateway_rss_mib", 128.0);
     r.at_most("big_get_gateway_rss_mib", 64.0);
     r.at_most("big_get_device_rss_mib", 32.0);
@@ -290,6 +309,43 @@ fn run(args: Args) -> anyhow::Result<bool> {
         eprintln!("wrote {}", path.display());
     }
     Ok(r.targets.iter().all(|t| t.pass))
+}
+
+/// Pings while many downloads run: first with the gateway straight on the broker, then with its link to the
+/// broker (through [`relay`]) the slowest part, where chunks wait at the gateway and answers must not wait behind
+/// them.
+fn loaded(env: &mut Env, runtime: &tokio::runtime::Runtime, args: &Args, r: &mut Report) -> anyhow::Result<()> {
+    let n = args.loaded_downloads.max(1);
+    let rate = SLOW_LINK_RATE as f64 / 1e6;
+    for (slow, size) in [(false, args.loaded_size), (true, SLOW_LINK_FILE.min(args.loaded_size))] {
+        let (key, link) =
+            if slow { ("slowlink", format!(", link to the broker at {rate} MB/s")) } else { ("loaded", String::new()) };
+        eprintln!("{key}: pings while {n} downloads of {size} bytes run{link}");
+        let relay =
+            if slow { Some(runtime.block_on(relay::start(env.stack.mqtt_port(), SLOW_LINK_RATE))?) } else { None };
+        let mut gw = match &relay {
+            Some(relay) => env.gateway_via(key, relay.port)?,
+            None => env.gateway(key)?,
+        };
+        let loaded = runtime.block_on(scenarios::pings_under_load(env, n, size));
+        gw.check_alive()?;
+        let loaded = loaded?;
+        gw.stop();
+        drop(relay);
+        for (what, label, p) in [
+            ("ping_p50_ms", format!("ping round trip p50 while {n} downloads run{link}"), 50.0),
+            ("ping_p99_ms", "  p99".to_string(), 99.0),
+            ("ping_max_ms", "  max".to_string(), 100.0),
+        ] {
+            if let Some(x) = percentile(&loaded.ping_ms, p) {
+                r.figure(&format!("{key}_{what}"), &label, "ms", x);
+            }
+        }
+        r.figure(&format!("{key}_ping_failures"), "  pings unanswered", "", loaded.ping_failures as f64);
+        r.figure(&format!("{key}_download_failures"), "  downloads failed", "", loaded.download_failures as f64);
+        r.figure(&format!("{key}_mbps"), "  the downloads together", "MB/s", loaded.mbps);
+    }
+    Ok(())
 }
 
 /// The in-process rumqttc publisher + subscriber of the broker run, in [`CpuCost`].

@@ -102,6 +102,7 @@ pub async fn broker_ceiling(env: &Env, size: u64, chunk: usize) -> anyhow::Resul
             connect_timeout: Duration::from_secs(15),
             reconnect: false,
             inflight,
+            queue: mqsftp_mqtt::LinkOptions::DEFAULT_QUEUE,
         };
         async move { MqttLink::connect(&cfg, opts).await }
     };
@@ -309,4 +310,74 @@ pub async fn many_devices(env: &Env, devices: usize, file_size: u64) -> anyhow::
     let elapsed = started.elapsed();
     let _ = std::fs::remove_dir_all(&out);
     Ok(Crowd { devices, failures, elapsed, errors, connect_elapsed })
+}
+
+/// What the loaded-gateway run saw.
+pub struct Loaded {
+    /// Round trips of the pings sent while the downloads ran, in ms, sorted.
+    pub ping_ms: Vec<f64>,
+    /// Pings that got no answer (the device's timeout) or failed otherwise.
+    pub ping_failures: usize,
+    pub download_failures: usize,
+    /// All downloads' bytes over the time from their start to the last one's end.
+    pub mbps: f64,
+}
+
+/// `downloads` device connections each get a `size` file at once while one more connection pings the gateway
+/// every 10 ms: how long an answer waits behind the chunks the gateway is sending.
+pub async fn pings_under_load(env: &Env, downloads: usize, size: u64) -> anyhow::Result<Loaded> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let name = "loaded.bin";
+    store_file(env, name, size)?;
+    let cfg = DeviceConfig::load(&env.device_toml)?;
+    let mut pinger = Client::connect(&cfg).await?;
+    pinger.ping().await?;
+    let out = env.work.join("loaded-out");
+    std::fs::create_dir_all(&out)?;
+    let finished = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(downloads);
+    for i in 0..downloads {
+        let (cfg, finished, local) = (cfg.clone(), finished.clone(), out.join(format!("{i}.bin")));
+        tasks.push(tokio::spawn(async move {
+            let r = async {
+                let mut client = Client::connect(&cfg).await?;
+                client.get(name, &local, |_| {}).await
+            }
+            .await;
+            finished.fetch_add(1, Ordering::SeqCst);
+            r.map(|o| o.size)
+        }));
+    }
+    let (mut ping_ms, mut ping_failures) = (Vec::new(), 0);
+    let limit = limit_for(size * downloads as u64);
+    while finished.load(Ordering::SeqCst) < downloads {
+        if started.elapsed() > limit {
+            bail!("the downloads did not end within {limit:?}");
+        }
+        match pinger.ping().await {
+            Ok((rtt, _)) => ping_ms.push(rtt.as_secs_f64() * 1e3),
+            Err(e) => {
+                eprintln!("loaded: ping failed: {e}");
+                ping_failures += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    let mut download_failures = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(got)) if got == size => {}
+            Ok(Ok(got)) => bail!("a download returned {got} bytes of {size}"),
+            Ok(Err(e)) => {
+                eprintln!("loaded: download failed: {e}");
+                download_failures += 1;
+            }
+            Err(e) => bail!("download task: {e}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    ping_ms.sort_by(f64::total_cmp);
+    Ok(Loaded { ping_ms, ping_failures, download_failures, mbps: mbps(size * downloads as u64, elapsed) })
 }

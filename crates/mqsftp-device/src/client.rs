@@ -159,6 +159,7 @@ impl Client {
             connect_timeout: cfg.transfer.timeout,
             reconnect: false,
             inflight: 32,
+            queue: mqsftp_mqtt::LinkOptions::DEFAULT_QUEUE,
         };
         let link = MqttLink::connect(&cfg.broker, options.clone()).await?;
         Ok(Client {

@@ -27,6 +27,7 @@ pub async fn check(cfg: &GatewayConfig) -> Vec<CheckLine> {
                 connect_timeout: timeout,
                 reconnect: false,
                 inflight: 8,
+                queue: mqsftp_mqtt::LinkOptions::DEFAULT_QUEUE,
             },
         )
         .await;

@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::outbox::Lane;
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
-use mqsftp_mqtt::rumqttc::QoS;
 use mqsftp_proto::{DeviceId, ErrorCode, Response, Sender, SessionId, StreamParams, Topic, TransferId};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
@@ -154,8 +154,8 @@ async fn serve_get(
             }
             shared.stats.sent_bytes.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
             shared
-                .client
-                .publish_bytes(down.clone(), QoS::AtLeastOnce, false, t.frame)
+                .outbox
+                .send(Lane::Stream, down.clone(), t.frame)
                 .await
                 .map_err(|e| (ErrorCode::Internal, format!("broker link failed: {e}")))?;
         }

@@ -7,6 +7,8 @@
 //! - `get.rs` / `put.rs`: one task per download / upload. Downloads read the store chunk by chunk, ahead of the
 //!   window only within a gateway-wide budget ([`READ_AHEAD_BUDGET`]), so memory is window × chunk per download
 //!   plus a constant.
+//! - `outbox.rs`: everything the gateway publishes, in two lanes (answers, then chunks) into its one broker
+//!   connection, so that an answer never waits behind the chunks of every running download.
 //! - `server.rs`: [`Gateway`]: subscribes to `mqsftp/v1/+/req`, takes the device id from the topic, confines
 //!   paths to the device's root, and runs one task per transfer that drives the sans-io
 //!   [`mqsftp_proto::Sender`].
@@ -19,6 +21,7 @@ mod get;
 pub mod known_hosts;
 mod limit;
 mod ops;
+mod outbox;
 pub mod policy;
 mod put;
 pub mod server;

@@ -9,7 +9,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use mqsftp_mqtt::rumqttc::{AsyncClient, QoS};
 use mqsftp_mqtt::{LinkOptions, MqttError, MqttLink};
 use mqsftp_proto::{
     confine, Chunk, DeviceId, ErrorCode, GatewayId, PathError, RelPath, Request, Response, SessionId, Topic, TopicKind,
@@ -20,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::GatewayConfig;
 use crate::limit::Buckets;
+use crate::outbox::{Lane, Outbox};
 use crate::policy::{Access, Op, Policy, PolicyCell, PolicyError};
 use crate::store::{Store, StoreError};
 
@@ -55,7 +55,8 @@ pub(crate) enum Ctl {
 }
 
 pub(crate) struct Shared {
-    pub(crate) client: AsyncClient,
+    /// Everything the gateway publishes goes through here: answers before chunks.
+    pub(crate) outbox: Outbox,
     pub(crate) store: Store,
     pub(crate) cfg: GatewayConfig,
     /// This gateway's id in topics: devices address a running transfer's traffic to it.
@@ -112,9 +113,15 @@ impl Shared {
         }
     }
 
+    /// Publishes `resp` to `session` of `device`: in the stream lane for `get_done` (it follows its chunks), in the
+    /// control lane, ahead of waiting chunks, for every other answer.
     pub(crate) async fn respond(&self, device: &DeviceId, session: &SessionId, resp: &Response) {
         let topic = Topic::response(device, session);
-        if let Err(e) = self.client.publish(topic, QoS::AtLeastOnce, false, resp.encode()).await {
+        let lane = match resp {
+            Response::GetDone { .. } => Lane::Stream,
+            _ => Lane::Control,
+        };
+        if let Err(e) = self.outbox.send(lane, topic, Bytes::from(resp.encode())).await {
             warn!(%device, error = %e, "could not queue a response");
         }
     }
@@ -218,12 +225,15 @@ impl Gateway {
                 connect_timeout: std::time::Duration::from_secs(15),
                 reconnect: true,
                 inflight: 64,
+                queue: crate::outbox::LINK_QUEUE,
             },
         )
         .await?;
         info!(broker = %cfg.broker.address(), sftp = %format!("{}:{}", cfg.sftp.host, cfg.sftp.port), %id, "gateway connected");
+        // The outbox's task ends by itself when the last transfer holding `shared` is gone.
+        let (outbox, _) = Outbox::start(link.client.clone());
         let shared = Arc::new(Shared {
-            client: link.client.clone(),
+            outbox,
             store,
             cfg,
             id,
@@ -468,10 +478,10 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
 /// garbage gets a reason a device (or its developer) can read.
 fn report_unaddressed(shared: &Arc<Shared>, device: DeviceId, transfer: Option<TransferId>, reason: String) {
     shared.stats.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let client = shared.client.clone();
+    let outbox = shared.outbox.clone();
     tokio::spawn(async move {
         let resp = Response::Error { id: None, transfer, code: ErrorCode::BadRequest, message: reason };
-        if let Err(e) = client.publish(Topic::errors(&device), QoS::AtLeastOnce, false, resp.encode()).await {
+        if let Err(e) = outbox.send(Lane::Control, Topic::errors(&device), Bytes::from(resp.encode())).await {
             debug!(%device, error = %e, "could not queue an error report");
         }
     });

@@ -99,6 +99,7 @@ impl Identity {
             connect_timeout: Duration::from_secs(10),
             reconnect: false,
             inflight: 32,
+            queue: mqsftp_mqtt::LinkOptions::DEFAULT_QUEUE,
         };
         MqttLink::connect(&self.broker_config(addr), opts).await
     }

@@ -76,6 +76,7 @@ async fn over_the_per_device_limit_is_busy_until_a_transfer_ends() {
             connect_timeout: LIMIT,
             reconnect: false,
             inflight: 8,
+            queue: mqsftp_mqtt::LinkOptions::DEFAULT_QUEUE,
         },
     )
     .await

@@ -182,6 +182,7 @@ impl RawDevice {
                 connect_timeout: LIMIT,
                 reconnect: false,
                 inflight: 16,
+                queue: mqsftp_mqtt::LinkOptions::DEFAULT_QUEUE,
             },
         )
         .await

@@ -62,6 +62,7 @@ async fn device_never_receives_another_devices_messages() {
                 connect_timeout: Duration::from_secs(10),
                 reconnect: false,
                 inflight: 8,
+                queue: mqsftp_mqtt::LinkOptions::DEFAULT_QUEUE,
             };
             match MqttLink::connect(&cfg, opts).await {
                 Ok(l) => Some(l),

@@ -111,6 +111,7 @@ pub async fn gateway_identity(
         connect_timeout: LIMIT,
         reconnect: false,
         inflight: 32,
+        queue: mqsftp_mqtt::LinkOptions::DEFAULT_QUEUE,
     };
     tokio::time::timeout(LIMIT, mqsftp_mqtt::MqttLink::connect(&cfg.broker, options))
         .await
