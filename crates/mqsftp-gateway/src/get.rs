@@ -6,13 +6,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::outbox::Lane;
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 use mqsftp_proto::{DeviceId, ErrorCode, Response, Sender, SessionId, StreamParams, Topic, TransferId};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::outbox::Lane;
 use crate::policy::Access;
 use crate::server::{confine_file, sleep_until, Claim, Ctl, Failure, Registration, Shared};
 use crate::store::{ReadFile, StoreError};
