@@ -244,7 +244,8 @@ pub struct LinkOptions {
     /// QoS 1 messages this client keeps in flight towards the broker.
     pub inflight: u16,
     /// Requests (publishes, subscriptions) rumqttc queues before its event loop takes them; a sender waits while
-    /// the queue is full. A short queue lets the caller decide what goes first (the gateway's outbox).
+    /// the queue is full. A short queue lets the caller decide what goes first (the gateway's outbox). It is never
+    /// shorter than `subscriptions`, which are queued all at once when the first connection is accepted.
     pub queue: usize,
 }
 
@@ -294,7 +295,7 @@ impl MqttLink {
             .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE)
             .set_inflight(opts.inflight.max(1))
             .set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
-        let (client, mut eventloop) = AsyncClient::new(mqtt, opts.queue.max(1));
+        let (client, mut eventloop) = AsyncClient::new(mqtt, opts.queue.max(opts.subscriptions.len()).max(1));
         // Without TCP_NODELAY, small acks wait for Nagle + delayed ACK (40 ms each) and a get crawls at ~10 MB/s.
         let mut net = rumqttc::NetworkOptions::new();
         net.set_tcp_nodelay(true);

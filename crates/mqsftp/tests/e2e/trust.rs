@@ -84,6 +84,39 @@ async fn device_never_receives_another_devices_messages() {
     }
 }
 
+/// A link whose request queue is shorter than its subscriptions (the gateway's is short, so that its outbox decides
+/// what goes first) still subscribes to every topic: they are queued all at once on connecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_with_a_short_queue_subscribes_to_every_topic() {
+    let stack = Stack::start().unwrap();
+    let cfg = DeviceConfig::load(&stack.device("carol").unwrap()).unwrap();
+    let gateway = GatewayConfig::load(stack.gateway_config()).unwrap();
+    let topics: Vec<String> = (1..=3).map(|s| format!("mqsftp/v1/carol/down/s{s}")).collect();
+    let opts = |id: &str, subscriptions: Vec<String>| LinkOptions {
+        client_id: id.to_string(),
+        subscriptions,
+        connect_timeout: LIMIT,
+        reconnect: false,
+        inflight: 8,
+        queue: 1,
+    };
+    let mut carol = MqttLink::connect(&cfg.broker, opts("carol-short-queue", topics.clone())).await.unwrap();
+    let gw = MqttLink::connect(&gateway.broker, opts("gw-short-queue", vec![])).await.unwrap();
+    for t in &topics {
+        gw.client
+            .publish(t.clone(), mqsftp_mqtt::rumqttc::QoS::AtLeastOnce, false, t.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < topics.len() {
+        let p = tokio::time::timeout(LIMIT, carol.incoming.recv()).await.expect("every message in time").unwrap();
+        got.push(p.topic);
+    }
+    got.sort();
+    assert_eq!(got, topics);
+}
+
 async fn gateway_with_known_hosts(stack: &Stack, known_hosts: std::path::PathBuf) -> GatewayError {
     let mut cfg = GatewayConfig::load(stack.gateway_config()).unwrap();
     cfg.sftp.known_hosts = known_hosts;
