@@ -6,12 +6,15 @@
 //!   cipher), and `mqsftp get`/`put` of it, interleaved `--runs` times, medians;
 //! * `broker`: Mosquitto's own TLS publisher→subscriber throughput (rumqttc, QoS 1) at the gateway's chunk size;
 //! * `latency`: 1 KiB gets on one warm device connection (`mqsftp-device` library), p50/p99;
+//! * `loaded`: pings while many downloads run, with the gateway straight on the broker and then through a relay
+//!   that makes its link to the broker the slowest part: how long an answer waits behind chunks;
 //! * `devices`: N devices, each with its own certificate and connection, all getting 256 KiB at once;
 //! * `big`: a `--big-size` get and put, with the peak RSS of gateway and device.
 //!
 //! It prints one table (figures, then targets with PASS/FAIL) and can write it as JSON. Run it with
 //! `scripts/bench` (builds `--release` first). Layout: `env.rs` (stack, configs, files), `procs.rs` (child
-//! processes, RSS), `scenarios.rs` (the measurements), `report.rs` (table, JSON, targets).
+//! processes, RSS), `scenarios.rs` (the measurements), `relay.rs` (the rate-limited TCP relay of `loaded`),
+//! `report.rs` (table, JSON, targets).
 
 mod env;
 mod floor;
