@@ -110,9 +110,14 @@ impl Env {
 
     /// Starts a fresh gateway process (so that its peak RSS belongs to one scenario).
     pub fn gateway(&mut self, scenario: &str) -> anyhow::Result<GatewayProc> {
+        let config = self.gateway_toml.clone();
+        self.start_gateway(scenario, &config)
+    }
+
+    fn start_gateway(&mut self, scenario: &str, config: &Path) -> anyhow::Result<GatewayProc> {
         self.gateways += 1;
         let log = self.logs.join(format!("gateway-{}-{scenario}.log", self.gateways));
-        GatewayProc::start(&self.mqsftp, &self.gateway_toml, log, &self.wrap_gateway)
+        GatewayProc::start(&self.mqsftp, config, log, &self.wrap_gateway)
     }
 
     /// Starts a fresh gateway process that reaches the broker on `port` of the same host (a relay in front of it).
@@ -127,9 +132,7 @@ impl Env {
         broker.insert("port".into(), toml::Value::Integer(i64::from(port)));
         let path = self.gateway_toml.with_file_name(format!("bench-gateway-{scenario}.toml"));
         std::fs::write(&path, toml::to_string(&table)?).with_context(|| format!("write {}", path.display()))?;
-        self.gateways += 1;
-        let log = self.logs.join(format!("gateway-{}-{scenario}.log", self.gateways));
-        GatewayProc::start(&self.mqsftp, &path, log, &self.wrap_gateway)
+        self.start_gateway(scenario, &path)
     }
 
     /// `mqsftp get` of [`DEVICE`]: `remote` into `local`.

@@ -326,7 +326,6 @@ pub struct Loaded {
 /// `downloads` device connections each get a `size` file at once while one more connection pings the gateway
 /// every 10 ms: how long an answer waits behind the chunks the gateway is sending.
 pub async fn pings_under_load(env: &Env, downloads: usize, size: u64) -> anyhow::Result<Loaded> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let name = "loaded.bin";
     store_file(env, name, size)?;
     let cfg = DeviceConfig::load(&env.device_toml)?;
@@ -334,24 +333,18 @@ pub async fn pings_under_load(env: &Env, downloads: usize, size: u64) -> anyhow:
     pinger.ping().await?;
     let out = env.work.join("loaded-out");
     std::fs::create_dir_all(&out)?;
-    let finished = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(downloads);
     for i in 0..downloads {
-        let (cfg, finished, local) = (cfg.clone(), finished.clone(), out.join(format!("{i}.bin")));
+        let (cfg, local) = (cfg.clone(), out.join(format!("{i}.bin")));
         tasks.push(tokio::spawn(async move {
-            let r = async {
-                let mut client = Client::connect(&cfg).await?;
-                client.get(name, &local, |_| {}).await
-            }
-            .await;
-            finished.fetch_add(1, Ordering::SeqCst);
-            r.map(|o| o.size)
+            let mut client = Client::connect(&cfg).await?;
+            client.get(name, &local, |_| {}).await.map(|o| o.size)
         }));
     }
     let (mut ping_ms, mut ping_failures) = (Vec::new(), 0);
     let limit = limit_for(size * downloads as u64);
-    while finished.load(Ordering::SeqCst) < downloads {
+    while !tasks.iter().all(|t| t.is_finished()) {
         if started.elapsed() > limit {
             bail!("the downloads did not end within {limit:?}");
         }
