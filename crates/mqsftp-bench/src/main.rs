@@ -129,6 +129,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    // As the mqsftp binary does, so that the MQTT parts measured here (the pub→sub run) are on the same terms.
+    mqsftp_mqtt::heap::tune();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -472,11 +474,15 @@ fn throughput(
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); keys.len()];
     // CPU seconds by process over all runs, for sftp get, get, sftp put, put.
     let mut cpu: [Vec<(String, f64)>; 5] = Default::default();
+    // Minor page faults by process, likewise.
+    let mut faults: [Vec<(String, f64)>; 5] = Default::default();
     let mut add_cpu = |i: usize, t: &procs::Timed| {
-        for (name, secs) in &t.cpu {
-            match cpu[i].iter_mut().find(|(n, _)| n == name) {
-                Some((_, v)) => *v += secs,
-                None => cpu[i].push((name.clone(), *secs)),
+        for (sums, of_run) in [(&mut cpu[i], &t.cpu), (&mut faults[i], &t.faults)] {
+            for (name, v) in of_run {
+                match sums.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, sum)) => *sum += v,
+                    None => sums.push((name.clone(), *v)),
+                }
             }
         }
     };
@@ -507,10 +513,10 @@ fn throughput(
         if broker {
             let (before, own) = (procs::cpu_snapshot(), procs::own_cpu());
             let elapsed = runtime.block_on(scenarios::broker_ceiling(env, size, env.chunk_size as usize))?;
-            let mut used = procs::cpu_delta(&before, &procs::cpu_snapshot());
+            let mut used = procs::delta(&before, &procs::cpu_snapshot());
             // The publisher and the subscriber run in this process: what a TLS MQTT sender and receiver cost.
             used.push((RUMQTTC.to_string(), procs::own_cpu() - own));
-            add_cpu(4, &procs::Timed { elapsed, peak_rss: 0, cpu: used });
+            add_cpu(4, &procs::Timed { elapsed, peak_rss: 0, cpu: used, faults: Vec::new() });
             samples[6].push(mbps(size, elapsed));
         }
     }
@@ -544,16 +550,24 @@ fn throughput(
                 continue;
             }
             total += per_gib;
-            let label = match name.as_str() {
-                "client" if mqsftp => "device CLI",
-                "client" => "sftp client",
-                "mqsftp" => "gateway",
-                other => other,
-            };
+            let label = process_label(name, mqsftp);
             parts.push(format!("{label} {per_gib:.2}"));
             per.push((label.to_string(), per_gib));
         }
         r.notes.push(format!("CPU seconds per GiB, {what}: {} (total {total:.2})", parts.join(", ")));
+    }
+    // Pages faulted in by device and gateway: what the allocator's reuse of chunk-sized buffers saves (mqsftp_mqtt::heap).
+    for (i, dir) in [(1, "get"), (3, "put")] {
+        for (name, n) in &faults[i] {
+            // The gateway is the child that is neither broker nor SSH server (named after its binary or wrapper).
+            let (who, label) = match name.as_str() {
+                "client" => ("device", "device CLI"),
+                "mosquitto" | "sshd" => continue,
+                _ => ("gateway", "gateway"),
+            };
+            let label = format!("mqsftp {dir}: {label} page faults per GiB");
+            r.figure(&format!("{dir}_{who}_faults_per_gib"), &label, "", n / runs / gib);
+        }
     }
     if let Some(gw) = gw {
         let rss = gw.stop();
@@ -563,6 +577,16 @@ fn throughput(
     }
     std::fs::remove_file(&file).with_context(|| format!("remove {}", file.display()))?;
     Ok(cost)
+}
+
+/// How the notes name a process of [`procs::cpu_snapshot`]; `client` is the device CLI in an mqsftp run.
+fn process_label(name: &str, mqsftp: bool) -> &str {
+    match name {
+        "client" if mqsftp => "device CLI",
+        "client" => "sftp client",
+        "mqsftp" => "gateway",
+        other => other,
+    }
 }
 
 /// A `--big-size` get and put, each with a fresh gateway, for the peak RSS of gateway and device.

@@ -209,13 +209,15 @@ pub struct Timed {
     pub peak_rss: u64,
     /// CPU seconds it (`client`) and the long-running children (gateway, Mosquitto, sshd) used meanwhile.
     pub cpu: Vec<(String, f64)>,
+    /// Their minor page faults meanwhile, by the same names.
+    pub faults: Vec<(String, f64)>,
 }
 
 /// Runs `cmd` to completion, timing it and sampling its peak RSS; fails with its output when it exits non-zero or
 /// takes longer than `limit` (then it is killed).
 pub fn run_timed(mut cmd: Command, what: &str, limit: Duration) -> anyhow::Result<Timed> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let cpu_before = cpu_snapshot();
+    let (cpu_before, faults_before) = (cpu_snapshot(), fault_snapshot());
     let started = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("start {what}"))?;
     let rss = RssSampler::start(child.id());
@@ -234,14 +236,15 @@ pub fn run_timed(mut cmd: Command, what: &str, limit: Duration) -> anyhow::Resul
         std::thread::sleep(Duration::from_millis(2));
     };
     let elapsed = started.elapsed();
-    let cpu = cpu_delta(&cpu_before, &cpu_snapshot());
+    let cpu = delta(&cpu_before, &cpu_snapshot());
+    let faults = delta(&faults_before, &fault_snapshot());
     let peak_rss = rss.finish();
     let collect = |h: Option<JoinHandle<String>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
     let (out, err) = (collect(out), collect(err));
     if !status.success() {
         bail!("{what} failed ({status}):\n{out}{err}");
     }
-    Ok(Timed { elapsed, peak_rss, cpu })
+    Ok(Timed { elapsed, peak_rss, cpu, faults })
 }
 
 fn drain(mut r: impl std::io::Read + Send + 'static) -> JoinHandle<String> {
@@ -264,16 +267,27 @@ pub fn open_files_limit() -> anyhow::Result<u64> {
 /// `mqsftp` for the gateway), each including its own descendants, plus `"client"`: the children already reaped
 /// (the device CLI and `sftp` runs). Differences of two snapshots say who worked how much during a transfer.
 pub fn cpu_snapshot() -> Vec<(String, f64)> {
+    let tick = clock_ticks_per_second();
+    snapshot(|p| (p.own / tick, p.children / tick))
+}
+
+/// Minor page faults so far, by the same names as [`cpu_snapshot`]: each one a page the kernel had to map (and
+/// zero) when the process first touched it.
+pub fn fault_snapshot() -> Vec<(String, f64)> {
+    snapshot(|p| (p.faults, p.children_faults))
+}
+
+/// `of(process)` = (its own, its reaped children's), summed by the direct child of ours each process descends from.
+fn snapshot(of: impl Fn(&ProcCpu) -> (f64, f64)) -> Vec<(String, f64)> {
     let me = std::process::id();
     let procs = all_procs();
-    let tick = clock_ticks_per_second();
     let mut out: Vec<(String, f64)> = Vec::new();
-    let mut add = |name: &str, secs: f64| match out.iter_mut().find(|(n, _)| n == name) {
-        Some((_, v)) => *v += secs,
-        None => out.push((name.to_string(), secs)),
+    let mut add = |name: &str, v: f64| match out.iter_mut().find(|(n, _)| n == name) {
+        Some((_, sum)) => *sum += v,
+        None => out.push((name.to_string(), v)),
     };
     if let Some(me) = read_stat(me) {
-        add("client", me.children / tick);
+        add("client", of(&me).1);
     }
     for p in &procs {
         // The direct child of ours that `p` descends from (or is).
@@ -290,7 +304,8 @@ pub fn cpu_snapshot() -> Vec<(String, f64)> {
             }
         }
         if let Some(top) = top {
-            add(&top.comm, (p.own + p.children) / tick);
+            let (own, children) = of(p);
+            add(&top.comm, own + children);
         }
     }
     out
@@ -304,6 +319,10 @@ struct ProcCpu {
     own: f64,
     /// cutime + cstime (reaped children), in clock ticks.
     children: f64,
+    /// minflt: minor page faults.
+    faults: f64,
+    /// cminflt: minor page faults of reaped children.
+    children_faults: f64,
 }
 
 fn read_stat(pid: u32) -> Option<ProcCpu> {
@@ -313,9 +332,17 @@ fn read_stat(pid: u32) -> Option<ProcCpu> {
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_string();
     let rest: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
-    // rest[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17.
+    // rest[0] is field 3 (state): minflt is field 10, cminflt 11, utime 14, stime 15, cutime 16, cstime 17.
     let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<f64>().ok());
-    Some(ProcCpu { pid, ppid: field(4)? as u32, comm, own: field(14)? + field(15)?, children: field(16)? + field(17)? })
+    Some(ProcCpu {
+        pid,
+        ppid: field(4)? as u32,
+        comm,
+        own: field(14)? + field(15)?,
+        children: field(16)? + field(17)?,
+        faults: field(10)?,
+        children_faults: field(11)?,
+    })
 }
 
 /// `getconf CLK_TCK` (100 on Linux unless configured otherwise).
@@ -339,7 +366,7 @@ pub fn own_cpu() -> f64 {
 }
 
 /// `after - before`, by name.
-pub fn cpu_delta(before: &[(String, f64)], after: &[(String, f64)]) -> Vec<(String, f64)> {
+pub fn delta(before: &[(String, f64)], after: &[(String, f64)]) -> Vec<(String, f64)> {
     after
         .iter()
         .map(|(n, a)| {
@@ -363,6 +390,19 @@ mod tests {
         assert!(peak_rss(std::process::id()).unwrap() > 0);
         assert!(read_stat(u32::MAX).is_none());
         assert!(open_files_limit().unwrap() > 0);
+        assert!(me.faults > 0.0, "this process has touched memory");
+    }
+
+    #[test]
+    fn a_reaped_child_s_page_faults_count_for_the_client() {
+        let client = |s: &[(String, f64)]| s.iter().find(|(n, _)| n == "client").map_or(0.0, |(_, v)| *v);
+        let before = fault_snapshot();
+        // dd touches its 16 MiB buffer: 4,096 pages of 4 KiB (fewer only if huge pages back it, but never fewer
+        // than the ~70 that starting any program costs).
+        let status = Command::new("dd").args(["if=/dev/zero", "of=/dev/null", "bs=16M", "count=1"]).output().unwrap();
+        assert!(status.status.success());
+        let faults = client(&delta(&before, &fault_snapshot()));
+        assert!(faults >= 50.0, "{faults} page faults counted for dd");
     }
 
     #[test]

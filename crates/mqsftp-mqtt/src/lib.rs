@@ -8,6 +8,8 @@
 //!   task that polls the event loop can deadlock rumqttc, so nothing here does that.
 //!
 //! - [`passphrase`]: `passphrase_file` / `passphrase_env` for an encrypted client key.
+//! - [`heap::tune`]: glibc heap settings that stop chunk-sized buffers from being faulted in anew for each chunk;
+//!   binaries call it first thing.
 //!
 //! Errors are classified ([`MqttError`]) so that callers can tell a bad certificate from a broker that is down.
 
@@ -26,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use rumqttc;
 
+pub mod heap;
 pub mod passphrase;
 pub use passphrase::Passphrase;
 

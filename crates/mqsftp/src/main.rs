@@ -268,6 +268,8 @@ enum PkiCommand {
 }
 
 fn main() -> ExitCode {
+    // Before any other thread exists: chunk-sized buffers stay in the heap instead of being faulted in anew.
+    mqsftp_mqtt::heap::tune();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
