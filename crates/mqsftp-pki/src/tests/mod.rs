@@ -273,8 +273,8 @@ fn gateway_toml_matches_the_documented_format() {
         [store]
         device_root = "devices/{device}"
         [transfer]
-        chunk_size = 262144
-        window = 4
+        chunk_size = 261120
+        window = 8
         [runtime]
         threads = 1
     "#

@@ -334,13 +334,17 @@ async fn a_file_changed_during_upload_is_not_committed() {
     let cfg = mqsftp_device::DeviceConfig::load(&stack.device("changer").unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("f.bin");
-    std::fs::write(&local, content(3 << 20, 5)).unwrap();
+    // When 1 MiB is acknowledged, the device has read at most that, a window in flight and a window read ahead: the
+    // file is 2 MiB longer, so that the change lands before its end was read.
+    let p = mqsftp_proto::StreamParams::DEFAULT;
+    let size = (3 << 20) + 2 * p.window as usize * p.chunk_size as usize;
+    std::fs::write(&local, content(size, 5)).unwrap();
     let client = connect(&cfg).await;
     let (mut put, mut done) = spawn_put(client, local.clone(), "f.bin");
     let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= 1 << 20)).await.expect("progress").is_ok();
     assert!(reached, "upload ended early: {:?}", (&mut put).await);
     std::thread::sleep(std::time::Duration::from_millis(20)); // a modification time that differs
-    std::fs::write(&local, content(3 << 20, 6)).unwrap();
+    std::fs::write(&local, content(size, 6)).unwrap();
     let err = tokio::time::timeout(LIMIT, put).await.unwrap().unwrap().unwrap_err();
     assert!(matches!(err, mqsftp_device::DeviceError::LocalChanged { .. }), "{err}");
     assert!(err.to_string().contains("f.bin"), "{err}");
