@@ -367,7 +367,7 @@ device_root = "devices/{device}"
         assert!(cfg.broker.ca.is_absolute());
         assert!(cfg.sftp.key.ends_with("gateway_ed25519") && cfg.sftp.key.is_absolute());
         assert_eq!(cfg.sftp.known_hosts, PathBuf::from("/etc/mqsftp/known_hosts"));
-        assert_eq!((cfg.transfer.chunk_size, cfg.transfer.window), (261120, 8), "the defaults");
+        assert_eq!((cfg.transfer.chunk_size, cfg.transfer.window), (261120, 4), "the defaults");
         let d = DeviceId::new("d1").unwrap();
         assert_eq!(cfg.store.path_of(&d, &mqsftp_proto::confine("a/b").unwrap()), "devices/d1/a/b");
         assert_eq!(cfg.store.path_of(&d, &mqsftp_proto::confine("").unwrap()), "devices/d1");

@@ -209,7 +209,7 @@ device_root = \"devices/{{device}}\"
 [transfer]
 # 255 KiB: the most OpenSSH answers in one SFTP read, so each chunk is one read (docs/performance.md).
 chunk_size = 261120
-window = 8
+window = 4
 
 [runtime]
 # Threads of the gateway process: 1 costs the least CPU per byte; 0 = one per CPU core, for a busy gateway whose

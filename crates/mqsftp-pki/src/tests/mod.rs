@@ -274,7 +274,7 @@ fn gateway_toml_matches_the_documented_format() {
         device_root = "devices/{device}"
         [transfer]
         chunk_size = 261120
-        window = 8
+        window = 4
         [runtime]
         threads = 1
     "#
