@@ -2,12 +2,12 @@
 //! at the start of `main`, before other threads exist. The `mqsftp` and `mqsftp-bench` binaries do; an application
 //! that embeds the device library gains the same by calling it.
 //!
-//! Why: every chunk passes through buffers of its own size (256 KiB by default, up to 1 MiB): rumqttc's read
-//! buffer grows by a chunk for each incoming publish while the previous chunk is still held, frames are built
-//! and dropped a chunk at a time. With glibc's defaults such blocks come from `mmap` at first, then from the heap,
+//! Why: every chunk passes through buffers of its own size (255 KiB by default, up to 1 MiB): rumqttc's read
+//! buffer is regrown for each incoming publish while the previous chunk is still held, frames are built and
+//! dropped a chunk at a time. With glibc's defaults such blocks come from `mmap` at first, then from the heap,
 //! whose top is given back to the kernel (trimmed) whenever more than about two chunks are free there, and taken
-//! again for the next chunk: each time the pages are faulted in and zeroed anew. A 512 MiB `mqsftp get` took
-//! 75,000 page faults in the device; with these settings 800, and the device's CPU for it fell by a fifth
+//! again for the next chunk: each time the pages are faulted in and zeroed anew. A download took 150,000 page
+//! faults per GiB in the device; with these settings about 1,400, and the device's CPU for it fell by a sixth
 //! (docs/performance.md, "The heap").
 //!
 //! The settings: blocks below [`MMAP_THRESHOLD`] always come from the heap (every MQTT packet is below it), and
