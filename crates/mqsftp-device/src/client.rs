@@ -441,7 +441,6 @@ impl Client {
         progress: &mut impl FnMut(Progress),
     ) -> Result<PutOutcome, DeviceError> {
         let (local, size) = (upload.local, upload.size);
-        let local_err = |source| DeviceError::Local { path: local.to_path_buf(), source };
         let (path, sha, overwrite, resume) =
             (upload.remote.to_string(), upload.sha256.clone(), upload.overwrite, upload.resume);
         let accepted =
@@ -484,15 +483,9 @@ impl Client {
                     .map_err(|e| DeviceError::Closed(e.to_string()))?;
             }
             if sender.poll_done().is_some() {
-                // Everything was read: the gateway checks the bytes against the announced hash at commit; a file
-                // that changed meanwhile is reported here, with its name, instead of as a checksum mismatch.
-                if file_stamp(local).await.map_err(local_err)? != upload.stamp {
-                    let _ = self.send_to(&gateway, &Request::Cancel { transfer }).await;
-                    return Err(DeviceError::LocalChanged {
-                        path: local.to_path_buf(),
-                        reason: "its content changed while it was being uploaded".into(),
-                    });
-                }
+                // Everything was read: a file that changed meanwhile is reported now, with its name, before the
+                // gateway finds that the bytes do not match the announced hash.
+                self.check_unchanged(upload, &gateway, transfer).await?;
             }
             if sender.is_complete() {
                 break;
@@ -523,6 +516,9 @@ impl Client {
                 }
             }
         }
+        // Everything was acknowledged. A file that changed after its last byte was read (a window and the read-ahead
+        // are read early) is not committed either: the store would get a version the file no longer has.
+        self.check_unchanged(upload, &gateway, transfer).await?;
         // Commit is idempotent on the gateway: a lost answer is recovered by asking again.
         let topic = Topic::direct(&self.device, &gateway);
         match self.call_on(topic, |id, session| Request::Commit { id, session, transfer }).await? {
@@ -532,6 +528,26 @@ impl Client {
             }
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Fails with `LocalChanged`, naming the file, when the upload's file no longer has the length and modification
+    /// time it had when it was hashed; the gateway is told to drop the transfer.
+    async fn check_unchanged(
+        &self,
+        upload: &Upload<'_>,
+        gateway: &GatewayId,
+        transfer: TransferId,
+    ) -> Result<(), DeviceError> {
+        let local = upload.local;
+        let now = file_stamp(local).await.map_err(|source| DeviceError::Local { path: local.to_path_buf(), source })?;
+        if now == upload.stamp {
+            return Ok(());
+        }
+        let _ = self.send_to(gateway, &Request::Cancel { transfer }).await;
+        Err(DeviceError::LocalChanged {
+            path: local.to_path_buf(),
+            reason: "its content changed while it was being uploaded".into(),
+        })
     }
 
     /// Asks a gateway to answer; returns the round-trip time and the gateway's protocol version.

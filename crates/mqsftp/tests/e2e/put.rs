@@ -327,17 +327,30 @@ async fn bad_requests_do_not_disturb_a_running_transfer() {
 /// an error naming the file and nothing is committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_during_upload_is_not_committed() {
+    // When 1 MiB is acknowledged, the device has read at most that, a window in flight and a window read ahead: the
+    // file is 2 MiB longer, so that the change lands before its end was read.
+    let p = mqsftp_proto::StreamParams::DEFAULT;
+    changed_at_1_mib((3 << 20) + 2 * p.window as usize * p.chunk_size as usize).await;
+}
+
+/// The same when the change comes after the device read the file's last byte (it reads a window early): what it
+/// sent is the file as hashed, but no longer the file, so it is not committed either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_after_its_last_byte_was_read_is_not_committed() {
+    // At 1 MiB acknowledged, a window is in flight beyond it: the whole file has been read.
+    let p = mqsftp_proto::StreamParams::DEFAULT;
+    changed_at_1_mib((1 << 20) + p.window as usize * p.chunk_size as usize / 2).await;
+}
+
+/// Uploads a file of `size` bytes paced at 1 MiB/s, rewrites it once 1 MiB is acknowledged, and expects
+/// `LocalChanged` naming it, with nothing committed.
+async fn changed_at_1_mib(size: usize) {
     let stack = start_stack();
-    // Paced, so that the change lands in the middle of the upload.
     set_policy(&stack, "[default]\nrate = \"1 MiB\"\n");
     let gw = RunningGateway::start(&stack).await;
     let cfg = mqsftp_device::DeviceConfig::load(&stack.device("changer").unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("f.bin");
-    // When 1 MiB is acknowledged, the device has read at most that, a window in flight and a window read ahead: the
-    // file is 2 MiB longer, so that the change lands before its end was read.
-    let p = mqsftp_proto::StreamParams::DEFAULT;
-    let size = (3 << 20) + 2 * p.window as usize * p.chunk_size as usize;
     std::fs::write(&local, content(size, 5)).unwrap();
     let client = connect(&cfg).await;
     let (mut put, mut done) = spawn_put(client, local.clone(), "f.bin");
