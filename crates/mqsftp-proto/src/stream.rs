@@ -43,9 +43,9 @@ impl StreamParams {
     /// 255 KiB per read (`limits@openssh.com`), so a chunk is one SFTP read or write, not two (sshd's CPU per GiB
     /// fell by a fifth). 8 in flight made a lone get on loopback ~9 % faster, but answers to other devices waited
     /// longer behind the chunks in the broker: in the three-gateway fault test 145–184 of 200 transfers completed
-    /// within the devices' 3 s answer timeout, against 187–200 with 4. The gateway's memory stays
-    /// within a window per download since it runs on one thread by default (with one thread per core, glibc's
-    /// per-thread arenas kept ~16 MiB of freed 256 KiB blocks more).
+    /// within the devices' 3 s answer timeout, against 187–200 with 4. The gateway's memory stays within a window
+    /// per download since it runs on one thread by default (with one thread per core, glibc's per-thread arenas
+    /// kept ~16 MiB of freed 256 KiB blocks more).
     pub const DEFAULT: StreamParams = StreamParams {
         chunk_size: 255 * 1024,
         window: 4,
