@@ -206,8 +206,11 @@ async fn store_round_trips(env: &Env, name: &str, rounds: usize) -> anyhow::Resu
 
 /// The device's durable commit of a 1 KiB download, in `dir`, timed `rounds` times: create and write the part
 /// file, fsync it, rename it to the target, fsync the directory (`mqsftp-device`'s `file_io.rs` does the same).
+/// As there, the file the rename replaces is held open across it and released after the clock stops, so that the
+/// filesystem frees it then rather than inside the rename.
 fn local_commits(dir: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let (part, target) = (dir.join(".commit-1k.mqsftp-part"), dir.join("commit-1k.out"));
     let data = [0x5au8; 1024];
     let mut out = Vec::with_capacity(rounds);
@@ -217,9 +220,11 @@ fn local_commits(dir: &Path, rounds: usize) -> anyhow::Result<Vec<f64>> {
         f.write_all(&data)?;
         f.sync_all()?;
         drop(f);
+        let replaced = std::fs::File::options().read(true).custom_flags(libc::O_PATH | libc::O_NOFOLLOW).open(&target);
         std::fs::rename(&part, &target)?;
         std::fs::File::open(dir)?.sync_all()?;
         out.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(replaced);
     }
     env::remove(&target);
     Ok(out)

@@ -62,8 +62,9 @@ enum Op {
     /// Append these bytes; when `last`, fsync the part file right after (the download is complete unless it fails
     /// verification, and the fsync then overlaps the wait for `get_done`).
     Write { data: Bytes, last: bool },
-    /// Fsync the part file, rename it to this target, fsync the target's directory; then stop.
-    Commit(PathBuf),
+    /// Fsync the part file, rename it to this target, fsync the target's directory, answer; then release the file
+    /// the rename replaced (see [`hold_replaced`]) and stop.
+    Commit(PathBuf, oneshot::Sender<Result<(), CommitError>>),
 }
 
 /// The part file of a download, written by a thread of its own.
@@ -119,10 +120,20 @@ impl PartWriter {
 
     /// Makes the download final in one round trip: the part file is fsynced (unless that happened after the last
     /// write and nothing was written since), renamed to `target`, and the target's directory fsynced, in that
-    /// order.
+    /// order. Returns once that is done; the thread then frees the file the target replaced, on its own.
     pub(crate) async fn commit(mut self, target: &Path) -> Result<(), CommitError> {
-        self.send(Op::Commit(target.to_path_buf())).await.map_err(CommitError::Part)?;
-        self.finish().await
+        let (reply, done) = oneshot::channel();
+        self.send(Op::Commit(target.to_path_buf(), reply)).await.map_err(CommitError::Part)?;
+        match done.await {
+            Ok(result) => {
+                // The thread ends by itself once the replaced file is released.
+                self.ops = None;
+                drop(self.thread.take());
+                result
+            }
+            // It stopped before answering (the fsync failed): its error is the answer.
+            Err(_) => self.finish().await,
+        }
     }
 
     /// Stops the thread once everything sent has been written: the part file then holds every byte handed to
@@ -196,13 +207,16 @@ fn run_writer(path: PathBuf, mut file: Option<File>, mut queue: mpsc::Receiver<O
                 }
                 synced = last;
             }
-            Op::Commit(target) => {
+            Op::Commit(target, reply) => {
                 let f = ensure_open(&mut file, &path).map_err(part_err)?;
                 if !synced {
                     f.sync_all().map_err(part_err)?;
                 }
                 drop(file);
-                return commit(&path, &target);
+                let replaced = hold_replaced(&target);
+                let _ = reply.send(commit(&path, &target));
+                drop(replaced);
+                return Ok(());
             }
         }
     }
@@ -240,6 +254,24 @@ fn hash_into(f: &mut File, rx: &mut Receiver) -> std::io::Result<Result<(), Rece
         if let Err(e) = rx.handle_held(&buf[..n]) {
             return Ok(Err(e));
         }
+    }
+}
+
+/// The file at `target`, if any, held open (`O_PATH`: no read permission needed, no FIFO or device opened) across
+/// the rename that replaces it, so that the filesystem frees it when this handle is dropped, after the caller has
+/// its answer, rather than inside the rename. On ext4 here, freeing a replaced 1 KiB file inside the rename took
+/// 180–240 µs of a 1 KiB get's commit, against 25 µs for the rename alone (docs/performance.md); freeing a large
+/// file takes longer. Nothing depends on it: when the open fails, the rename frees the file as usual.
+fn hold_replaced(target: &Path) -> Option<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        File::options().read(true).custom_flags(libc::O_PATH | libc::O_NOFOLLOW).open(target).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = target;
+        None
     }
 }
 
@@ -544,6 +576,42 @@ mod tests {
         }
         assert_eq!(std::fs::read(&part).unwrap(), data);
         assert!(target.join("occupied").exists());
+    }
+
+    /// The commit holds what the target was across the rename (to free it after answering). Whatever that is, the
+    /// download replaces the name alone: a symlink is replaced, not followed, and its destination is left as it
+    /// was; a FIFO is replaced without being opened (an ordinary open would wait for a writer for ever).
+    #[tokio::test]
+    async fn the_commit_replaces_a_file_a_symlink_or_a_fifo_at_the_target_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"not to be touched").unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, content(300_000, 7)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success(), "mkfifo {}", fifo.display());
+        for (n, target) in [file, link, fifo].into_iter().enumerate() {
+            let data = content(1024 + n, n as u8);
+            let part = dir.path().join(format!(".{n}.mqsftp-part"));
+            let (mut w, _) = PartWriter::open(&part).unwrap();
+            w.create().await.unwrap();
+            write_all(&mut w, &data, 512).await.unwrap();
+            let commit = w.commit(&target);
+            let Ok(committed) = tokio::time::timeout(std::time::Duration::from_secs(10), commit).await else {
+                // Free the writer thread stuck in an open of the FIFO (as a writer would), so that the test ends.
+                let _ = File::options().write(true).open(&target);
+                panic!("the commit over {} did not return", target.display());
+            };
+            assert!(committed.is_ok(), "commit over {}", target.display());
+            let meta = std::fs::symlink_metadata(&target).unwrap();
+            assert!(meta.is_file(), "{} is now a plain file", target.display());
+            assert_eq!(std::fs::read(&target).unwrap(), data, "{}", target.display());
+            assert!(!part.exists());
+        }
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not to be touched");
     }
 
     /// Reads as the sender asks for them: from `offset`, in `chunk` sizes.

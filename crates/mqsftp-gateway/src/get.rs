@@ -116,6 +116,11 @@ async fn serve_get(
         return Err((ErrorCode::BadRequest, msg));
     }
     let mut sender = Sender::resume(transfer, size, offset, params, Instant::now());
+    let window_bytes = u64::from(params.chunk_size) * u64::from(params.window);
+    let piece = read_piece(params.chunk_size, file.max_read());
+    let mut reads = ReadAhead::new(Arc::new(file), size, piece, window_bytes, &shared.read_ahead);
+    // The first reads go out before the answer, which then travels to the device while the store reads.
+    reads.fill(sender.read_room());
     shared
         .respond(
             device,
@@ -131,9 +136,6 @@ async fn serve_get(
         )
         .await;
     let down = Topic::down(device, session);
-    let window_bytes = u64::from(params.chunk_size) * u64::from(params.window);
-    let piece = read_piece(params.chunk_size, file.max_read());
-    let mut reads = ReadAhead::new(&file, size, piece, window_bytes, &shared.read_ahead);
     // The read the sender asked for and has not been given yet.
     let mut wanted = None;
     loop {
@@ -246,7 +248,9 @@ type PendingRead<'a> = Pin<Box<dyn Future<Output = Result<Piece, ReadFailure>> +
 /// more than its window plus its share of the budget. So the gateway holds at most window × chunk per download,
 /// plus the budget.
 struct ReadAhead<'a> {
-    file: &'a ReadFile,
+    /// Until the last read is issued; the handle is closed once that read is done (the sender keeps what it
+    /// sends until it is acknowledged, so nothing is read twice).
+    file: Option<Arc<ReadFile>>,
     size: u64,
     piece: u32,
     /// Most bytes read beyond the free window for this download.
@@ -261,10 +265,10 @@ struct ReadAhead<'a> {
 }
 
 impl<'a> ReadAhead<'a> {
-    fn new(file: &'a ReadFile, size: u64, piece: u32, beyond: u64, budget: &'a Arc<Semaphore>) -> Self {
+    fn new(file: Arc<ReadFile>, size: u64, piece: u32, beyond: u64, budget: &'a Arc<Semaphore>) -> Self {
         let (reads, ready) = (FuturesOrdered::new(), VecDeque::new());
         ReadAhead {
-            file,
+            file: Some(file),
             size,
             piece: piece.max(1),
             beyond,
@@ -283,6 +287,7 @@ impl<'a> ReadAhead<'a> {
         // Reads of a held prefix are free but not unbounded.
         let most_reads = (2 * self.beyond / u64::from(self.piece)).max(2) as usize;
         while self.next < self.size && self.reads.len() < most_reads {
+            let Some(file) = self.file.clone() else { break };
             let len = (self.size - self.next).min(u64::from(self.piece)) as u32;
             let ahead = self.in_flight + self.ready_bytes + u64::from(len);
             if ahead > room + self.beyond {
@@ -296,7 +301,7 @@ impl<'a> ReadAhead<'a> {
                     Err(_) => break,
                 }
             };
-            let (file, offset) = (self.file, self.next);
+            let offset = self.next;
             self.reads.push_back(Box::pin(async move {
                 let data =
                     file.read_exact_at(offset, len).await.map_err(|source| ReadFailure::Store { offset, source })?;
@@ -307,6 +312,9 @@ impl<'a> ReadAhead<'a> {
             }));
             self.next += u64::from(len);
             self.in_flight += u64::from(len);
+        }
+        if self.next >= self.size {
+            self.file = None;
         }
     }
 

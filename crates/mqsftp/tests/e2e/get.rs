@@ -68,3 +68,58 @@ async fn two_devices_get_concurrently_each_their_own_file() {
     assert_eq!(std::fs::read(&pb).unwrap(), b);
     gw.stop().await;
 }
+
+/// Processes holding `path` open (from `/proc/*/fd`, as far as this user may look).
+fn holders(path: &std::path::Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = proc_dir.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fd")) else { continue };
+        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The gateway closes a download's store file as soon as it has read the whole of it, not once the device has
+/// acknowledged the last chunk (the chunks it may resend are kept in memory): a device that stops acknowledging
+/// does not hold a handle on the store, and a small get's close does not compete with the device's commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_file_is_closed_once_read_before_the_device_acknowledges() {
+    use mqsftp_proto::{Request, Response, SessionId};
+    let (stack, gw, cfg) = setup("closer").await;
+    let on_store = put_on_store(&stack, "closer", "c.bin", &content(100 * 1024, 3)).canonicalize().unwrap();
+    // The scan finds a file held open, here by this process, so that finding none below means something.
+    let held = std::fs::File::open(&on_store).unwrap();
+    assert!(holders(&on_store).contains(&std::process::id()), "the scan sees {}", on_store.display());
+    drop(held);
+
+    let mut raw = RawDevice::connect(&cfg, "close1").await;
+    let session = SessionId::new("close1").unwrap();
+    raw.send(&Request::Get { id: "g".into(), session, path: "c.bin".into(), offset: 0 }).await;
+    // `get_done`: every byte has been read and sent. Nothing is acknowledged: the gateway keeps the transfer for
+    // its resends (for `give_up_after`, 60 s).
+    let size = raw
+        .expect(|r| match r {
+            Response::GetDone { size, .. } => Some(size),
+            Response::Error { code, message, .. } => panic!("{code}: {message}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(size, 100 * 1024);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let open = holders(&on_store);
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} still open in {open:?} 10 s after the gateway read all of it",
+            on_store.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    gw.stop().await;
+}
