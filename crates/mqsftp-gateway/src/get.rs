@@ -95,7 +95,7 @@ async fn serve_get(
         Ok(meta) => file.map(|f| (meta, f)).map_err(sftp_err("open")),
         Err(e) => Err(e),
     };
-    let (meta, file) = match opened {
+    let (meta, mut file) = match opened {
         Ok(x) => x,
         Err(e) => {
             let (code, msg, err) = fail(e);
@@ -103,6 +103,9 @@ async fn serve_get(
             return Err((code, msg));
         }
     };
+    // Held to the end of the download, beyond the handle (closed once the whole file is read, see `ReadAhead`): the
+    // permits bound the downloads holding windows in memory, not only the open handles (`MAX_OPEN_HANDLES`).
+    let _slot = file.take_permit();
     let t = shared.cfg.transfer;
     let params = StreamParams {
         chunk_size: t.chunk_size,

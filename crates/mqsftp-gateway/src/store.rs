@@ -218,7 +218,9 @@ pub struct StoreSession {
 /// byte ≥ 0x80, which the lossy decoding mangles, so every read, write and close on it fails (found by the
 /// 1,000-device benchmark: exactly 128 failures with 300 devices). Below 128 every handle is plain ASCII. A close
 /// is queued on the channel before the permit is released, so the server frees the number before a later open
-/// can ask for one. It also bounds the gateway's memory: each open download holds its read-ahead.
+/// can ask for one. It also bounds the gateway's memory: a download holds its permit until it ends, also after it
+/// has read the whole file and closed its handle (its window is still in memory, for resends), so at most this many
+/// downloads hold a window or read ahead at once.
 pub const MAX_OPEN_HANDLES: usize = 32;
 
 /// A permit for one open handle ([`StoreSession::handle_permit`]).
@@ -305,7 +307,8 @@ const LIMITS: &str = "limits@openssh.com";
 pub const DEFAULT_MAX_READ: u32 = 64 * 1024;
 
 /// A file open for reading ([`StoreSession::open_read`]). Dropping it closes the handle: the close goes out on a
-/// task of its own, and the handle permit is released once the server has answered it.
+/// task of its own, and the handle permit, unless taken out ([`ReadFile::take_permit`]), is released once the server
+/// has answered it.
 pub struct ReadFile {
     session: Arc<StoreSession>,
     handle: String,
@@ -313,6 +316,11 @@ pub struct ReadFile {
 }
 
 impl ReadFile {
+    /// The handle permit, for a caller that keeps it beyond the handle (a download, until it ends).
+    pub fn take_permit(&mut self) -> Option<HandlePermit> {
+        self.permit.take()
+    }
+
     /// Most bytes one read of this file returns ([`StoreSession::max_read`]).
     pub fn max_read(&self) -> u32 {
         self.session.max_read
