@@ -258,7 +258,12 @@ pub(crate) fn parent(store_path: &str) -> &str {
 
 /// Resolves symlinks on the server and refuses `store_path` when it, or the nearest part of it that exists, leads
 /// outside the device root. Devices cannot make symlinks through mqsftp, but other users of the store can; without
-/// this check a link inside a root would hand a device whatever it points at. Costs two `realpath` round trips.
+/// this check a link inside a root would hand a device whatever it points at.
+///
+/// Costs one `realpath` when the path exists and no symlink is on its way (its real path is then the path itself,
+/// which lies inside the root as written, since a device path has no `..`), and one more for each missing last
+/// part (checking the part that exists). Only when a real path differs from the path (a symlink, or a root not
+/// written in canonical form) is the root resolved too, to compare the two: one more round trip.
 pub(crate) async fn check_resolved(
     shared: &Shared,
     sftp: &StoreSession,
@@ -266,18 +271,18 @@ pub(crate) async fn check_resolved(
     store_path: &str,
     rel: &str,
 ) -> Result<(), Failure> {
-    let (root, target) = tokio::join!(sftp.canonicalize(access.root.as_str()), sftp.canonicalize(store_path));
-    let root = match root {
-        Ok(r) => r,
-        // No root yet: nothing exists below it, so nothing can lead out.
-        Err(e) if is_not_found(&e) => return Ok(()),
-        Err(e) => return Err(sftp_failure(shared, "realpath", &access.root, "", e).await),
-    };
-    let mut target = target;
+    let mut target = sftp.canonicalize(store_path).await;
     let mut candidate = store_path;
     loop {
         match target {
+            Ok(real) if real == candidate => return Ok(()),
             Ok(real) => {
+                let root = match sftp.canonicalize(access.root.as_str()).await {
+                    Ok(r) => r,
+                    // No root (any more): nothing exists below it, so nothing can lead out.
+                    Err(e) if is_not_found(&e) => return Ok(()),
+                    Err(e) => return Err(sftp_failure(shared, "realpath", &access.root, "", e).await),
+                };
                 let inside = real == root || real.strip_prefix(root.as_str()).is_some_and(|r| r.starts_with('/'));
                 if inside {
                     return Ok(());

@@ -227,6 +227,49 @@ async fn symlinks_out_of_the_root_are_refused() {
     gw.stop().await;
 }
 
+/// A device root that is itself a symlink (the store's layout, the administrator's choice) serves as any root, and
+/// links inside it are judged by where the root really is: the check resolves the root when a real path differs
+/// from the path as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_reached_through_a_symlink_serves_and_confines() {
+    use std::os::unix::fs::symlink;
+    let (stack, gw, cfg) = setup("aliased").await;
+    let root = stack.device_root("aliased");
+    let real = stack.device_root("aliased-real");
+    std::fs::create_dir_all(&real).unwrap();
+    if root.exists() {
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+    symlink(&real, &root).unwrap();
+    std::fs::write(real.join("inside.bin"), b"inside").unwrap();
+    put_on_store(&stack, "victim", "secret.txt", b"not yours");
+    symlink("..", real.join("up")).unwrap();
+    symlink("inside.bin", real.join("alias")).unwrap();
+    let mut c = connect(&cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    for (path, want) in [("inside.bin", &b"inside"[..]), ("alias", b"inside")] {
+        c.get(path, &dir.path().join(path), |_| {}).await.unwrap_or_else(|e| panic!("get {path}: {e}"));
+        assert_eq!(std::fs::read(dir.path().join(path)).unwrap(), want, "{path}");
+    }
+    let src = local_file(dir.path(), "src", b"payload");
+    c.put(&src, "new/deep.bin", false, |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(real.join("new/deep.bin")).unwrap(), b"payload");
+    let mut names: Vec<String> = c.list("").await.unwrap().into_iter().map(|e| e.name).collect();
+    names.sort();
+    assert_eq!(names, ["alias", "inside.bin", "new", "up"]);
+    // `up` leads to the directory of all roots: out, except where it comes back into the real root.
+    let e = c.get("up/victim/secret.txt", &dir.path().join("x"), |_| {}).await.unwrap_err();
+    assert_eq!(remote_code(e), ErrorCode::PermissionDenied, "get through the link");
+    assert_eq!(remote_code(c.stat("up").await.unwrap_err()), ErrorCode::PermissionDenied, "stat the link");
+    c.get("up/aliased-real/inside.bin", &dir.path().join("back"), |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(dir.path().join("back")).unwrap(), b"inside");
+    let e = c.put(&src, "up/victim/planted.txt", false, |_| {}).await.unwrap_err();
+    assert_eq!(remote_code(e), ErrorCode::PermissionDenied, "put through the link");
+    assert!(!stack.device_root("victim").join("planted.txt").exists());
+    gw.stop().await;
+}
+
 /// Names up to 255 bytes with spaces, CJK, emoji and `%` survive put, ls, stat and get unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nasty_names_round_trip() {
