@@ -15,7 +15,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::outbox::Lane;
 use crate::policy::Access;
 use crate::server::{confine_file, sleep_until, Claim, Ctl, Failure, Registration, Shared};
-use crate::store::{ReadFile, StoreError};
+use crate::store::{Channel, ReadFile, StoreError};
 
 pub(crate) async fn start_get(
     shared: Arc<Shared>,
@@ -82,11 +82,12 @@ async fn serve_get(
     })?;
     let bucket = shared.buckets.get(device, access.rate);
     let sftp_err = |op: &'static str| move |source| StoreError::Sftp { op, path: store_path.to_string(), source };
-    // One round trip instead of three: the symlink check, the stat and the open go out together. Nothing is read
-    // or sent before the check has passed; a handle opened outside the root is closed unused.
+    // One round trip instead of three: the symlink check, the stat and the open go out together, on the channel
+    // that then serves the reads (one `sftp-server`). Nothing is read or sent before the check has passed; a handle
+    // opened outside the root is closed unused.
     let (resolved, meta, file) = tokio::join!(
-        crate::ops::check_resolved(shared, &sftp, access, store_path, rel),
-        sftp.metadata(store_path),
+        crate::ops::check_resolved(shared, (&sftp, Channel::Reads), access, store_path, rel),
+        sftp.stat_for_read(store_path),
         sftp.open_read(store_path),
     );
     resolved?;

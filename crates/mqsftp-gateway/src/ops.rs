@@ -9,7 +9,7 @@ use tracing::warn;
 
 use crate::policy::Access;
 use crate::server::{confine_file, path_failure, Failure, OpResult, Shared};
-use crate::store::{StoreError, StoreSession};
+use crate::store::{Channel, StoreError, StoreSession};
 
 /// Suffix of the temporary files of uploads in progress; they are hidden from listings.
 pub(crate) const PART_SUFFIX: &str = ".mqsftp-part";
@@ -92,7 +92,7 @@ pub(crate) async fn list(
     let limit = limit.unwrap_or(MAX_LIST_PAGE).clamp(1, MAX_LIST_PAGE) as usize;
     let store_path = access.path_of(&rel);
     let sftp = session(shared).await?;
-    check_resolved(shared, &sftp, access, &store_path, rel.as_str()).await?;
+    check_resolved(shared, (&sftp, Channel::Main), access, &store_path, rel.as_str()).await?;
     let dir = match sftp.list_dir(store_path.as_str()).await {
         Ok(d) => d,
         // A device that has never uploaded has no root yet: its root is empty, not missing.
@@ -122,7 +122,7 @@ pub(crate) async fn stat(shared: &Shared, access: &Access, path: &str) -> Result
     let rel = any_path(path)?;
     let store_path = access.path_of(&rel);
     let sftp = session(shared).await?;
-    check_resolved(shared, &sftp, access, &store_path, rel.as_str()).await?;
+    check_resolved(shared, (&sftp, Channel::Main), access, &store_path, rel.as_str()).await?;
     match sftp.metadata(store_path.as_str()).await {
         Ok(m) => Ok(OpResult::Stat(entry(rel.file_name().unwrap_or("").to_string(), &m))),
         Err(e) => Err(sftp_failure(shared, "stat", &store_path, rel.as_str(), e).await),
@@ -134,7 +134,7 @@ pub(crate) async fn remove(shared: &Shared, access: &Access, path: &str) -> Resu
     let store_path = access.path_of(&rel);
     let sftp = session(shared).await?;
     // Removing a symlink removes the link, never its target, so only the directory it is in must be inside.
-    check_resolved(shared, &sftp, access, parent(&store_path), rel.as_str()).await?;
+    check_resolved(shared, (&sftp, Channel::Main), access, parent(&store_path), rel.as_str()).await?;
     let meta = match sftp.symlink_metadata(store_path.as_str()).await {
         Ok(m) => m,
         Err(e) => return Err(sftp_failure(shared, "stat", &store_path, rel.as_str(), e).await),
@@ -169,7 +169,7 @@ pub(crate) async fn mkdir(shared: &Shared, access: &Access, path: &str) -> Resul
     )?;
     let sftp = session(shared).await?;
     let store_path = access.path_of(&rel);
-    check_resolved(shared, &sftp, access, &store_path, rel.as_str()).await?;
+    check_resolved(shared, (&sftp, Channel::Main), access, &store_path, rel.as_str()).await?;
     // The device root itself is created on demand, so that a new device can make its first directory.
     ensure_dir(shared, &sftp, &access.root, "").await?;
     if sftp.try_exists(store_path.as_str()).await.unwrap_or(false) {
@@ -195,8 +195,8 @@ pub(crate) async fn rename(
     }
     let sftp = session(shared).await?;
     // A rename moves the link itself, so the directories it moves between must be inside.
-    check_resolved(shared, &sftp, access, parent(&from_path), from_rel.as_str()).await?;
-    check_resolved(shared, &sftp, access, parent(&to_path), to_rel.as_str()).await?;
+    check_resolved(shared, (&sftp, Channel::Main), access, parent(&from_path), from_rel.as_str()).await?;
+    check_resolved(shared, (&sftp, Channel::Main), access, parent(&to_path), to_rel.as_str()).await?;
     if let Err(e) = sftp.symlink_metadata(from_path.as_str()).await {
         return Err(sftp_failure(shared, "stat", &from_path, from_rel.as_str(), e).await);
     }
@@ -261,23 +261,24 @@ pub(crate) fn parent(store_path: &str) -> &str {
 /// this check a link inside a root would hand a device whatever it points at.
 ///
 /// Costs one `realpath` when the path exists and no symlink is on its way (its real path is then the path itself,
-/// which lies inside the root as written, since a device path has no `..`), and one more for each missing last
-/// part (checking the part that exists). Only when a real path differs from the path (a symlink, or a root not
-/// written in canonical form) is the root resolved too, to compare the two: one more round trip.
+/// made absolute from the login directory, and lies inside the root as written, since a device path has no `..`),
+/// and one more for each missing last part (checking the part that exists). Only when a real path differs from the
+/// path (a symlink, or a root not written in canonical form) is the root resolved too, to compare the two: one
+/// more round trip.
 pub(crate) async fn check_resolved(
     shared: &Shared,
-    sftp: &StoreSession,
+    (sftp, channel): (&StoreSession, Channel),
     access: &Access,
     store_path: &str,
     rel: &str,
 ) -> Result<(), Failure> {
-    let mut target = sftp.canonicalize(store_path).await;
+    let mut target = sftp.realpath(channel, store_path).await;
     let mut candidate = store_path;
     loop {
         match target {
-            Ok(real) if real == candidate => return Ok(()),
+            Ok(real) if real == sftp.absolute(candidate) => return Ok(()),
             Ok(real) => {
-                let root = match sftp.canonicalize(access.root.as_str()).await {
+                let root = match sftp.realpath(channel, access.root.as_str()).await {
                     Ok(r) => r,
                     // No root (any more): nothing exists below it, so nothing can lead out.
                     Err(e) if is_not_found(&e) => return Ok(()),
@@ -299,7 +300,7 @@ pub(crate) async fn check_resolved(
                     return Ok(());
                 }
                 candidate = parent(candidate);
-                target = sftp.canonicalize(candidate).await;
+                target = sftp.realpath(channel, candidate).await;
             }
             Err(e) => return Err(sftp_failure(shared, "realpath", store_path, rel, e).await),
         }

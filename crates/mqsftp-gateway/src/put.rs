@@ -122,7 +122,7 @@ async fn serve_put(
 ) -> Result<(), Failure> {
     let sftp = session(shared).await?;
     let final_path = access.path_of(rel);
-    crate::ops::check_resolved(shared, &sftp, access, &final_path, rel.as_str()).await?;
+    crate::ops::check_resolved(shared, (&sftp, crate::store::Channel::Main), access, &final_path, rel.as_str()).await?;
     let (dir, name) = match final_path.rsplit_once('/') {
         Some((d, n)) => (d.to_string(), n.to_string()),
         None => (".".to_string(), final_path.clone()),

@@ -202,6 +202,8 @@ pub struct StoreSession {
     /// Most bytes one SFTP read returns: the server's `limits@openssh.com` `max-read-length` (OpenSSH: 255 KiB),
     /// else [`DEFAULT_MAX_READ`]. Downloads split larger chunks into reads of at most this.
     pub max_read: u32,
+    /// The login directory (the real path of `.`, asked at connect), against which relative store paths resolve.
+    home: String,
     /// Permits for open handles on this session, see [`MAX_OPEN_HANDLES`].
     handles: Arc<tokio::sync::Semaphore>,
     /// The same for the raw channel, which serves downloads ([`StoreSession::open_read`]); each channel has its
@@ -223,6 +225,17 @@ pub struct StoreSession {
 /// downloads hold a window or read ahead at once.
 pub const MAX_OPEN_HANDLES: usize = 32;
 
+/// Which of a session's two SFTP channels a request goes to. On OpenSSH each channel is an `sftp-server` process of
+/// its own, and a request waits for that process to be scheduled: a download's symlink check, stat and open,
+/// which go out together, are answered sooner by one process than by two (`docs/performance.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Listings, uploads, renames, removals.
+    Main,
+    /// Downloads: the check, stat and open of a `get` and then its reads ([`StoreSession::open_read`]).
+    Reads,
+}
+
 /// A permit for one open handle ([`StoreSession::handle_permit`]).
 pub type HandlePermit = tokio::sync::OwnedSemaphorePermit;
 
@@ -239,6 +252,32 @@ impl StoreSession {
         let permit = self.read_handles.clone().acquire_owned().await.ok();
         let opened = self.ext.open(path, OpenFlags::READ, FileAttributes::empty()).await?;
         Ok(ReadFile { session: self.clone(), handle: opened.handle, permit })
+    }
+
+    /// The real path of `path` (symlinks resolved), asked on `channel`.
+    pub async fn realpath(&self, channel: Channel, path: &str) -> Result<String, russh_sftp::client::error::Error> {
+        match channel {
+            Channel::Main => self.sftp.canonicalize(path).await,
+            Channel::Reads => match self.ext.realpath(path).await?.files.into_iter().next() {
+                Some(file) => Ok(file.filename),
+                None => Err(russh_sftp::client::error::Error::UnexpectedBehavior(format!("realpath {path}: no name"))),
+            },
+        }
+    }
+
+    /// `path` made absolute as written, without resolving anything: a relative path is taken from the login
+    /// directory. When no symlink is on its way, this is what [`realpath`](Self::realpath) answers for it.
+    pub fn absolute<'a>(&self, path: &'a str) -> Cow<'a, str> {
+        if path.starts_with('/') {
+            Cow::Borrowed(path)
+        } else {
+            Cow::Owned(format!("{}/{path}", self.home.trim_end_matches('/')))
+        }
+    }
+
+    /// `stat` (symlinks followed) on the channel of downloads.
+    pub async fn stat_for_read(&self, path: &str) -> Result<FileAttributes, russh_sftp::client::error::Error> {
+        Ok(self.ext.stat(path).await?.attrs)
     }
 
     /// `read_dir` within the open-handle limit.
@@ -471,9 +510,16 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
             max_read = u32::try_from(limits.max_read_len).unwrap_or(u32::MAX);
         }
     }
+    let home = match ext.realpath(".").await.map_err(start_err)?.files.into_iter().next() {
+        Some(dir) => dir.filename,
+        None => {
+            let source = russh_sftp::client::error::Error::UnexpectedBehavior("realpath .: no name".into());
+            return Err(start_err(source));
+        }
+    };
     let handles = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES));
     let read_handles = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES));
-    Ok(StoreSession { sftp, ext, fsync, posix_rename, max_read, handles, read_handles, _ssh: session })
+    Ok(StoreSession { sftp, ext, fsync, posix_rename, max_read, home, handles, read_handles, _ssh: session })
 }
 
 /// A shared, lazily (re)connected SFTP session.
