@@ -7,7 +7,8 @@
 //! each received `Bytes` as it is (no copy). A fresh get waits for the thread once, at the commit: the part file is
 //! opened before the request, in place (one `open` that fails when there is none), and the thread fsyncs it as soon
 //! as the last byte is written, while the device waits for the gateway's `get_done`, so that the commit is left
-//! with the rename and the directory fsync. An upload is one thread reading the file ahead, in the
+//! with the rename and the directory fsync; the file the target replaces is held open across the rename and freed
+//! after the commit has answered ([`hold_replaced`]). An upload is one thread reading the file ahead, in the
 //! sender's chunk sizes, into `Bytes` handed to the sender as they are (its one copy is the one into the frame),
 //! instead of a pool round trip and a fresh buffer per chunk.
 //!
