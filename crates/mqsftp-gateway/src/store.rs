@@ -226,8 +226,8 @@ pub struct StoreSession {
 pub const MAX_OPEN_HANDLES: usize = 32;
 
 /// Which of a session's two SFTP channels a request goes to. On OpenSSH each channel is an `sftp-server` process of
-/// its own, and a request waits for that process to be scheduled: a download's symlink check, stat and open,
-/// which go out together, are answered sooner by one process than by two (`docs/performance.md`).
+/// its own, and a request waits for that process to be scheduled: a download's symlink check, stat and open go out
+/// together on the channel of its reads, so that they wake one process, not two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
     /// Listings, uploads, renames, removals.
