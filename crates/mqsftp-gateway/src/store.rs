@@ -268,11 +268,7 @@ impl StoreSession {
     /// `path` made absolute as written, without resolving anything: a relative path is taken from the login
     /// directory. When no symlink is on its way, this is what [`realpath`](Self::realpath) answers for it.
     pub fn absolute<'a>(&self, path: &'a str) -> Cow<'a, str> {
-        if path.starts_with('/') {
-            Cow::Borrowed(path)
-        } else {
-            Cow::Owned(format!("{}/{path}", self.home.trim_end_matches('/')))
-        }
+        absolute_from(&self.home, path)
     }
 
     /// `stat` (symlinks followed) on the channel of downloads.
@@ -522,6 +518,15 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
     Ok(StoreSession { sftp, ext, fsync, posix_rename, max_read, home, handles, read_handles, _ssh: session })
 }
 
+/// `path` made absolute from the directory `home` (an absolute path, as `realpath .` answers it), lexically.
+fn absolute_from<'a>(home: &str, path: &'a str) -> Cow<'a, str> {
+    if path.starts_with('/') {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(format!("{}/{path}", home.trim_end_matches('/')))
+    }
+}
+
 /// A shared, lazily (re)connected SFTP session.
 pub struct Store {
     cfg: SftpConfig,
@@ -564,6 +569,16 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The symlink check's shortcut holds only when this is exactly what `realpath` answers for a path without
+    /// symlinks: one slash between the parts, also below a chroot whose login directory is `/`.
+    #[test]
+    fn store_paths_are_made_absolute_as_realpath_writes_them() {
+        assert_eq!(absolute_from("/", "devices/a/f.bin"), "/devices/a/f.bin");
+        assert_eq!(absolute_from("/home/mqsftp", "devices/a"), "/home/mqsftp/devices/a");
+        assert_eq!(absolute_from("/home/mqsftp/", "devices/a"), "/home/mqsftp/devices/a");
+        assert!(matches!(absolute_from("/home/mqsftp", "/srv/store/a"), Cow::Borrowed("/srv/store/a")));
+    }
 
     #[test]
     fn only_modern_algorithms_are_offered() {
