@@ -8,7 +8,8 @@
 //! opened before the request, in place (one `open` that fails when there is none), and the thread fsyncs it as soon
 //! as the last byte is written, while the device waits for the gateway's `get_done`, so that the commit is left
 //! with the rename and the directory fsync; the file the target replaces is held open across the rename and freed
-//! after the commit has answered ([`hold_replaced`]). An upload is one thread reading the file ahead, in the
+//! after the commit has answered ([`hold_replaced`]). A long download has the kernel start writing its pages to
+//! disk every 8 MiB as they arrive ([`start_writeback`]), so that its final fsync is left with the last few. An upload is one thread reading the file ahead, in the
 //! sender's chunk sizes, into `Bytes` handed to the sender as they are (its one copy is the one into the frame),
 //! instead of a pool round trip and a fresh buffer per chunk.
 //!
@@ -31,6 +32,10 @@ use crate::DeviceError;
 /// Chunks queued for the writer thread: enough to keep the disk busy while the network delivers, few enough that
 /// a slow disk holds back the acknowledgements (and so the gateway) instead of filling memory.
 const WRITE_QUEUE: usize = 4;
+
+/// Bytes appended to a part file between two requests to the kernel to start writing them to disk
+/// ([`start_writeback`]).
+const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
 /// Buffer for reading back what a part file holds, to hash it.
 const HASH_BUF: usize = 256 * 1024;
@@ -182,6 +187,8 @@ fn run_writer(path: PathBuf, mut file: Option<File>, mut queue: mpsc::Receiver<O
     let part_err = |source| CommitError::Part(DeviceError::Local { path: path.clone(), source });
     // Everything written so far is fsynced.
     let mut synced = false;
+    // Bytes appended since the kernel was last asked to start writing them out.
+    let mut unflushed: u64 = 0;
     while let Some(op) = queue.blocking_recv() {
         match op {
             Op::Create => {
@@ -202,6 +209,11 @@ fn run_writer(path: PathBuf, mut file: Option<File>, mut queue: mpsc::Receiver<O
             Op::Write { data, last } => {
                 let f = ensure_open(&mut file, &path).map_err(part_err)?;
                 f.write_all(&data).map_err(part_err)?;
+                unflushed += data.len() as u64;
+                if unflushed >= WRITEBACK_STEP && !last {
+                    start_writeback(f);
+                    unflushed = 0;
+                }
                 // A failed fsync is final (the kernel may drop the dirty pages): the thread stops with it.
                 if last {
                     f.sync_all().map_err(part_err)?;
@@ -223,6 +235,27 @@ fn run_writer(path: PathBuf, mut file: Option<File>, mut queue: mpsc::Receiver<O
     }
     Ok(())
 }
+
+/// Asks the kernel to start writing `f`'s dirty pages to disk now, without waiting for it.
+///
+/// Why: left alone, the kernel keeps a download's pages dirty in memory until the final fsync (up to 30 s, or a
+/// tenth of RAM), which then writes all of them while the device waits: 0.75–1.1 s for 512 MiB on this machine's
+/// disk, against 0.12–0.28 s when the writing was started every 8 MiB as the data arrived (docs/performance.md).
+/// Starting it early also keeps a large download from filling a small device's memory with dirty pages. Advisory:
+/// a failure here is ignored, since the fsync at the commit reports any error writing the file.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn start_writeback(f: &File) {
+    use std::os::fd::AsRawFd;
+    // Offset 0 and length 0: the whole file; pages already being written are skipped.
+    // SAFETY: sync_file_range takes no pointers, and `f` stays open for the duration of the call.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &File) {}
 
 /// The part file opened to read and append, and its length; `None` when there is none.
 fn open_held(path: &Path) -> std::io::Result<Option<(File, u64)>> {
@@ -478,6 +511,64 @@ mod tests {
 
     /// An interruption closes the writer: everything written is in the part file, and the next attempt hashes it
     /// and continues after it.
+    /// Pages of `f` that are dirty (written, not yet being written to disk), from the `cachestat` system call
+    /// (Linux 6.5).
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    fn dirty_pages(f: &File) -> u64 {
+        use std::os::fd::AsRawFd;
+        #[repr(C)]
+        struct Range {
+            off: u64,
+            len: u64,
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct Stat {
+            nr_cache: u64,
+            nr_dirty: u64,
+            nr_writeback: u64,
+            nr_evicted: u64,
+            nr_recently_evicted: u64,
+        }
+        // The same number on every architecture (the calls added since 5.x share one table).
+        const SYS_CACHESTAT: libc::c_long = 451;
+        let range = Range { off: 0, len: 0 };
+        let mut stat = Stat::default();
+        // SAFETY: both pointers are to live structs laid out as the kernel's `cachestat_range` and `cachestat`.
+        let r =
+            unsafe { libc::syscall(SYS_CACHESTAT, f.as_raw_fd(), &range as *const Range, &mut stat as *mut Stat, 0) };
+        assert_eq!(r, 0, "cachestat: {}", std::io::Error::last_os_error());
+        stat.nr_dirty
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_long_download_is_written_to_disk_as_it_arrives_not_all_at_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join(".big.mqsftp-part");
+        let len = 4 * WRITEBACK_STEP as usize;
+        let (mut w, _) = PartWriter::open(&part).unwrap();
+        for c in content(len, 5).chunks(261_120) {
+            w.write(Bytes::copy_from_slice(c), false).await.unwrap();
+        }
+        // Closing does not fsync: whatever is not dirty any more, the writer had the kernel write out.
+        w.close().await.unwrap();
+        let f = File::open(&part).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), len as u64);
+        // Left to itself the kernel keeps these pages dirty for 30 s (`vm.dirty_expire_centisecs`), unless a
+        // tenth of the memory is dirty. Written out as they came, at most the last step's pages are left.
+        let page = 4096;
+        let most = (WRITEBACK_STEP + 261_120) / page + 1;
+        let started = std::time::Instant::now();
+        let mut dirty = dirty_pages(&f);
+        while dirty > most && started.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            dirty = dirty_pages(&f);
+        }
+        assert!(dirty <= most, "{dirty} pages of {} still dirty after 20 s (at most {most} expected)", len / 4096);
+    }
+
     #[tokio::test]
     async fn close_keeps_everything_written_and_a_resume_continues_after_it() {
         let dir = tempfile::tempdir().unwrap();
