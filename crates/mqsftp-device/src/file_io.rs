@@ -511,37 +511,6 @@ mod tests {
 
     /// An interruption closes the writer: everything written is in the part file, and the next attempt hashes it
     /// and continues after it.
-    /// Pages of `f` that are dirty (written, not yet being written to disk), from the `cachestat` system call
-    /// (Linux 6.5).
-    #[cfg(target_os = "linux")]
-    #[allow(unsafe_code)]
-    fn dirty_pages(f: &File) -> u64 {
-        use std::os::fd::AsRawFd;
-        #[repr(C)]
-        struct Range {
-            off: u64,
-            len: u64,
-        }
-        #[repr(C)]
-        #[derive(Default)]
-        struct Stat {
-            nr_cache: u64,
-            nr_dirty: u64,
-            nr_writeback: u64,
-            nr_evicted: u64,
-            nr_recently_evicted: u64,
-        }
-        // The same number on every architecture (the calls added since 5.x share one table).
-        const SYS_CACHESTAT: libc::c_long = 451;
-        let range = Range { off: 0, len: 0 };
-        let mut stat = Stat::default();
-        // SAFETY: both pointers are to live structs laid out as the kernel's `cachestat_range` and `cachestat`.
-        let r =
-            unsafe { libc::syscall(SYS_CACHESTAT, f.as_raw_fd(), &range as *const Range, &mut stat as *mut Stat, 0) };
-        assert_eq!(r, 0, "cachestat: {}", std::io::Error::last_os_error());
-        stat.nr_dirty
-    }
-
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_long_download_is_written_to_disk_as_it_arrives_not_all_at_the_commit() {
@@ -561,10 +530,10 @@ mod tests {
         let page = 4096;
         let most = (WRITEBACK_STEP + 261_120) / page + 1;
         let started = std::time::Instant::now();
-        let mut dirty = dirty_pages(&f);
+        let mut dirty = mqsftp_testkit::dirty_pages(&f).unwrap();
         while dirty > most && started.elapsed() < std::time::Duration::from_secs(20) {
             std::thread::sleep(std::time::Duration::from_millis(50));
-            dirty = dirty_pages(&f);
+            dirty = mqsftp_testkit::dirty_pages(&f).unwrap();
         }
         assert!(dirty <= most, "{dirty} pages of {} still dirty after 20 s (at most {most} expected)", len / 4096);
     }

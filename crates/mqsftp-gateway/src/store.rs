@@ -194,7 +194,7 @@ fn load_key(cfg: &SftpConfig) -> Result<russh::keys::PrivateKey, StoreError> {
 pub struct StoreSession {
     /// The SFTP client.
     pub sftp: SftpSession,
-    ext: RawSftpSession,
+    ext: Arc<RawSftpSession>,
     /// The server offers `fsync@openssh.com`, so `File::sync_all` really syncs.
     pub fsync: bool,
     /// The server offers `posix-rename@openssh.com` (rename that replaces the target atomically).
@@ -209,7 +209,14 @@ pub struct StoreSession {
     /// The same for the raw channel, which serves downloads ([`StoreSession::open_read`]); each channel has its
     /// own `sftp-server` and so its own handle numbers.
     read_handles: Arc<tokio::sync::Semaphore>,
-    _ssh: client::Handle<PinnedHostKey>,
+    /// A third channel, opened at the first long upload: it only fsyncs uploads as they arrive
+    /// ([`StoreSession::open_for_writeback`]). `None` inside when it could not be opened.
+    writebacks: tokio::sync::OnceCell<Option<Arc<RawSftpSession>>>,
+    /// The same limit for that channel.
+    writeback_handles: Arc<tokio::sync::Semaphore>,
+    /// Seconds an SFTP request may take, for channels opened later.
+    request_timeout: u64,
+    ssh: client::Handle<PinnedHostKey>,
 }
 
 /// Most files and directories the gateway keeps open at once on one SFTP session; further transfers wait for a
@@ -252,6 +259,37 @@ impl StoreSession {
         let permit = self.read_handles.clone().acquire_owned().await.ok();
         let opened = self.ext.open(path, OpenFlags::READ, FileAttributes::empty()).await?;
         Ok(ReadFile { session: self.clone(), handle: opened.handle, permit })
+    }
+
+    /// Opens `path` (an upload's temporary file, being written on the main channel) on a channel of its own, to
+    /// have the store write what it holds to disk while more arrives ([`WritebackFile::sync`]). `None` when the
+    /// server lacks `fsync@openssh.com`, when that channel cannot be opened, when it has as many handles open as
+    /// allowed (this never waits), or when the open fails: the upload then goes on without it, and its commit
+    /// writes everything at once, as it always does.
+    ///
+    /// Why a channel of its own: on OpenSSH each channel is one `sftp-server` process that serves its requests
+    /// one after another, and an fsync holds it until the disk has the data; on the main channel that would stall
+    /// the upload's own writes, on the reads channel every download's reads.
+    pub async fn open_for_writeback(&self, path: &str) -> Option<WritebackFile> {
+        if !self.fsync {
+            return None;
+        }
+        let permit = self.writeback_handles.clone().try_acquire_owned().ok()?;
+        let channel = self
+            .writebacks
+            .get_or_init(|| async {
+                match raw_channel(&self.ssh, self.request_timeout).await {
+                    Ok((channel, _)) => Some(Arc::new(channel)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open an SFTP channel for fsyncs during uploads");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()?;
+        let opened = channel.open(path, OpenFlags::READ, FileAttributes::empty()).await.ok()?;
+        Some(WritebackFile { channel, handle: opened.handle, permit: Some(permit) })
     }
 
     /// The real path of `path` (symlinks resolved), asked on `channel`.
@@ -380,13 +418,39 @@ impl ReadFile {
 
 impl Drop for ReadFile {
     fn drop(&mut self) {
-        let (session, handle, permit) = (self.session.clone(), std::mem::take(&mut self.handle), self.permit.take());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = session.ext.close(handle).await;
-                drop(permit);
-            });
-        }
+        close_later(self.session.ext.clone(), std::mem::take(&mut self.handle), self.permit.take());
+    }
+}
+
+/// An upload's temporary file, opened read-only on the writeback channel ([`StoreSession::open_for_writeback`]).
+pub struct WritebackFile {
+    channel: Arc<RawSftpSession>,
+    handle: String,
+    permit: Option<HandlePermit>,
+}
+
+impl WritebackFile {
+    /// Has the store fsync the file: what was written to it so far (through any handle) goes to disk. Advisory:
+    /// the commit's own fsync is what makes an upload durable, and reports any error writing it.
+    pub async fn sync(&self) -> Result<(), russh_sftp::client::error::Error> {
+        self.channel.fsync(self.handle.as_str()).await.map(drop)
+    }
+}
+
+impl Drop for WritebackFile {
+    fn drop(&mut self) {
+        close_later(self.channel.clone(), std::mem::take(&mut self.handle), self.permit.take());
+    }
+}
+
+/// Closes `handle` on `channel` in the background (a drop cannot wait), then releases its permit: the server frees
+/// the handle's number before another open can take the permit.
+fn close_later(channel: Arc<RawSftpSession>, handle: String, permit: Option<HandlePermit>) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let _ = channel.close(handle).await;
+            drop(permit);
+        });
     }
 }
 
@@ -492,11 +556,10 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
         ..Default::default()
     };
     let sftp = SftpSession::new_with_config(channel.into_stream(), sftp_cfg).await.map_err(start_err)?;
-    let channel = session.channel_open_session().await.map_err(ssh_err)?;
-    channel.request_subsystem(true, "sftp").await.map_err(ssh_err)?;
-    let ext = RawSftpSession::new(channel.into_stream());
-    ext.set_timeout(request_timeout);
-    let version = ext.init().await.map_err(start_err)?;
+    let (ext, version) = raw_channel(&session, request_timeout).await.map_err(|e| match e {
+        RawChannelError::Ssh(e) => ssh_err(e),
+        RawChannelError::Sftp(e) => start_err(e),
+    })?;
     let offers = |name: &str| version.extensions.contains_key(name);
     let (fsync, posix_rename) = (offers("fsync@openssh.com"), offers(POSIX_RENAME));
     let mut max_read = DEFAULT_MAX_READ;
@@ -515,7 +578,43 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
     };
     let handles = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES));
     let read_handles = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES));
-    Ok(StoreSession { sftp, ext, fsync, posix_rename, max_read, home, handles, read_handles, _ssh: session })
+    Ok(StoreSession {
+        sftp,
+        ext: Arc::new(ext),
+        fsync,
+        posix_rename,
+        max_read,
+        home,
+        handles,
+        read_handles,
+        writebacks: tokio::sync::OnceCell::new(),
+        writeback_handles: Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES)),
+        request_timeout,
+        ssh: session,
+    })
+}
+
+/// Why [`raw_channel`] failed.
+#[derive(Debug, thiserror::Error)]
+enum RawChannelError {
+    #[error("opening an SSH channel for SFTP failed: {0}")]
+    Ssh(#[from] russh::Error),
+    #[error("starting SFTP on a new channel failed: {0}")]
+    Sftp(#[from] russh_sftp::client::error::Error),
+}
+
+/// A new SFTP channel on `ssh`, driven by the raw session (requests sent as they are), and the server's version
+/// answer (its extensions).
+async fn raw_channel(
+    ssh: &client::Handle<PinnedHostKey>,
+    request_timeout: u64,
+) -> Result<(RawSftpSession, russh_sftp::protocol::Version), RawChannelError> {
+    let channel = ssh.channel_open_session().await?;
+    channel.request_subsystem(true, "sftp").await?;
+    let raw = RawSftpSession::new(channel.into_stream());
+    raw.set_timeout(request_timeout);
+    let version = raw.init().await?;
+    Ok((raw, version))
 }
 
 /// `path` made absolute from the directory `home` (an absolute path, as `realpath .` answers it), lexically.

@@ -67,4 +67,6 @@ mod sys;
 pub use config::HOST;
 pub use error::TestkitError;
 pub use stack::Stack;
+#[cfg(target_os = "linux")]
+pub use sys::dirty_pages;
 pub use sys::Program;

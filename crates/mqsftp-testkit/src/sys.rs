@@ -141,3 +141,58 @@ pub(crate) fn free_port() -> Result<u16, TestkitError> {
     let port = listener.local_addr().map_err(TestkitError::FreePort)?.port();
     Ok(port)
 }
+
+/// How many of `file`'s pages in the page cache are dirty: written, and not yet being written to disk. From the
+/// `cachestat` system call (Linux 6.5 and later; an older kernel is an error, not a zero).
+///
+/// Tests use it to see that a long transfer has the kernel write its data as it arrives: left alone, the kernel
+/// keeps a file's pages dirty for 30 s (`vm.dirty_expire_centisecs`) unless a tenth of the memory is dirty.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn dirty_pages(file: &std::fs::File) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    /// The kernel's `struct cachestat_range`: offset and length, 0 meaning to the end.
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    /// The kernel's `struct cachestat`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct CacheStat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    // The same number on every architecture: system calls added since Linux 5.1 share one table.
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let range = Range { off: 0, len: 0 };
+    let mut stat = CacheStat::default();
+    // SAFETY: both pointers are to live values laid out as the kernel's structs; the call writes only `stat`.
+    let r = unsafe {
+        libc::syscall(SYS_CACHESTAT, file.as_raw_fd(), &range as *const Range, &mut stat as *mut CacheStat, 0)
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.nr_dirty)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::io::Write;
+
+    #[test]
+    fn dirty_pages_counts_what_is_written_and_not_what_is_synced() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![7u8; 1 << 20]).unwrap();
+        let dirty = super::dirty_pages(&f).unwrap();
+        assert!(dirty >= (1 << 20) / 4096, "{dirty} dirty pages after writing 1 MiB");
+        f.sync_all().unwrap();
+        assert_eq!(super::dirty_pages(&f).unwrap(), 0);
+    }
+}

@@ -365,6 +365,49 @@ async fn changed_at_1_mib(size: usize) {
     gw.stop().await;
 }
 
+/// A long upload has the store write its temporary file to disk as the data arrives (the gateway fsyncs it every
+/// 8 MiB, on an SFTP channel of its own), not all at the commit. Left alone, the store's kernel would keep every
+/// page written dirty for 30 s, so the count would only grow with the upload; here it falls back below one step
+/// again and again while the upload runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_upload_is_written_to_the_stores_disk_as_it_arrives() {
+    let stack = start_stack();
+    // Paced, so that the upload is still running while the test looks.
+    set_policy(&stack, "[default]\nrate = \"8 MiB\"\n");
+    let gw = RunningGateway::start(&stack).await;
+    let cfg = mqsftp_device::DeviceConfig::load(&stack.device("flusher").unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("big.bin");
+    let data = content(64 << 20, 9);
+    std::fs::write(&local, &data).unwrap();
+    let client = connect(&cfg).await;
+    let (mut put, mut done) = spawn_put(client, local.clone(), "big.bin");
+    let reached = tokio::time::timeout(LIMIT, done.wait_for(|d| *d >= 24 << 20)).await.expect("progress").is_ok();
+    assert!(reached, "upload ended early: {:?}", (&mut put).await);
+    let root = stack.device_root("flusher");
+    let parts = part_files(&root);
+    assert_eq!(parts.len(), 1, "one temporary file: {parts:?}");
+    let part = std::fs::File::open(&parts[0]).unwrap();
+    let (page, step_pages) = (4096, (8 << 20) / 4096);
+    let mut least = u64::MAX;
+    let mut samples = 0;
+    while *done.borrow() < 56 << 20 && !put.is_finished() {
+        least = least.min(mqsftp_testkit::dirty_pages(&part).unwrap());
+        samples += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(samples >= 10, "only {samples} looks while the upload ran");
+    assert!(
+        least <= step_pages * 3 / 2,
+        "the temporary file never had fewer than {least} dirty pages ({} MiB) after 24 MiB were uploaded",
+        least * page / (1 << 20)
+    );
+    tokio::time::timeout(LIMIT, put).await.unwrap().unwrap().unwrap();
+    assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), data);
+    assert!(part_files(&root).is_empty());
+    gw.stop().await;
+}
+
 /// An upload committed by one gateway whose answer never reached the device: the device asks again (a put resuming
 /// the transfer), and another gateway, which never saw it, finds the target holding exactly the announced bytes
 /// and answers as for a commit, instead of `exists` for the device's own file. A target with other bytes is still
