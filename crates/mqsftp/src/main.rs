@@ -277,6 +277,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_filter(&cli.command))),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a service's log goes to a file or journald, where they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // The device commands run one transfer: a single-threaded runtime saves the cross-thread wake-ups between the
     // MQTT event loop and the transfer (docs/performance.md). The gateway runs as many threads as its config's

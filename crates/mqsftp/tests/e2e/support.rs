@@ -283,6 +283,8 @@ impl GatewayProcess {
         let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let ready = async {
             while let Some(line) = lines.next_line().await.unwrap() {
+                // Written to a pipe (a file, journald), not a terminal: no colour codes in the way.
+                assert!(!line.contains('\x1b'), "terminal escape codes in the gateway's log: {line:?}");
                 if line.contains("gateway connected") {
                     return true;
                 }
