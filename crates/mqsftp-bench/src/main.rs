@@ -5,7 +5,8 @@
 //! * `throughput`: OpenSSH `sftp` get/put of the same file with the gateway's key and cipher (and the other
 //!   cipher), and `mqsftp get`/`put` of it, interleaved `--runs` times, medians;
 //! * `broker`: Mosquitto's own TLS publisher→subscriber throughput (rumqttc, QoS 1) at the gateway's chunk size;
-//! * `latency`: 1 KiB gets on one warm device connection (`mqsftp-device` library), p50/p99;
+//! * `latency`: 1 KiB gets on one warm device connection (`mqsftp-device` library), p50/p99, and the same get as
+//!   a whole `mqsftp get` process and a whole OpenSSH `sftp` process (connection and all);
 //! * `loaded`: pings while many downloads run, with the gateway straight on the broker and then through a relay
 //!   that makes its link to the broker the slowest part: how long an answer waits behind chunks;
 //! * `devices`: N devices, each with its own certificate and connection, all getting 256 KiB at once;
@@ -52,6 +53,9 @@ const SLOW_LINK_RATE: u64 = 32_000_000;
 const SLOW_LINK_FILE: u64 = 2 * 1024 * 1024;
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// Runs of a whole `mqsftp get` process (and of `sftp`) for 1 KiB in the latency scenario.
+const CLI_ROUNDS: usize = 30;
 
 const SCENARIOS: [&str; 6] = ["throughput", "broker", "latency", "loaded", "devices", "big"];
 
@@ -231,6 +235,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
         drop(device);
         gw.check_alive()?;
         let lat = lat?;
+        eprintln!("latency: {CLI_ROUNDS} runs each of `mqsftp get` and `sftp` for 1 KiB, whole processes");
+        let (cli_ms, sftp_cli_ms) = scenarios::small_cli_gets(&env, ciphers().0, CLI_ROUNDS)?;
+        gw.check_alive()?;
         gw.stop();
         for (key, label, v, p) in [
             ("latency_p50_ms", "1 KiB get round trip p50 (warm)", &lat.get_ms, 50.0),
@@ -244,6 +251,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 &lat.commit_ms,
                 50.0,
             ),
+            ("cli_get_p50_ms", "1 KiB get, a whole `mqsftp get` process, p50", &cli_ms, 50.0),
+            ("sftp_cli_get_p50_ms", "1 KiB get, a whole OpenSSH `sftp` process, p50", &sftp_cli_ms, 50.0),
         ] {
             if let Some(x) = percentile(v, p) {
                 r.figure(key, label, "ms", x);

@@ -180,6 +180,22 @@ pub async fn small_gets(env: &Env, requests: usize) -> anyhow::Result<Latencies>
     Ok(Latencies { get_ms, ping_ms, sftp_ms, commit_ms })
 }
 
+/// One 1 KiB get as a user runs it, `rounds` times each way, interleaved: the whole `mqsftp get` process (start,
+/// TLS connect, get, verify, commit, exit) and the whole OpenSSH `sftp` process (start, SSH handshake, key login,
+/// get, exit) with `cipher`. Wall times in ms, sorted: (mqsftp, sftp).
+pub fn small_cli_gets(env: &Env, cipher: &str, rounds: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let name = "small-1k.bin";
+    store_file(env, name, 1024)?;
+    let (mut ours, mut theirs) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for _ in 0..rounds {
+        ours.push(mqsftp_get(env, name, 1024)?.elapsed.as_secs_f64() * 1e3);
+        theirs.push(sftp_get(env, cipher, name, 1024)?.elapsed.as_secs_f64() * 1e3);
+    }
+    ours.sort_by(f64::total_cmp);
+    theirs.sort_by(f64::total_cmp);
+    Ok((ours, theirs))
+}
+
 /// What the gateway asks of the SFTP server for a 1 KiB get, timed `rounds` times on a session of its own (with
 /// the gateway's key and settings, warmed up first): stat and open in one round trip, then the read.
 async fn store_round_trips(env: &Env, name: &str, rounds: usize) -> anyhow::Result<Vec<f64>> {

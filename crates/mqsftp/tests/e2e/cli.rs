@@ -282,3 +282,17 @@ async fn pki_passphrase_lifetimes_revoke_reissue_and_encrypt_key() {
     ok(&cli(&["pki", "encrypt-key", k], cwd, &[("MQSFTP_PKI_PASSPHRASE", "device secret")]).await);
     fails_with(&cli(&["pki", "encrypt-key", k, "--passphrase-file", pass_arg], cwd, &[]).await, "already encrypted");
 }
+
+/// The binary is built without aws-lc's CPU jitter entropy (`.cargo/config.toml`): gathering it cost every
+/// `mqsftp get` or `put` process 60-100 ms of CPU before its first TLS handshake, most of a 1 KiB get's 80 ms
+/// (docs/performance.md). Its code is only linked in when the build includes it.
+#[test]
+fn the_binary_is_built_without_cpu_jitter_entropy() {
+    let binary = std::fs::read(BIN).unwrap();
+    let needle = b"jent_read_entropy";
+    let found = binary.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        !found,
+        "{BIN} contains aws-lc's jitter entropy; is AWS_LC_SYS_NO_JITTER_ENTROPY set in .cargo/config.toml?"
+    );
+}
