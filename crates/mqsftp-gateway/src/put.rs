@@ -14,7 +14,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::ops::{ensure_dir, move_into_place, session, sftp_failure, PART_SUFFIX};
 use crate::policy::Access;
 use crate::server::{confine_file, Claim, Ctl, Failure, Registration, Shared};
-use crate::store::StoreSession;
+use crate::store::{StoreSession, WritebackFile};
 
 /// Bytes written to an upload's temporary file between two fsyncs that have the store write them to disk as the
 /// upload goes on ([`Writeback`]).
@@ -174,7 +174,7 @@ async fn serve_put(
             Err(e) => return Err(sftp_failure(shared, "create", &part.path, rel.as_str(), e).await),
         }
     };
-    let writeback = Writeback::start(&sftp, &part.path, receiver.received(), req.size);
+    let mut writeback = Writeback::start(&sftp, &part.path, receiver.received(), req.size);
     let t = shared.cfg.transfer;
     let bucket = shared.buckets.get(device, access.rate);
     let mut session = req.session.clone();
@@ -254,6 +254,9 @@ async fn serve_put(
                 }
                 // A failing commit is answered to this commit (the device waits for its answer), not to the put.
                 *reply = (id.clone(), session.clone());
+                if let Some(w) = writeback.take() {
+                    w.finish().await;
+                }
                 match commit(shared, &sftp, &mut part, file.take(), (&final_path, rel), req.overwrite).await {
                     Ok(durable) => {
                         let answer =
@@ -306,8 +309,9 @@ async fn serve_put(
 /// is left with the last step. At most one of these fsyncs is in flight per upload; one that is still running when
 /// the next step is reached covers it. Advisory throughout: the commit's fsync is what makes the upload durable.
 struct Writeback {
-    written: tokio::sync::watch::Sender<u64>,
-    task: tokio::task::JoinHandle<()>,
+    written: Option<tokio::sync::watch::Sender<u64>>,
+    /// Ends when `written` is dropped, handing back the file it opened (if any), or at a failure.
+    task: tokio::task::JoinHandle<Option<WritebackFile>>,
 }
 
 impl Writeback {
@@ -329,25 +333,37 @@ impl Writeback {
                 if file.is_none() {
                     file = sftp.open_for_writeback(&path).await;
                 }
-                let Some(f) = &file else { return };
+                let Some(f) = &file else { return None };
                 if let Err(e) = f.sync().await {
                     tracing::debug!(error = %e, "fsync during the upload failed; the commit's fsync decides");
-                    return;
+                    return file;
                 }
                 synced = at;
             }
+            file
         });
-        Some(Writeback { written, task })
+        Some(Writeback { written: Some(written), task })
     }
 
     /// The temporary file holds `at` bytes (written or queued on the main channel).
     fn wrote(&self, at: u64) {
-        self.written.send_replace(at);
+        if let Some(w) = &self.written {
+            w.send_replace(at);
+        }
+    }
+
+    /// Before the commit: lets an fsync in flight finish (the commit's own fsync would wait for the disk as long)
+    /// and closes the handle, so that no handle of this upload is open on the store when its file is renamed.
+    async fn finish(mut self) {
+        drop(self.written.take());
+        if let Ok(Some(file)) = (&mut self.task).await {
+            file.close().await;
+        }
     }
 }
 
 impl Drop for Writeback {
-    /// The upload ended (committed, failed or gone): no more fsyncs; the handle is closed.
+    /// The upload ended without a commit (failed or gone): no more fsyncs; the handle is closed in the background.
     fn drop(&mut self) {
         self.task.abort();
     }

@@ -435,11 +435,19 @@ impl WritebackFile {
     pub async fn sync(&self) -> Result<(), russh_sftp::client::error::Error> {
         self.channel.fsync(self.handle.as_str()).await.map(drop)
     }
+
+    /// Closes the handle and waits for the server's answer (dropping it closes in the background).
+    pub async fn close(mut self) {
+        let _ = self.channel.close(std::mem::take(&mut self.handle)).await;
+        drop(self.permit.take());
+    }
 }
 
 impl Drop for WritebackFile {
     fn drop(&mut self) {
-        close_later(self.channel.clone(), std::mem::take(&mut self.handle), self.permit.take());
+        if !self.handle.is_empty() {
+            close_later(self.channel.clone(), std::mem::take(&mut self.handle), self.permit.take());
+        }
     }
 }
 

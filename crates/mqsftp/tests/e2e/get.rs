@@ -69,19 +69,6 @@ async fn two_devices_get_concurrently_each_their_own_file() {
     gw.stop().await;
 }
 
-/// Processes holding `path` open (from `/proc/*/fd`, as far as this user may look).
-fn holders(path: &std::path::Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = proc_dir.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fd")) else { continue };
-        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path)) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 /// The gateway closes a download's store file as soon as it has read the whole of it, not once the device has
 /// acknowledged the last chunk (the chunks it may resend are kept in memory): a device that stops acknowledging
 /// does not hold a handle on the store, and a small get's close does not compete with the device's commit.

@@ -403,7 +403,13 @@ async fn a_long_upload_is_written_to_the_stores_disk_as_it_arrives() {
         least * page / (1 << 20)
     );
     tokio::time::timeout(LIMIT, put).await.unwrap().unwrap().unwrap();
-    assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), data);
+    // The handle those fsyncs went through is closed, not leaked: nothing holds the file now but this test (its
+    // `part`, the same file under its old name, which shows that the scan sees it).
+    let target = root.join("big.bin");
+    assert!(holders(&target).contains(&std::process::id()), "the scan sees {}", target.display());
+    drop(part);
+    assert_eq!(holders(&target), Vec::<u32>::new(), "{} still open", target.display());
+    assert_eq!(std::fs::read(&target).unwrap(), data);
     assert!(part_files(&root).is_empty());
     gw.stop().await;
 }

@@ -398,3 +398,23 @@ pub fn remote_code(e: mqsftp_device::DeviceError) -> mqsftp_device::ErrorCode {
         other => panic!("expected a remote error, got {other}"),
     }
 }
+
+/// Processes holding the file at `path` open, under whatever name they opened it (from `/proc/*/fd`, as far as
+/// this user may look): compared by device and inode, so a handle opened under a name since renamed or removed
+/// (an upload's temporary file, linked to its target and unlinked) counts.
+pub fn holders(path: &std::path::Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut pids = Vec::new();
+    for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = proc_dir.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(proc_dir.path().join("fd")) else { continue };
+        let same = |fd: std::fs::DirEntry| {
+            std::fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == (file.dev(), file.ino()))
+        };
+        if fds.flatten().any(same) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
