@@ -342,13 +342,19 @@ async fn a_file_changed_after_its_last_byte_was_read_is_not_committed() {
     changed_at_1_mib((1 << 20) + p.window as usize * p.chunk_size as usize / 2).await;
 }
 
+/// A stack whose policy paces every device at `rate` per second, its gateway, and the config of `device`.
+async fn paced(rate: &str, device: &str) -> (mqsftp_testkit::Stack, RunningGateway, mqsftp_device::DeviceConfig) {
+    let stack = start_stack();
+    set_policy(&stack, &format!("[default]\nrate = \"{rate}\"\n"));
+    let gw = RunningGateway::start(&stack).await;
+    let cfg = mqsftp_device::DeviceConfig::load(&stack.device(device).unwrap()).unwrap();
+    (stack, gw, cfg)
+}
+
 /// Uploads a file of `size` bytes paced at 1 MiB/s, rewrites it once 1 MiB is acknowledged, and expects
 /// `LocalChanged` naming it, with nothing committed.
 async fn changed_at_1_mib(size: usize) {
-    let stack = start_stack();
-    set_policy(&stack, "[default]\nrate = \"1 MiB\"\n");
-    let gw = RunningGateway::start(&stack).await;
-    let cfg = mqsftp_device::DeviceConfig::load(&stack.device("changer").unwrap()).unwrap();
+    let (stack, gw, cfg) = paced("1 MiB", "changer").await;
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("f.bin");
     std::fs::write(&local, content(size, 5)).unwrap();
@@ -371,11 +377,8 @@ async fn changed_at_1_mib(size: usize) {
 /// again and again while the upload runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_upload_is_written_to_the_stores_disk_as_it_arrives() {
-    let stack = start_stack();
     // Paced, so that the upload is still running while the test looks.
-    set_policy(&stack, "[default]\nrate = \"8 MiB\"\n");
-    let gw = RunningGateway::start(&stack).await;
-    let cfg = mqsftp_device::DeviceConfig::load(&stack.device("flusher").unwrap()).unwrap();
+    let (stack, gw, cfg) = paced("8 MiB", "flusher").await;
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("big.bin");
     let data = content(64 << 20, 9);
