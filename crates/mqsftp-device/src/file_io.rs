@@ -9,9 +9,9 @@
 //! as the last byte is written, while the device waits for the gateway's `get_done`, so that the commit is left
 //! with the rename and the directory fsync; the file the target replaces is held open across the rename and freed
 //! after the commit has answered ([`hold_replaced`]). A long download has the kernel start writing its pages to
-//! disk every 8 MiB as they arrive ([`start_writeback`]), so that its final fsync is left with the last few. An upload is one thread reading the file ahead, in the
-//! sender's chunk sizes, into `Bytes` handed to the sender as they are (its one copy is the one into the frame),
-//! instead of a pool round trip and a fresh buffer per chunk.
+//! disk every 8 MiB as they arrive ([`start_writeback`]), so that its final fsync is left with the last few. An
+//! upload is one thread reading the file ahead, in the sender's chunk sizes, into `Bytes` handed to the sender as
+//! they are (its one copy is the one into the frame), instead of a pool round trip and a fresh buffer per chunk.
 //!
 //! - [`PartWriter`]: the part file of a download (`.{name}.mqsftp-part`): open, hash what it holds, append, then
 //!   either commit (data fsynced, renamed to the target, directory fsynced) or close (everything sent is in the
@@ -509,8 +509,8 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), Vec::<u8>::new());
     }
 
-    /// An interruption closes the writer: everything written is in the part file, and the next attempt hashes it
-    /// and continues after it.
+    /// A long download has the kernel write its pages as they arrive (every [`WRITEBACK_STEP`]), so that the
+    /// commit's fsync is left with the last step instead of the whole file.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_long_download_is_written_to_disk_as_it_arrives_not_all_at_the_commit() {
@@ -538,6 +538,8 @@ mod tests {
         assert!(dirty <= most, "{dirty} pages of {} still dirty after 20 s (at most {most} expected)", len / 4096);
     }
 
+    /// An interruption closes the writer: everything written is in the part file, and the next attempt hashes it
+    /// and continues after it.
     #[tokio::test]
     async fn close_keeps_everything_written_and_a_resume_continues_after_it() {
         let dir = tempfile::tempdir().unwrap();
