@@ -147,8 +147,11 @@ pub struct Latencies {
     pub commit_ms: Vec<f64>,
 }
 
+/// The 1 KiB file on the store that the latency scenario gets.
+const SMALL_FILE: &str = "small-1k.bin";
+
 pub async fn small_gets(env: &Env, requests: usize) -> anyhow::Result<Latencies> {
-    let name = "small-1k.bin";
+    let name = SMALL_FILE;
     store_file(env, name, 1024)?;
     let cfg = DeviceConfig::load(&env.device_toml)?;
     let mut client = Client::connect(&cfg).await?;
@@ -184,7 +187,7 @@ pub async fn small_gets(env: &Env, requests: usize) -> anyhow::Result<Latencies>
 /// TLS connect, get, verify, commit, exit) and the whole OpenSSH `sftp` process (start, SSH handshake, key login,
 /// get, exit) with `cipher`. Wall times in ms, sorted: (mqsftp, sftp).
 pub fn small_cli_gets(env: &Env, cipher: &str, rounds: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let name = "small-1k.bin";
+    let name = SMALL_FILE;
     store_file(env, name, 1024)?;
     let (mut ours, mut theirs) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
     for _ in 0..rounds {

@@ -232,7 +232,8 @@ pub struct StoreSession {
 /// downloads hold a window or read ahead at once.
 pub const MAX_OPEN_HANDLES: usize = 32;
 
-/// Which of a session's two SFTP channels a request goes to. On OpenSSH each channel is an `sftp-server` process of
+/// Which of a session's SFTP channels a request goes to (a third one only fsyncs long uploads,
+/// [`StoreSession::open_for_writeback`]). On OpenSSH each channel is an `sftp-server` process of
 /// its own, and a request waits for that process to be scheduled: a download's symlink check, stat and open go out
 /// together on the channel of its reads, so that they wake one process, not two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,10 +297,7 @@ impl StoreSession {
     pub async fn realpath(&self, channel: Channel, path: &str) -> Result<String, russh_sftp::client::error::Error> {
         match channel {
             Channel::Main => self.sftp.canonicalize(path).await,
-            Channel::Reads => match self.ext.realpath(path).await?.files.into_iter().next() {
-                Some(file) => Ok(file.filename),
-                None => Err(russh_sftp::client::error::Error::UnexpectedBehavior(format!("realpath {path}: no name"))),
-            },
+            Channel::Reads => raw_realpath(&self.ext, path).await,
         }
     }
 
@@ -577,13 +575,7 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
             max_read = u32::try_from(limits.max_read_len).unwrap_or(u32::MAX);
         }
     }
-    let home = match ext.realpath(".").await.map_err(start_err)?.files.into_iter().next() {
-        Some(dir) => dir.filename,
-        None => {
-            let source = russh_sftp::client::error::Error::UnexpectedBehavior("realpath .: no name".into());
-            return Err(start_err(source));
-        }
-    };
+    let home = raw_realpath(&ext, ".").await.map_err(start_err)?;
     let handles = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES));
     let read_handles = Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_HANDLES));
     Ok(StoreSession {
@@ -623,6 +615,14 @@ async fn raw_channel(
     raw.set_timeout(request_timeout);
     let version = raw.init().await?;
     Ok((raw, version))
+}
+
+/// The real path of `path`, asked on a raw channel (which answers with a list of names: the first is it).
+async fn raw_realpath(raw: &RawSftpSession, path: &str) -> Result<String, russh_sftp::client::error::Error> {
+    match raw.realpath(path).await?.files.into_iter().next() {
+        Some(file) => Ok(file.filename),
+        None => Err(russh_sftp::client::error::Error::UnexpectedBehavior(format!("realpath {path}: no name"))),
+    }
 }
 
 /// `path` made absolute from the directory `home` (an absolute path, as `realpath .` answers it), lexically.
