@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use mqsftp_sftpd::{Sftpd, SftpdConfig};
+use mqsftp_sftpd::{OpenFiles, Sftpd, SftpdConfig};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -40,6 +40,7 @@ async fn main() {
         host_key,
         authorized_keys: pki.join("authorized_keys"),
         user: "mqsftp".into(),
+        open_files: OpenFiles::Shared,
     };
     let server = Sftpd::start(listener, config).await.unwrap();
     let port = server.local_addr().port();

@@ -10,16 +10,18 @@
 //! Errors map to SFTP status codes the way OpenSSH's `sftp-server` maps errno (`errno_to_portable`), and the
 //! messages sent to clients never contain host paths.
 
+use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timestamps, CWD};
 use rustix::io::Errno;
 
-use crate::SftpdError;
+use crate::{OpenFiles, SftpdError};
 
 /// A request that failed: the status code and the message for the client.
 #[derive(Debug)]
@@ -92,17 +94,76 @@ pub(crate) enum Last {
 pub(crate) struct Root {
     /// Canonical (absolute, no links).
     dir: PathBuf,
+    /// The files open in any session, by device and inode, when open files may not be renamed or removed
+    /// ([`OpenFiles::Locked`]); `None` when they may.
+    locked: Option<Arc<Mutex<HashMap<(u64, u64), usize>>>>,
+}
+
+/// A file open in some session while [`OpenFiles::Locked`] is in force: counted until dropped (when its handle is
+/// closed, or its session ends).
+#[derive(Debug)]
+pub(crate) struct OpenLock {
+    key: (u64, u64),
+    locked: Arc<Mutex<HashMap<(u64, u64), usize>>>,
+}
+
+impl Drop for OpenLock {
+    fn drop(&mut self) {
+        let mut open = lock(&self.locked);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Root {
-    pub(crate) fn open(path: &Path) -> Result<Root, SftpdError> {
+    pub(crate) fn open(path: &Path, open_files: OpenFiles) -> Result<Root, SftpdError> {
         let err = |reason: String| SftpdError::Root { path: path.to_path_buf(), reason };
         let md = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
         if !md.is_dir() {
             return Err(err("not a directory".into()));
         }
         let dir = std::fs::canonicalize(path).map_err(|e| err(e.to_string()))?;
-        Ok(Root { dir })
+        let locked = (open_files == OpenFiles::Locked).then(Arc::default);
+        Ok(Root { dir, locked })
+    }
+
+    /// Counts `file` as open until the returned lock is dropped, if open files are locked.
+    pub(crate) fn lock_open(&self, file: &File) -> Result<Option<OpenLock>, Fail> {
+        let Some(locked) = &self.locked else { return Ok(None) };
+        let md = file.metadata()?;
+        let key = (md.dev(), md.ino());
+        *lock(locked).entry(key).or_default() += 1;
+        Ok(Some(OpenLock { key, locked: locked.clone() }))
+    }
+
+    /// Runs `change` (a rename or remove of the host paths `paths`, which the client calls `names`) unless open
+    /// files are locked and one of the paths is a file open in some session. The count is held meanwhile, so no
+    /// open slips in between.
+    pub(crate) fn unless_open<T>(
+        &self,
+        paths: &[(&Path, &str)],
+        change: impl FnOnce() -> Result<T, Fail>,
+    ) -> Result<T, Fail> {
+        let Some(locked) = &self.locked else { return change() };
+        let open = lock(locked);
+        for (path, name) in paths {
+            let Ok(md) = std::fs::symlink_metadata(path) else { continue };
+            if open.contains_key(&(md.dev(), md.ino())) {
+                return Err(Fail::new(
+                    StatusCode::Failure,
+                    format!("{name} is open: this server does not rename, replace or remove an open file"),
+                ));
+            }
+        }
+        change()
     }
 
     /// The host path of the client's `path` (absolute, or relative to `/`, which is the root).
@@ -304,7 +365,7 @@ mod tests {
         std::os::unix::fs::symlink(outer.path(), root_dir.join("out")).unwrap();
         std::os::unix::fs::symlink("sub", root_dir.join("in")).unwrap();
         std::os::unix::fs::symlink(outer.path().join("nothing"), root_dir.join("dangling")).unwrap();
-        let root = Root::open(&root_dir).unwrap();
+        let root = Root::open(&root_dir, OpenFiles::Shared).unwrap();
         let canon = std::fs::canonicalize(&root_dir).unwrap();
 
         assert_eq!(root.resolve("/in/f", Last::Follow).unwrap(), canon.join("sub/f"));

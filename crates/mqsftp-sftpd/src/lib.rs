@@ -20,6 +20,7 @@
 //!     host_key: "sftpd/host_ed25519".into(),
 //!     authorized_keys: "pki/authorized_keys".into(),
 //!     user: "mqsftp".into(),
+//!     open_files: mqsftp_sftpd::OpenFiles::Shared,
 //! }).await?;
 //! println!("[127.0.0.1]:{} {}", server.local_addr().port(), server.host_public_key_openssh());
 //! server.shutdown().await;
@@ -65,6 +66,20 @@ pub struct SftpdConfig {
     pub authorized_keys: PathBuf,
     /// The only user name accepted.
     pub user: String,
+    /// Whether a file open in some session may be renamed, replaced or removed.
+    pub open_files: OpenFiles,
+}
+
+/// What the server does when a client renames, replaces or removes a file that is open (in any session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpenFiles {
+    /// It happens, as on any POSIX file system (OpenSSH on Linux): what `mqsftp demo` serves.
+    #[default]
+    Shared,
+    /// It is refused (`SSH_FX_FAILURE`, naming the file), as a store on a Windows file system refuses to rename or
+    /// delete a file opened without delete sharing. The test suite serves its embedded stores this way, so that a
+    /// client that renames or removes a file it still has open fails there instead of only on such a store.
+    Locked,
 }
 
 /// Why the server did not start.
@@ -111,7 +126,7 @@ impl Sftpd {
         keys::check_user(&config.user)?;
         let host_key = keys::load_host_key(&config.host_key)?;
         let authorized = keys::load_authorized_keys(&config.authorized_keys)?;
-        let root = fs::Root::open(&config.root)?;
+        let root = fs::Root::open(&config.root, config.open_files)?;
         let host_public_key = keys::public_openssh(&host_key, &config.host_key)?;
         let shared = Arc::new(ssh::Shared { user: config.user.clone(), authorized, root: Arc::new(root) });
         let ssh_config = Arc::new(ssh::server_config(host_key));

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, ReadDir};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh::server::Msg;
@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, Semaphore};
 use tracing::{debug, info, Instrument};
 
-use crate::fs::{self, Fail, Last, Root, Target};
+use crate::fs::{self, lock, Fail, Last, OpenLock, Root, Target};
 
 /// Largest request accepted (OpenSSH's SFTP_MAX_MSG_LENGTH); a longer one ends the session.
 const MAX_PACKET: u32 = 256 * 1024;
@@ -200,7 +200,8 @@ async fn run(
 }
 
 enum Open {
-    File(Arc<File>),
+    /// A file, and its count among the open files while they are locked ([`crate::OpenFiles::Locked`]).
+    File(Arc<File>, #[expect(dead_code, reason = "held for its Drop, which uncounts the file")] Option<OpenLock>),
     Dir { path: PathBuf, entries: Arc<Mutex<ReadDir>> },
 }
 
@@ -219,10 +220,6 @@ struct Session {
     /// Tests hold READs here to see whether they overlap.
     #[cfg(test)]
     read_gate: Option<Arc<tests::Gate>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn no_handle() -> Fail {
@@ -269,7 +266,7 @@ impl Session {
 
     fn file(&self, handle: &str) -> Result<Arc<File>, Fail> {
         match lock(&self.handles).open.get(handle) {
-            Some(Open::File(f)) => Ok(f.clone()),
+            Some(Open::File(f, _)) => Ok(f.clone()),
             _ => Err(no_handle()),
         }
     }
@@ -307,7 +304,8 @@ impl Session {
                 };
                 let path = root.resolve(&r.filename, last)?;
                 let file = fs::open_file(&path, r.pflags, &r.attrs)?;
-                let handle = self.insert(Open::File(Arc::new(file)))?;
+                let counted = root.lock_open(&file)?;
+                let handle = self.insert(Open::File(Arc::new(file), counted))?;
                 if r.pflags.contains(russh_sftp::protocol::OpenFlags::APPEND) {
                     lock(&self.handles).append.insert(handle.clone());
                 }
@@ -359,7 +357,7 @@ impl Session {
             }
             Packet::Fstat(r) => {
                 let md = match lock(&self.handles).open.get(&r.handle) {
-                    Some(Open::File(f)) => f.metadata()?,
+                    Some(Open::File(f, _)) => f.metadata()?,
                     Some(Open::Dir { path, .. }) => std::fs::metadata(path)?,
                     None => return Err(no_handle()),
                 };
@@ -372,7 +370,7 @@ impl Session {
             }
             Packet::FSetStat(r) => {
                 let open = match lock(&self.handles).open.get(&r.handle) {
-                    Some(Open::File(f)) => Ok(f.clone()),
+                    Some(Open::File(f, _)) => Ok(f.clone()),
                     Some(Open::Dir { path, .. }) => Err(path.clone()),
                     None => return Err(no_handle()),
                 };
@@ -407,7 +405,8 @@ impl Session {
                 Ok(Reply::Packet(Packet::Name(Name { id: r.id, files })))
             }
             Packet::Remove(r) => {
-                std::fs::remove_file(root.resolve(&r.filename, Last::NoFollow)?)?;
+                let path = root.resolve(&r.filename, Last::NoFollow)?;
+                root.unless_open(&[(&path, &r.filename)], || Ok(std::fs::remove_file(&path)?))?;
                 info!(path = %r.filename, "removed");
                 ok()
             }
@@ -440,7 +439,7 @@ impl Session {
             Packet::Rename(r) => {
                 let from = root.resolve(&r.oldpath, Last::NoFollow)?;
                 let to = root.resolve(&r.newpath, Last::NoFollow)?;
-                fs::rename_no_replace(&from, &to)?;
+                root.unless_open(&[(&from, &r.oldpath), (&to, &r.newpath)], || fs::rename_no_replace(&from, &to))?;
                 info!(from = %r.oldpath, to = %r.newpath, "renamed");
                 ok()
             }
@@ -460,7 +459,8 @@ impl Session {
                 let to = take_string(&mut data).ok_or_else(malformed)?;
                 let from_path = self.root.resolve(&from, Last::NoFollow)?;
                 let to_path = self.root.resolve(&to, Last::NoFollow)?;
-                std::fs::rename(from_path, to_path)?;
+                let names = [(from_path.as_path(), from.as_str()), (to_path.as_path(), to.as_str())];
+                self.root.unless_open(&names, || Ok(std::fs::rename(&from_path, &to_path)?))?;
                 info!(%from, %to, "renamed (replacing)");
                 ok()
             }
@@ -596,7 +596,7 @@ mod tests {
         let content: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.path().join("f"), &content).unwrap();
         let gate = Arc::new(Gate::new(2));
-        let mut session = Session::new(Arc::new(Root::open(dir.path()).unwrap()));
+        let mut session = Session::new(Arc::new(Root::open(dir.path(), crate::OpenFiles::Shared).unwrap()));
         session.read_gate = Some(gate.clone());
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let (server_read, _server_write) = tokio::io::split(server);
@@ -648,7 +648,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn appends_keep_their_order() {
         let dir = tempfile::tempdir().unwrap();
-        let session = Session::new(Arc::new(Root::open(dir.path()).unwrap()));
+        let session = Session::new(Arc::new(Root::open(dir.path(), crate::OpenFiles::Shared).unwrap()));
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let (server_read, _server_write) = tokio::io::split(server);
         let (tx, mut rx) = mpsc::channel(64);
@@ -694,7 +694,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_requests_get_a_status_and_oversized_ones_end_the_session() {
         let dir = tempfile::tempdir().unwrap();
-        let session = Session::new(Arc::new(Root::open(dir.path()).unwrap()));
+        let session = Session::new(Arc::new(Root::open(dir.path(), crate::OpenFiles::Shared).unwrap()));
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let (server_read, _server_write) = tokio::io::split(server);
         let (tx, mut rx) = mpsc::channel(64);

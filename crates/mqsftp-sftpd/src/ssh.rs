@@ -12,7 +12,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::fs::Root;
 
-/// Sessions (channels) one connection may have open; the gateway uses two.
+/// Sessions (channels) one connection may have open; the gateway uses up to three.
 const MAX_CHANNELS: usize = 8;
 
 /// What every connection shares.

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::path::PathBuf;
 
 use mqsftp_broker::{Broker, BrokerSettings};
-use mqsftp_sftpd::{Sftpd, SftpdConfig};
+use mqsftp_sftpd::{OpenFiles, Sftpd, SftpdConfig};
 use tokio::net::TcpListener;
 
 use crate::config::HOST;
@@ -153,6 +153,9 @@ pub(crate) fn settings(
             host_key,
             authorized_keys: pki_dir.join(files::AUTHORIZED_KEYS),
             user: user.into(),
+            // Stricter than `mqsftp demo`: the tests also show that the gateway closes a file before renaming or
+            // removing it, which a store on a Windows file system requires.
+            open_files: OpenFiles::Locked,
         },
     )
 }

@@ -14,7 +14,7 @@ use mqsftp_broker::{Broker, BrokerSettings};
 use mqsftp_device::{Client, DeviceConfig};
 use mqsftp_gateway::{Gateway, GatewayConfig};
 use mqsftp_pki::{files, DeviceId, DeviceOptions, InitOptions};
-use mqsftp_sftpd::{Sftpd, SftpdConfig};
+use mqsftp_sftpd::{OpenFiles, Sftpd, SftpdConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -93,6 +93,7 @@ impl Running {
                 host_key: host_key.clone(),
                 authorized_keys: pki.join(files::AUTHORIZED_KEYS),
                 user: SFTP_USER.into(),
+                open_files: OpenFiles::Shared,
             },
         )
         .await

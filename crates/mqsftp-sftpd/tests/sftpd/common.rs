@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use mqsftp_sftpd::{Sftpd, SftpdConfig};
+use mqsftp_sftpd::{OpenFiles, Sftpd, SftpdConfig};
 use tempfile::TempDir;
 
 /// The SFTP user of the fixtures.
@@ -49,6 +49,11 @@ pub fn make_keys(dir: &Path) -> (PathBuf, PathBuf) {
 
 impl Fixture {
     pub async fn start() -> Fixture {
+        Fixture::start_with(OpenFiles::Shared).await
+    }
+
+    /// A server that treats open files as `open_files` says.
+    pub async fn start_with(open_files: OpenFiles) -> Fixture {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("store");
@@ -60,6 +65,7 @@ impl Fixture {
             host_key,
             authorized_keys: pki.join("authorized_keys"),
             user: USER.into(),
+            open_files,
         };
         let server = Sftpd::start(listener, config).await.unwrap();
         let line =

@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use mqsftp_sftpd::{Sftpd, SftpdConfig, SftpdError};
+use mqsftp_sftpd::{OpenFiles, Sftpd, SftpdConfig, SftpdError};
 
 use crate::common::{init_tracing, make_keys, USER};
 
@@ -15,7 +15,13 @@ fn setup() -> Setup {
     let (pki, host_key) = make_keys(dir.path());
     let root = dir.path().join("store");
     std::fs::create_dir(&root).unwrap();
-    let config = SftpdConfig { root, host_key, authorized_keys: pki.join("authorized_keys"), user: USER.into() };
+    let config = SftpdConfig {
+        root,
+        host_key,
+        authorized_keys: pki.join("authorized_keys"),
+        user: USER.into(),
+        open_files: OpenFiles::Shared,
+    };
     Setup { _dir: dir, config }
 }
 

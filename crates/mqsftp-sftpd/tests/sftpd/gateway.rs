@@ -5,6 +5,8 @@ use mqsftp_gateway::StoreError;
 use russh_sftp::protocol::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use mqsftp_sftpd::OpenFiles;
+
 use crate::common::{pseudo_random, Fixture, USER};
 use crate::confinement::code;
 
@@ -107,4 +109,47 @@ async fn shutdown_closes_sessions_and_the_listener() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
     assert!(store.create("y").await.is_err(), "the session survived shutdown");
     assert!(!fx.root.join("y").exists());
+}
+
+/// With `OpenFiles::Locked` (as a Windows store behaves, and as the test suite's embedded stores run), a file open
+/// in any session is neither renamed, nor replaced, nor removed: the request fails with a message that names the
+/// file, and nothing changes. Once it is closed, the same requests succeed. With the default (`Shared`, POSIX) the
+/// rename of an open file succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_store_refuses_to_rename_replace_or_remove_an_open_file() {
+    let fx = Fixture::start_with(OpenFiles::Locked).await;
+    let store = mqsftp_gateway::store::connect(&sftp_config(&fx)).await.unwrap();
+    let other = mqsftp_gateway::store::connect(&sftp_config(&fx)).await.unwrap();
+    put(&store, "a.bin", b"first").await;
+    put(&store, "new.part", b"second").await;
+    let mut held = other.open("a.bin").await.unwrap();
+    let refused = |r: Result<(), russh_sftp::client::error::Error>| match r {
+        Err(russh_sftp::client::error::Error::Status(s)) => {
+            assert_eq!(s.status_code, StatusCode::Failure, "{s:?}");
+            s.error_message
+        }
+        other => panic!("not refused: {other:?}"),
+    };
+    let m = refused(store.rename("a.bin", "b.bin").await);
+    assert!(m.contains("a.bin is open"), "{m}");
+    let m = refused(store.rename_replacing("new.part", "a.bin").await);
+    assert!(m.contains("a.bin is open"), "{m}");
+    let m = refused(store.remove_file("a.bin").await);
+    assert!(m.contains("a.bin is open"), "{m}");
+    assert_eq!(std::fs::read(fx.root.join("a.bin")).unwrap(), b"first");
+    assert_eq!(std::fs::read(fx.root.join("new.part")).unwrap(), b"second");
+    assert!(!fx.root.join("b.bin").exists());
+    // Another file is not affected.
+    store.rename("new.part", "c.part").await.unwrap();
+
+    held.shutdown().await.unwrap();
+    store.rename_replacing("c.part", "a.bin").await.unwrap();
+    assert_eq!(std::fs::read(fx.root.join("a.bin")).unwrap(), b"second");
+    store.remove_file("a.bin").await.unwrap();
+
+    let posix = Fixture::start().await;
+    let store = mqsftp_gateway::store::connect(&sftp_config(&posix)).await.unwrap();
+    put(&store, "a.bin", b"first").await;
+    let _held = store.open("a.bin").await.unwrap();
+    store.rename("a.bin", "b.bin").await.unwrap();
 }
