@@ -96,15 +96,18 @@ pub(crate) struct Root {
     dir: PathBuf,
     /// The files open in any session, by device and inode, when open files may not be renamed or removed
     /// ([`OpenFiles::Locked`]); `None` when they may.
-    locked: Option<Arc<Mutex<HashMap<(u64, u64), usize>>>>,
+    locked: Option<OpenCounts>,
 }
+
+/// How many handles are open on each file (device, inode), in all sessions.
+type OpenCounts = Arc<Mutex<HashMap<(u64, u64), usize>>>;
 
 /// A file open in some session while [`OpenFiles::Locked`] is in force: counted until dropped (when its handle is
 /// closed, or its session ends).
 #[derive(Debug)]
 pub(crate) struct OpenLock {
     key: (u64, u64),
-    locked: Arc<Mutex<HashMap<(u64, u64), usize>>>,
+    locked: OpenCounts,
 }
 
 impl Drop for OpenLock {

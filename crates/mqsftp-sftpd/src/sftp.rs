@@ -202,7 +202,10 @@ async fn run(
 enum Open {
     /// A file, and its count among the open files while they are locked ([`crate::OpenFiles::Locked`]).
     File(Arc<File>, #[expect(dead_code, reason = "held for its Drop, which uncounts the file")] Option<OpenLock>),
-    Dir { path: PathBuf, entries: Arc<Mutex<ReadDir>> },
+    Dir {
+        path: PathBuf,
+        entries: Arc<Mutex<ReadDir>>,
+    },
 }
 
 #[derive(Default)]
