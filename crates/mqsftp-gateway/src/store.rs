@@ -377,8 +377,9 @@ const LIMITS: &str = "limits@openssh.com";
 /// of 32 KiB in full; common ones (OpenSSH, the embedded server) answer far more. Shorter answers are read on.
 pub const DEFAULT_MAX_READ: u32 = 64 * 1024;
 
-/// Write length used when the server does not state its limit: the 32 KiB that every SFTP server must take.
-const DEFAULT_MAX_WRITE: u32 = 32 * 1024;
+/// Write request length used when the server does not state its limit: russh-sftp's default, 32 KiB with the
+/// request's fields, which every SFTP server takes.
+const DEFAULT_WRITE_PACKET: u32 = 32 * 1024;
 
 /// Longest write sent, whatever the server allows (OpenSSH takes 255 KiB; a chunk may be up to 1 MiB, and is then
 /// written in several).
@@ -387,9 +388,9 @@ const MAX_WRITE: u32 = 256 * 1024;
 /// Bytes of an upload sent to the store and not yet confirmed, at most (in whole writes, from two to 64).
 const WRITES_IN_FLIGHT: u32 = 512 * 1024;
 
-/// What russh-sftp counts of a WRITE besides its data (the request's fields and the handle; OpenSSH's handles are
-/// 4 bytes), so that a write of [`Writes::len`] bytes goes out as one request.
-const WRITE_HEADER: u32 = 64;
+/// The most a WRITE request holds besides its data: its fields (russh-sftp counts 25 bytes) and the handle (at most
+/// 256 bytes in SFTP; OpenSSH's are 4). Added to the data length, so that only the server's own limit cuts a write.
+const WRITE_HEADER: u32 = 25 + 256;
 
 /// How uploads write through russh-sftp's `File`.
 ///
@@ -399,8 +400,9 @@ const WRITE_HEADER: u32 = 64;
 /// bytes, as before (16 of 32 KiB), so that a slow store makes the gateway hold no more of an upload than then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Writes {
-    /// Bytes of data in one write.
-    len: u32,
+    /// russh-sftp's `max_write_packet_len`: the longest WRITE request, data and fields. russh-sftp also cuts a
+    /// write at the server's stated limit.
+    packet: u32,
     /// Writes sent and not yet confirmed, at most.
     in_flight: usize,
 }
@@ -408,8 +410,14 @@ struct Writes {
 impl Writes {
     /// For a store whose stated write limit is `limit` (`None`: it states none).
     fn for_limit(limit: Option<u64>) -> Writes {
-        let len = limit.map_or(DEFAULT_MAX_WRITE, |n| u32::try_from(n).unwrap_or(u32::MAX).min(MAX_WRITE));
-        Writes { len, in_flight: (WRITES_IN_FLIGHT / len).clamp(2, 64) as usize }
+        let (data, packet) = match limit {
+            Some(n) => {
+                let data = u32::try_from(n).unwrap_or(u32::MAX).min(MAX_WRITE);
+                (data, data + WRITE_HEADER)
+            }
+            None => (DEFAULT_WRITE_PACKET, DEFAULT_WRITE_PACKET),
+        };
+        Writes { packet, in_flight: (WRITES_IN_FLIGHT / data).clamp(2, 64) as usize }
     }
 }
 
@@ -610,7 +618,7 @@ async fn connect_inner(cfg: &SftpConfig, host: String) -> Result<StoreSession, S
         // by chunk on the raw channel (`open_read`, with read-ahead accounted in get.rs); nothing reads through
         // `File` any more, and this keeps it that way should something start to.
         max_concurrent_reads: 1,
-        max_write_packet_len: writes.len + WRITE_HEADER,
+        max_write_packet_len: writes.packet,
         max_concurrent_writes: writes.in_flight,
         request_timeout_secs: request_timeout,
         ..Default::default()
@@ -747,17 +755,18 @@ mod tests {
     }
 
     /// Uploads write in the longest pieces the store takes, with about 512 KiB unconfirmed: a default chunk is one
-    /// write to OpenSSH; a store that states no limit gets 32 KiB writes (what every server must take), 16 in
-    /// flight as russh-sftp would send them; no limit makes writes longer than 256 KiB or keeps fewer than two or
-    /// more than 64 in flight.
+    /// write to OpenSSH, whatever the length of the handle; a store that states no limit gets russh-sftp's 32 KiB
+    /// requests, 16 in flight, as before; no limit makes writes longer than 256 KiB or keeps fewer than two or more
+    /// than 64 in flight.
     #[test]
     fn uploads_write_as_much_as_the_store_takes_at_once() {
         let openssh = Writes::for_limit(Some(261_120));
-        assert_eq!(openssh, Writes { len: 261_120, in_flight: 2 });
-        assert!(openssh.len >= mqsftp_proto::StreamParams::default().chunk_size, "a default chunk is one write");
-        assert_eq!(Writes::for_limit(None), Writes { len: 32 * 1024, in_flight: 16 });
-        assert_eq!(Writes::for_limit(Some(64 * 1024)), Writes { len: 64 * 1024, in_flight: 8 });
-        assert_eq!(Writes::for_limit(Some(1 << 40)), Writes { len: 256 * 1024, in_flight: 2 });
-        assert_eq!(Writes::for_limit(Some(1)), Writes { len: 1, in_flight: 64 });
+        assert_eq!(openssh, Writes { packet: 261_120 + 25 + 256, in_flight: 2 });
+        let chunk = mqsftp_proto::StreamParams::default().chunk_size;
+        assert!(chunk <= 261_120 && openssh.packet - 25 - 256 >= chunk, "a default chunk is one write");
+        assert_eq!(Writes::for_limit(None), Writes { packet: 32 * 1024, in_flight: 16 });
+        assert_eq!(Writes::for_limit(Some(64 * 1024)), Writes { packet: 64 * 1024 + 281, in_flight: 8 });
+        assert_eq!(Writes::for_limit(Some(1 << 40)), Writes { packet: 256 * 1024 + 281, in_flight: 2 });
+        assert_eq!(Writes::for_limit(Some(1)), Writes { packet: 1 + 281, in_flight: 64 });
     }
 }

@@ -147,9 +147,9 @@ impl Root {
         Ok(Some(OpenLock { key, locked: locked.clone() }))
     }
 
-    /// Runs `change` (a rename or remove of the host paths `paths`, which the client calls `names`) unless open
-    /// files are locked and one of the paths is a file open in some session. The count is held meanwhile, so no
-    /// open slips in between.
+    /// Runs `change` (a rename or remove of the host paths in `paths`, each with the name the client gave it)
+    /// unless open files are locked and one of the paths is a file open in some session. The counts stay locked
+    /// until `change` is done, so that no file is counted open between the check and the change.
     pub(crate) fn unless_open<T>(
         &self,
         paths: &[(&Path, &str)],

@@ -78,7 +78,8 @@ pub enum OpenFiles {
     Shared,
     /// It is refused (`SSH_FX_FAILURE`, naming the file), as a store on a Windows file system refuses to rename or
     /// delete a file opened without delete sharing. The test suite serves its embedded stores this way, so that a
-    /// client that renames or removes a file it still has open fails there instead of only on such a store.
+    /// client that renames or removes a file it still has open fails there instead of only on such a store. Files
+    /// only: a directory is renamed even while files in it are open (Windows would refuse that too).
     Locked,
 }
 
