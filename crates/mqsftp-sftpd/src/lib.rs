@@ -12,6 +12,10 @@
 //! has no rate limiting beyond a connection cap and russh's constant-time auth rejection, and it knows
 //! one user. Deployments use OpenSSH (`pki/sshd_config`).
 //!
+//! Open files: by default a file may be renamed, replaced or removed while open, as on Linux. With
+//! [`OpenFiles::Locked`] that is refused, as on a Windows store; the test suite runs its embedded stacks so,
+//! which checks that the gateway closes its handles on a file before renaming or removing it.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), mqsftp_sftpd::SftpdError> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(mqsftp_sftpd::SftpdError::Listener)?;
