@@ -95,6 +95,10 @@ struct Args {
     /// Gateway window in chunks ([transfer] window; default: the gateway's default).
     #[arg(long)]
     window: Option<u32>,
+    /// Messages the gateway may publish before the broker acknowledges them ([transfer] broker_window; default: the
+    /// gateway's default).
+    #[arg(long)]
+    broker_window: Option<u16>,
     /// Gateway runtime threads ([runtime] threads: 1 = one thread, 0 = one per core; default: the gateway's
     /// default).
     #[arg(long)]
@@ -186,7 +190,13 @@ fn run(args: Args) -> anyhow::Result<bool> {
         Some(c) => Some(u32::try_from(c).context("--chunk-size is too large")?),
         None => None,
     };
-    let tuning = env::Tuning { max_transfers, chunk_size, window: args.window, gateway_threads: args.gateway_threads };
+    let tuning = env::Tuning {
+        max_transfers,
+        chunk_size,
+        window: args.window,
+        broker_window: args.broker_window,
+        gateway_threads: args.gateway_threads,
+    };
     let mut env = Env::start(mqsftp.canonicalize()?, tuning, logs)?;
     env.wrap_gateway = args.wrap_gateway.clone();
     env.wrap_device = args.wrap_device.clone();
@@ -198,6 +208,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     r.setup("runs", args.runs);
     r.setup("chunk_size", env.chunk_size);
     r.setup("window", env.window);
+    r.setup("broker_window", env.broker_window);
     r.setup("gateway_threads", env.gateway_threads);
     r.setup("gateway_max_transfers", max_transfers);
     r.setup("ssh_cipher", ciphers().0);

@@ -176,6 +176,12 @@ pub struct TransferConfig {
     pub chunk_size: u32,
     /// Chunks in flight per transfer before waiting for the device's acknowledgement.
     pub window: u32,
+    /// Messages (chunks and answers, of all transfers together) the gateway publishes before the broker has
+    /// acknowledged them ([`BROKER_WINDOW`] by default). It bounds what an answer finds queued ahead of it between
+    /// the gateway and the broker, and it bounds the gateway's throughput to the broker at `broker_window` chunks
+    /// per round trip to it: raise it for a broker far away (4 × 255 KiB is ~1 GB/s at a 1 ms round trip, ~50
+    /// MB/s at 20 ms).
+    pub broker_window: u16,
     /// Resend the window when it has not moved for this long.
     #[serde(with = "humantime_serde")]
     pub retransmit_after: Duration,
@@ -199,6 +205,7 @@ impl Default for TransferConfig {
         Self {
             chunk_size: p.chunk_size,
             window: p.window,
+            broker_window: BROKER_WINDOW,
             retransmit_after: p.retransmit_after,
             give_up_after: p.give_up_after,
             max_transfers: 256,
@@ -211,6 +218,11 @@ impl Default for TransferConfig {
 
 /// Mosquitto's default `max_inflight_messages`: more QoS 1 chunks than this in flight only queue in the broker.
 pub const BROKER_INFLIGHT: u32 = 20;
+
+/// Default of `[transfer] broker_window`. With the broker next to the gateway, more in flight did not move more
+/// bytes, and answers waited behind it: with 100 downloads on a 32 MB/s link to the broker, pings waited 233–325
+/// ms (p50) at 64 in flight against 54–61 ms at 4 (docs/performance.md, "Answers under load").
+pub const BROKER_WINDOW: u16 = 4;
 
 impl GatewayConfig {
     /// Reads and validates `path`.
@@ -302,6 +314,9 @@ impl GatewayConfig {
                 &format!("must be between 1 and {BROKER_INFLIGHT} (the broker's in-flight limit)"),
             ));
         }
+        if t.broker_window == 0 {
+            return Err(invalid("transfer.broker_window", "0".into(), "must be at least 1"));
+        }
         if t.max_transfers == 0 || t.max_transfers_per_device == 0 {
             return Err(invalid("transfer.max_transfers", "0".into(), "must be at least 1"));
         }
@@ -368,6 +383,7 @@ device_root = "devices/{device}"
         assert!(cfg.sftp.key.ends_with("gateway_ed25519") && cfg.sftp.key.is_absolute());
         assert_eq!(cfg.sftp.known_hosts, PathBuf::from("/etc/mqsftp/known_hosts"));
         assert_eq!((cfg.transfer.chunk_size, cfg.transfer.window), (261120, 4), "the defaults");
+        assert_eq!(cfg.transfer.broker_window, 4);
         let d = DeviceId::new("d1").unwrap();
         assert_eq!(cfg.store.path_of(&d, &mqsftp_proto::confine("a/b").unwrap()), "devices/d1/a/b");
         assert_eq!(cfg.store.path_of(&d, &mqsftp_proto::confine("").unwrap()), "devices/d1");
@@ -379,6 +395,12 @@ device_root = "devices/{device}"
         assert!(e.contains("store.device_root") && e.contains("{device}"), "{e}");
         let e = load(&format!("{GOOD}\n[transfer]\nwindow = 50\n")).unwrap_err().to_string();
         assert!(e.contains("transfer.window = 50"), "{e}");
+        let e = load(&format!("{GOOD}\n[transfer]\nbroker_window = 0\n")).unwrap_err().to_string();
+        assert!(e.contains("transfer.broker_window = 0") && e.contains("at least 1"), "{e}");
+        let e = load(&format!("{GOOD}\n[transfer]\nbroker_window = 70000\n")).unwrap_err().to_string();
+        assert!(e.contains("broker_window"), "{e}");
+        let cfg = load(&format!("{GOOD}\n[transfer]\nbroker_window = 64\n")).unwrap();
+        assert_eq!(cfg.transfer.broker_window, 64);
         let e = load(&GOOD.replace("port = 2222", "port = \"x\"")).unwrap_err().to_string();
         assert!(e.contains("port"), "{e}");
         let e = load(&GOOD.replace("[store]", "[store]\nbogus = 1")).unwrap_err().to_string();

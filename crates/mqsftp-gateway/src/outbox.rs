@@ -10,7 +10,9 @@
 //!
 //! The task always takes a waiting control message first, and rumqttc's own queue is kept short
 //! ([`LINK_QUEUE`]), so an answer waits for at most that many chunks plus the one being handed over, not for
-//! every chunk of every download.
+//! every chunk of every download. Beyond the gateway, the link lets at most `[transfer] broker_window` messages go
+//! unacknowledged by the broker (4 by default), so that what an answer finds ahead of it in the sockets and in the
+//! broker's input is bounded too, not by the kernel's socket buffers (several MiB each way).
 //!
 //! Order: within a lane, messages leave in the order they were queued. Across lanes, a control message leaves
 //! before every stream message queued after it, so `get_accepted` always precedes the chunks it announces.
@@ -23,9 +25,11 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 /// Publishes rumqttc accepts from this gateway before its event loop takes them: the most chunks an answer can
-/// find queued ahead of it (besides the one the outbox is handing over). Eight 256 KiB chunks are 2 MiB, a few
-/// milliseconds on loopback; more does not help throughput, as the event loop writes one message at a time.
-pub const LINK_QUEUE: usize = 8;
+/// find queued ahead of it at the gateway (besides the one the outbox is handing over). While the broker window
+/// is full the event loop takes none, so this queue is full then: two, not eight, took ~30 ms off the wait of an
+/// answer behind 100 downloads on a 32 MB/s link, at the same throughput (docs/performance.md, "Answers under
+/// load").
+pub const LINK_QUEUE: usize = 2;
 
 /// Control messages the outbox holds before a sender waits.
 const CONTROL_QUEUE: usize = 1024;

@@ -224,7 +224,7 @@ impl Gateway {
                 subscriptions: vec![Topic::shared_requests_filter(), Topic::direct_filter(&id), Topic::up_filter(&id)],
                 connect_timeout: std::time::Duration::from_secs(15),
                 reconnect: true,
-                inflight: 64,
+                inflight: cfg.transfer.broker_window,
                 queue: crate::outbox::LINK_QUEUE,
             },
         )

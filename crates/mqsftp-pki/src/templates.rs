@@ -210,6 +210,9 @@ device_root = \"devices/{{device}}\"
 # 255 KiB: the most OpenSSH answers in one SFTP read, so each chunk is one read (docs/performance.md).
 chunk_size = 261120
 window = 4
+# Messages (of all transfers) the broker may leave unacknowledged: what an answer can find queued ahead of it.
+# Throughput to the broker is at most this many chunks per round trip: raise it for a broker far away.
+broker_window = 4
 
 [runtime]
 # Threads of the gateway process: 1 costs the least CPU per byte; 0 = one per CPU core, for a busy gateway whose

@@ -275,6 +275,7 @@ fn gateway_toml_matches_the_documented_format() {
         [transfer]
         chunk_size = 261120
         window = 4
+        broker_window = 4
         [runtime]
         threads = 1
     "#
