@@ -221,7 +221,8 @@ pub const BROKER_INFLIGHT: u32 = 20;
 
 /// Default of `[transfer] broker_window`. With the broker next to the gateway, more in flight did not move more
 /// bytes, and answers waited behind it: with 100 downloads on a 32 MB/s link to the broker, pings waited 233–325
-/// ms (p50) at 64 in flight against 54–61 ms at 4 (docs/performance.md, "Answers under load").
+/// ms (p50) at 64 in flight and rumqttc's queue at 8, against 54–61 ms at 4 and 2 (docs/performance.md, "Answers
+/// under load").
 pub const BROKER_WINDOW: u16 = 4;
 
 impl GatewayConfig {
