@@ -273,3 +273,110 @@ async fn send_chunks(
         publish(link, down.to_string(), c.encode().to_vec()).await;
     }
 }
+
+/// The bytes waiting in the kernel between the gateway `gateway` and the broker listening on `broker_port`: the
+/// send queues of the gateway's connections to that port plus the receive queues of the broker's ends of them
+/// (`/proc/net/tcp` and `tcp6`, `tx_queue` and `rx_queue`). On loopback that is everything written by the gateway
+/// and not yet read by the broker.
+fn queued_toward_broker(gateway: u32, broker_port: u16) -> u64 {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{gateway}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(String::from))
+        .collect();
+    // (local port, remote port, tx_queue, rx_queue, inode) of every TCP socket.
+    let mut sockets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = |addr: &str| u16::from_str_radix(addr.rsplit_once(':').unwrap().1, 16).unwrap();
+            let (tx, rx) = f[4].split_once(':').unwrap();
+            let queue = |q: &str| u64::from_str_radix(q, 16).unwrap();
+            sockets.push((port(f[1]), port(f[2]), queue(tx), queue(rx), f[9].to_string()));
+        }
+    }
+    let links: Vec<_> =
+        sockets.iter().filter(|s| s.1 == broker_port && inodes.contains(&s.4)).map(|s| (s.0, s.2)).collect();
+    assert!(!links.is_empty(), "the gateway (pid {gateway}) has a connection to the broker's port {broker_port}");
+    links
+        .iter()
+        .map(|&(gateway_port, sent)| {
+            let broker_end = sockets.iter().find(|s| s.0 == broker_port && s.1 == gateway_port);
+            sent + broker_end.expect("the broker's end of the gateway's connection").3
+        })
+        .sum()
+}
+
+/// Runs eight downloads (two devices, four each, each with a window of 16 chunks: 32 MiB the gateway may send),
+/// stops the broker (SIGSTOP) once all eight are receiving, and returns the bytes left waiting in the kernel
+/// between gateway and broker once that stops growing (see [`queued_toward_broker`]). The broker is then resumed
+/// and every download must complete, byte-identical.
+async fn queued_while_the_broker_stops_reading(broker_window: u16) -> u64 {
+    const DEVICES: usize = 2;
+    const PER_DEVICE: usize = 4;
+    let size = 24 * MIB;
+    let stack = mqsftp_testkit::Stack::start().unwrap();
+    set_transfer_option(&stack, "broker_window", i64::from(broker_window).into());
+    set_transfer_option(&stack, "window", 16.into());
+    let gw = GatewayProcess::spawn(&stack).await;
+    let data = content(size, 104);
+    let out = tempfile::tempdir().unwrap();
+    let mut gets = Vec::new();
+    for d in 0..DEVICES {
+        let id = format!("bw{broker_window}d{d}");
+        put_on_store(&stack, &id, "f.bin", &data);
+        let cfg = device_with_timeout(&stack, &id, "60s");
+        for g in 0..PER_DEVICE {
+            let target = out.path().join(format!("{id}-{g}.bin"));
+            gets.push((spawn_get(connect(&cfg).await, "f.bin", target.clone()), target));
+        }
+    }
+    for ((task, done), _) in &mut gets {
+        reach(done, mqsftp_proto::StreamParams::DEFAULT.chunk_size as u64, task).await;
+    }
+    let broker = stack.broker_pid().expect("broker runs");
+    signal(broker, "STOP");
+    // Sample every 100 ms until two seconds pass without change (the gateway has written all it will).
+    let (mut last, mut still_since) = (queued_toward_broker(gw.pid(), stack.mqtt_port()), Instant::now());
+    let started = Instant::now();
+    while still_since.elapsed() < Duration::from_secs(2) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the queue toward the broker kept changing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = queued_toward_broker(gw.pid(), stack.mqtt_port());
+        if now != last {
+            (last, still_since) = (now, Instant::now());
+        }
+    }
+    signal(broker, "CONT");
+    for ((task, _), target) in gets {
+        let outcome = tokio::time::timeout(long_limit(), task).await.expect("in time").expect("no panic");
+        outcome.expect("the download completes after the broker reads again");
+        assert_eq!(sha256_file(&target), sha256(&data), "{}", target.display());
+    }
+    gw.kill().await;
+    last
+}
+
+/// `[transfer] broker_window` (default 4) bounds what the gateway leaves between itself and the broker, so an
+/// answer never waits behind more than a few chunks there (docs/performance.md, "Answers under load"). With the
+/// broker stopped under eight downloads, the bytes waiting in the kernel toward it stay within 4 chunks (plus MQTT
+/// and TLS framing and a few small packets); with a window of 64 (the gateway's earlier fixed in-flight limit) the
+/// same run leaves megabytes there, so the measure can tell the two apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_window_bounds_what_waits_toward_a_stopped_broker() {
+    let chunk = u64::from(mqsftp_proto::StreamParams::DEFAULT.chunk_size);
+    // A chunk's message: the payload plus its header, topic and MQTT framing (under 1 KiB), in TLS records of 16
+    // KiB with 22 bytes each; plus 16 KiB for acknowledgements, pings and answers.
+    let bound = |window: u64| window * (chunk + 1024) * (16384 + 22) / 16384 + 16 * 1024;
+    let with_4 = queued_while_the_broker_stops_reading(4).await;
+    let with_64 = queued_while_the_broker_stops_reading(64).await;
+    println!(
+        "broker stopped under 8 downloads: {with_4} bytes waiting toward it with a broker window of 4 (bound {}), \
+         {with_64} with 64",
+        bound(4)
+    );
+    assert!(with_4 <= bound(4), "{with_4} bytes waiting toward the broker, more than 4 chunks ({})", bound(4));
+    assert!(with_4 >= chunk, "the gateway had a chunk waiting toward the stopped broker: {with_4} bytes");
+    assert!(with_64 > 2 * bound(4), "a window of 64 leaves more waiting ({with_64} bytes): the measure is blind");
+}
