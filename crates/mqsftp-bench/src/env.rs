@@ -128,8 +128,9 @@ impl Env {
         GatewayProc::start(&self.mqsftp, config, log, &self.wrap_gateway)
     }
 
-    /// Starts a fresh gateway process that reaches the broker on `port` of the same host (a relay in front of it).
-    pub fn gateway_via(&mut self, scenario: &str, port: u16) -> anyhow::Result<GatewayProc> {
+    /// Starts a fresh gateway process that reaches the broker on `port` of the same host (a relay in front of it),
+    /// with these `[transfer]` settings changed.
+    pub fn gateway_via(&mut self, scenario: &str, port: u16, transfer: &[(&str, i64)]) -> anyhow::Result<GatewayProc> {
         let text = std::fs::read_to_string(&self.gateway_toml)
             .with_context(|| format!("read {}", self.gateway_toml.display()))?;
         let mut table: toml::Table = text.parse().with_context(|| format!("parse {}", self.gateway_toml.display()))?;
@@ -138,6 +139,16 @@ impl Env {
             .and_then(|b| b.as_table_mut())
             .context("[broker] of the gateway config is not a table")?;
         broker.insert("port".into(), toml::Value::Integer(i64::from(port)));
+        if !transfer.is_empty() {
+            let section = table
+                .entry("transfer")
+                .or_insert(toml::Table::new().into())
+                .as_table_mut()
+                .context("[transfer] of the gateway config is not a table")?;
+            for (key, value) in transfer {
+                section.insert((*key).into(), toml::Value::Integer(*value));
+            }
+        }
         let path = self.gateway_toml.with_file_name(format!("bench-gateway-{scenario}.toml"));
         std::fs::write(&path, toml::to_string(&table)?).with_context(|| format!("write {}", path.display()))?;
         self.start_gateway(scenario, &path)

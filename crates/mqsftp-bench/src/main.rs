@@ -9,6 +9,7 @@
 //!   a whole `mqsftp get` process and a whole OpenSSH `sftp` process (connection and all);
 //! * `loaded`: pings while many downloads run, with the gateway straight on the broker and then through a relay
 //!   that makes its link to the broker the slowest part: how long an answer waits behind chunks;
+//! * `far`: the same with the broker 20 ms further from the gateway: what the windows cost a far broker;
 //! * `devices`: N devices, each with its own certificate and connection, all getting 256 KiB at once;
 //! * `big`: a `--big-size` get and put, with the peak RSS of gateway and device.
 //!
@@ -25,6 +26,7 @@ mod report;
 mod scenarios;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -57,7 +59,12 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Runs of a whole `mqsftp get` process (and of `sftp`) for 1 KiB in the latency scenario.
 const CLI_ROUNDS: usize = 30;
 
-const SCENARIOS: [&str; 6] = ["throughput", "broker", "latency", "loaded", "devices", "big"];
+/// The far run: the gateway's link to the broker holds each byte this long each way (a round trip 20 ms longer),
+/// with room for any rate; the downloads of its runs are this large.
+const FAR_DELAY: Duration = Duration::from_millis(10);
+const FAR_FILE: u64 = 32 * 1024 * 1024;
+
+const SCENARIOS: [&str; 7] = ["throughput", "broker", "latency", "loaded", "far", "devices", "big"];
 
 #[derive(Parser, Debug)]
 #[command(name = "mqsftp-bench", about = "mqsftp's performance benchmark against raw OpenSSH sftp and Mosquitto")]
@@ -83,7 +90,7 @@ struct Args {
     /// File size of each of those downloads.
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     loaded_size: u64,
-    /// Run only these scenarios (comma-separated): throughput, broker, latency, loaded, devices, big.
+    /// Run only these scenarios (comma-separated): throughput, broker, latency, loaded, far, devices, big.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON to this file.
@@ -282,6 +289,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
     if selected("loaded") {
         loaded(&mut env, &runtime, &args, &mut r)?;
     }
+    if selected("far") {
+        far(&mut env, &runtime, &mut r)?;
+    }
     if selected("devices") {
         eprintln!("devices: {} devices, each getting 256 KiB at once", args.devices);
         let mut gw = env.gateway("devices")?;
@@ -318,7 +328,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     r.at_most("latency_p50_ms", 2.0);
     r.at_most("latency_p99_ms", 10.0);
     r.at_most("devices_failures", 0.0);
-    for key in ["loaded", "slowlink"] {
+    for key in ["loaded", "slowlink", "far1", "far8", "far8wide", "far1wide"] {
         r.at_most(&format!("{key}_ping_failures"), 0.0);
         r.at_most(&format!("{key}_download_failures"), 0.0);
     }
@@ -346,10 +356,13 @@ fn loaded(env: &mut Env, runtime: &tokio::runtime::Runtime, args: &Args, r: &mut
         let (key, link) =
             if slow { ("slowlink", format!(", link to the broker at {rate} MB/s")) } else { ("loaded", String::new()) };
         eprintln!("{key}: pings while {n} downloads of {size} bytes run{link}");
-        let relay =
-            if slow { Some(runtime.block_on(relay::start(env.stack.mqtt_port(), SLOW_LINK_RATE))?) } else { None };
+        let relay = if slow {
+            Some(runtime.block_on(relay::start(env.stack.mqtt_port(), Some(SLOW_LINK_RATE), Duration::ZERO))?)
+        } else {
+            None
+        };
         let mut gw = match &relay {
-            Some(relay) => env.gateway_via(key, relay.port)?,
+            Some(relay) => env.gateway_via(key, relay.port, &[])?,
             None => env.gateway(key)?,
         };
         let loaded = runtime.block_on(scenarios::pings_under_load(env, n, size));
@@ -369,6 +382,43 @@ fn loaded(env: &mut Env, runtime: &tokio::runtime::Runtime, args: &Args, r: &mut
         r.figure(&format!("{key}_ping_failures"), "  pings unanswered", "", loaded.ping_failures as f64);
         r.figure(&format!("{key}_download_failures"), "  downloads failed", "", loaded.download_failures as f64);
         r.figure(&format!("{key}_mbps"), "  the downloads together", "MB/s", loaded.mbps);
+    }
+    Ok(())
+}
+
+/// A broker far from the gateway (20 ms more per round trip, through [`relay`]): what the windows cost there.
+/// Every message the gateway publishes is acknowledged a round trip later, so at most `broker_window` chunks per
+/// round trip reach the broker from all transfers together, and at most `window` chunks of one download (its
+/// device's acknowledgements come back the same way). Four runs, each with pings every 10 ms: one download and
+/// eight with the defaults, then eight with a broker window of 32 and one with a window of 16 as well.
+fn far(env: &mut Env, runtime: &tokio::runtime::Runtime, r: &mut Report) -> anyhow::Result<()> {
+    let delay = FAR_DELAY.as_secs_f64() * 2e3;
+    let wide: &[(&str, i64)] = &[("broker_window", 32)];
+    let wider: &[(&str, i64)] = &[("broker_window", 32), ("window", 16)];
+    let runs = [
+        ("far1", 1, &[][..], format!("defaults (window {}, broker window {})", env.window, env.broker_window)),
+        ("far8", 8, &[][..], "defaults".to_string()),
+        ("far8wide", 8, wide, "broker window 32".to_string()),
+        ("far1wide", 1, wider, "broker window 32, window 16".to_string()),
+    ];
+    for (key, n, transfer, settings) in runs {
+        eprintln!("{key}: {n} downloads of {FAR_FILE} bytes, broker {delay} ms further away, {settings}");
+        let relay = runtime.block_on(relay::start(env.stack.mqtt_port(), None, FAR_DELAY))?;
+        let mut gw = env.gateway_via(key, relay.port, transfer)?;
+        let loaded = runtime.block_on(scenarios::pings_under_load(env, n, FAR_FILE));
+        gw.check_alive()?;
+        let loaded = loaded?;
+        gw.stop();
+        drop(relay);
+        let label = format!("{n} download(s) of 32 MiB, broker {delay} ms round trip away, {settings}: together");
+        r.figure(&format!("{key}_mbps"), &label, "MB/s", loaded.mbps);
+        for (what, label, p) in [("ping_p50_ms", "  ping round trip p50", 50.0), ("ping_p99_ms", "  p99", 99.0)] {
+            if let Some(x) = percentile(&loaded.ping_ms, p) {
+                r.figure(&format!("{key}_{what}"), label, "ms", x);
+            }
+        }
+        r.figure(&format!("{key}_ping_failures"), "  pings unanswered", "", loaded.ping_failures as f64);
+        r.figure(&format!("{key}_download_failures"), "  downloads failed", "", loaded.download_failures as f64);
     }
     Ok(())
 }

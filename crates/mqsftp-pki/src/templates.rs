@@ -211,7 +211,8 @@ device_root = \"devices/{{device}}\"
 chunk_size = 261120
 window = 4
 # Messages (of all transfers) the broker may leave unacknowledged: what an answer can find queued ahead of it.
-# Throughput to the broker is at most this many chunks per round trip: raise it for a broker far away.
+# Throughput to the broker is at most this many chunks per round trip, and one transfer's at most `window`: raise
+# both for a broker far away (20 ms: broker_window = 32, window = 16; see docs/performance.md).
 broker_window = 4
 
 [runtime]
