@@ -390,27 +390,27 @@ fn loaded(env: &mut Env, runtime: &tokio::runtime::Runtime, args: &Args, r: &mut
 /// Every message the gateway publishes is acknowledged a round trip later, so at most `broker_window` chunks per
 /// round trip reach the broker from all transfers together, and at most `window` chunks of one download (its
 /// device's acknowledgements come back the same way). Four runs, each with pings every 10 ms: one download and
-/// eight with the defaults, then eight with a broker window of 32 and one with a window of 16 as well.
+/// eight with the gateway's settings, then eight with a broker window of 32 and one with a window of 16 as well.
 fn far(env: &mut Env, runtime: &tokio::runtime::Runtime, r: &mut Report) -> anyhow::Result<()> {
     let delay = FAR_DELAY.as_secs_f64() * 2e3;
-    let wide: &[(&str, i64)] = &[("broker_window", 32)];
-    let wider: &[(&str, i64)] = &[("broker_window", 32), ("window", 16)];
-    let runs = [
-        ("far1", 1, &[][..], format!("defaults (window {}, broker window {})", env.window, env.broker_window)),
-        ("far8", 8, &[][..], "defaults".to_string()),
-        ("far8wide", 8, wide, "broker window 32".to_string()),
-        ("far1wide", 1, wider, "broker window 32, window 16".to_string()),
-    ];
-    for (key, n, transfer, settings) in runs {
+    let (window, broker_window) = (i64::from(env.window), i64::from(env.broker_window));
+    for (key, n, window, broker_window) in [
+        ("far1", 1, window, broker_window),
+        ("far8", 8, window, broker_window),
+        ("far8wide", 8, window, 32),
+        ("far1wide", 1, 16, 32),
+    ] {
+        let settings = format!("window {window}, broker window {broker_window}");
         eprintln!("{key}: {n} downloads of {FAR_FILE} bytes, broker {delay} ms further away, {settings}");
         let relay = runtime.block_on(relay::start(env.stack.mqtt_port(), None, FAR_DELAY))?;
-        let mut gw = env.gateway_via(key, relay.port, transfer)?;
+        let transfer = [("window", window), ("broker_window", broker_window)];
+        let mut gw = env.gateway_via(key, relay.port, &transfer)?;
         let loaded = runtime.block_on(scenarios::pings_under_load(env, n, FAR_FILE));
         gw.check_alive()?;
         let loaded = loaded?;
         gw.stop();
         drop(relay);
-        let label = format!("{n} download(s) of 32 MiB, broker {delay} ms round trip away, {settings}: together");
+        let label = format!("broker {delay} ms away, {n} x {} MiB, {settings}", FAR_FILE >> 20);
         r.figure(&format!("{key}_mbps"), &label, "MB/s", loaded.mbps);
         for (what, label, p) in [("ping_p50_ms", "  ping round trip p50", 50.0), ("ping_p99_ms", "  p99", 99.0)] {
             if let Some(x) = percentile(&loaded.ping_ms, p) {
