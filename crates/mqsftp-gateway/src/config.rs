@@ -182,9 +182,8 @@ pub struct TransferConfig {
     /// acknowledged them ([`BROKER_WINDOW`] by default). It bounds what an answer finds queued ahead of it between
     /// the gateway and the broker, and it bounds the gateway's throughput to the broker at `broker_window` chunks
     /// per round trip to it: raise it for a broker far away. Measured with the broker 20 ms away, eight downloads
-    /// moved 37–38 MB/s together at 4 and 172–204 MB/s at 32, and a ping then took 54–59 against 34–39 ms (an
-    /// answer waits for a free place too); one download also needs `window` raised (docs/performance.md, "A
-    /// broker far from the gateway").
+    /// moved 36–38 MB/s together at 4 and 172–204 MB/s at 32; one download also needs `window` raised
+    /// (docs/performance.md, "A broker far from the gateway"). Answers do not wait for a place in it.
     pub broker_window: u16,
     /// Resend the window when it has not moved for this long.
     #[serde(with = "humantime_serde")]
@@ -226,7 +225,8 @@ pub const BROKER_INFLIGHT: u32 = 20;
 /// Default of `[transfer] broker_window`. With the broker next to the gateway, more in flight did not move more
 /// bytes, and answers waited behind it: with 100 downloads on a 32 MB/s link to the broker, pings waited 233–325
 /// ms (p50) at 64 in flight and rumqttc's queue at 8, against 54–61 ms at 4 and 2 (docs/performance.md, "Answers
-/// under load").
+/// under load"), and 29 ms since answers no longer wait for a place in the window ("Answers past a full broker
+/// window").
 pub const BROKER_WINDOW: u16 = 4;
 
 impl GatewayConfig {

@@ -224,14 +224,16 @@ impl Gateway {
                 subscriptions: vec![Topic::shared_requests_filter(), Topic::direct_filter(&id), Topic::up_filter(&id)],
                 connect_timeout: std::time::Duration::from_secs(15),
                 reconnect: true,
-                inflight: cfg.transfer.broker_window,
+                // The outbox keeps chunks within the broker window; answers may use the room beyond it.
+                inflight: cfg.transfer.broker_window.saturating_add(crate::outbox::CONTROL_ROOM),
                 queue: crate::outbox::LINK_QUEUE,
             },
         )
         .await?;
         info!(broker = %cfg.broker.address(), sftp = %format!("{}:{}", cfg.sftp.host, cfg.sftp.port), %id, "gateway connected");
         // The outbox's task ends by itself when the last transfer holding `shared` is gone.
-        let (outbox, _) = Outbox::start(link.client.clone());
+        let window = crate::outbox::BrokerWindow { limit: cfg.transfer.broker_window, acks: link.acks.clone() };
+        let (outbox, _) = Outbox::start(link.client.clone(), window);
         let shared = Arc::new(Shared {
             outbox,
             store,

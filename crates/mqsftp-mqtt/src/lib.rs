@@ -268,6 +268,17 @@ pub enum LinkState {
     Closed(String),
 }
 
+/// The broker's acknowledgements of this client's QoS 1 publishes, for an owner that keeps its own count of what
+/// is in flight (the gateway's outbox lets chunks, not answers, wait for the broker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PubAcks {
+    /// The connection they came on: 1 for the first, one more on each reconnect (after which rumqttc resends what
+    /// the broker had not acknowledged, so an owner's count starts again).
+    pub connection: u64,
+    /// PUBACKs received since the link was made.
+    pub acked: u64,
+}
+
 /// A connected MQTT client with its event loop running on a task.
 pub struct MqttLink {
     /// Publishes and subscribes.
@@ -276,6 +287,8 @@ pub struct MqttLink {
     pub incoming: mpsc::UnboundedReceiver<rumqttc::Publish>,
     /// Connection state.
     pub state: watch::Receiver<LinkState>,
+    /// The broker's PUBACKs so far.
+    pub acks: watch::Receiver<PubAcks>,
     /// UNSUBACKs received so far.
     unsubacks: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -314,8 +327,10 @@ impl MqttLink {
         }
         let (state_tx, state) = watch::channel(LinkState::Up(1));
         let (unsub_tx, unsubacks) = watch::channel(0);
-        let task = tokio::spawn(run_eventloop(client.clone(), eventloop, opts, broker, tx, (state_tx, unsub_tx)));
-        Ok(MqttLink { client, incoming, state, unsubacks, task })
+        let (acks_tx, acks) = watch::channel(PubAcks { connection: 1, acked: 0 });
+        let watches = (state_tx, unsub_tx, acks_tx);
+        let task = tokio::spawn(run_eventloop(client.clone(), eventloop, opts, broker, tx, watches));
+        Ok(MqttLink { client, incoming, state, acks, unsubacks, task })
     }
 
     /// Leaves cleanly: unsubscribes from `filters` and waits until the broker confirmed it (so that, for a shared
@@ -401,7 +416,7 @@ async fn run_eventloop(
     opts: LinkOptions,
     broker: String,
     tx: mpsc::UnboundedSender<rumqttc::Publish>,
-    (state, unsubacks): (watch::Sender<LinkState>, watch::Sender<u64>),
+    (state, unsubacks, acks): (watch::Sender<LinkState>, watch::Sender<u64>, watch::Sender<PubAcks>),
 ) {
     let mut generation = 1u64;
     let mut backoff = Duration::from_millis(100);
@@ -416,12 +431,16 @@ async fn run_eventloop(
             Ok(Event::Incoming(Packet::UnsubAck(_))) => {
                 unsubacks.send_modify(|n| *n += 1);
             }
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                acks.send_modify(|a| a.acked += 1);
+            }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 let _ = state.send(LinkState::Closed("disconnected".into()));
                 return;
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
                 generation += 1;
+                acks.send_modify(|a| a.connection = generation);
                 backoff = Duration::from_millis(100);
                 tracing::info!(%broker, generation, "reconnected to the broker");
                 // Subscribe from another task: awaiting the request channel here could deadlock the event loop.
