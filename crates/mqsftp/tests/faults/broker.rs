@@ -111,3 +111,34 @@ async fn put_resumes_after_the_broker_is_killed() {
     assert!(resent <= outcome.resent_bytes);
     gw.stop().await;
 }
+
+/// The MQTT link reports the broker's PUBACKs (`MqttLink::acks`, by which the gateway's outbox keeps its broker
+/// window): one per QoS 1 publish, and a new connection number once the link is back after a broker restart, when
+/// rumqttc resends what was unacknowledged and the outbox's count starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_reports_the_brokers_acknowledgements_across_a_restart() {
+    let mut stack = mqsftp_testkit::Stack::start().unwrap();
+    let cfg = mqsftp_gateway::GatewayConfig::load(stack.gateway_config()).expect("gateway config loads");
+    let options = mqsftp_mqtt::LinkOptions {
+        client_id: "test-acks".into(),
+        subscriptions: Vec::new(),
+        connect_timeout: LIMIT,
+        reconnect: true,
+        inflight: 8,
+        queue: mqsftp_mqtt::LinkOptions::DEFAULT_QUEUE,
+    };
+    let link = mqsftp_mqtt::MqttLink::connect(&cfg.broker, options).await.expect("the gateway's identity connects");
+    let device = mqsftp_proto::DeviceId::new("acks").unwrap();
+    let topic = mqsftp_proto::Topic::down(&device, &mqsftp_proto::SessionId::new("s1").unwrap());
+    for _ in 0..3 {
+        publish(&link, topic.clone(), b"x".to_vec()).await;
+    }
+    wait_until(LIMIT, "three PUBACKs", || link.acks.borrow().acked == 3).await;
+    assert_eq!(link.acks.borrow().connection, 1);
+    stack.kill_broker().unwrap();
+    stack.start_broker().unwrap();
+    wait_until(LIMIT, "the link back on a new connection", || link.acks.borrow().connection == 2).await;
+    publish(&link, topic, b"y".to_vec()).await;
+    wait_until(LIMIT, "the fourth PUBACK", || link.acks.borrow().acked == 4).await;
+    assert_eq!(*link.acks.borrow(), mqsftp_mqtt::PubAcks { connection: 2, acked: 4 });
+}
