@@ -70,11 +70,7 @@ impl Env {
             .with_context(|| format!("read {}", stack.gateway_config().display()))?;
         let mut table: toml::Table =
             text.parse().with_context(|| format!("parse {}", stack.gateway_config().display()))?;
-        let transfer = table
-            .entry("transfer")
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .context("[transfer] of the gateway config is not a table")?;
+        let transfer = transfer_section(&mut table)?;
         transfer.insert("max_transfers".into(), toml::Value::Integer(tuning.max_transfers as i64));
         // The loaded run's downloads are one device's.
         transfer.insert("max_transfers_per_device".into(), toml::Value::Integer(tuning.max_transfers as i64));
@@ -139,15 +135,9 @@ impl Env {
             .and_then(|b| b.as_table_mut())
             .context("[broker] of the gateway config is not a table")?;
         broker.insert("port".into(), toml::Value::Integer(i64::from(port)));
-        if !transfer.is_empty() {
-            let section = table
-                .entry("transfer")
-                .or_insert(toml::Table::new().into())
-                .as_table_mut()
-                .context("[transfer] of the gateway config is not a table")?;
-            for (key, value) in transfer {
-                section.insert((*key).into(), toml::Value::Integer(*value));
-            }
+        let section = transfer_section(&mut table)?;
+        for (key, value) in transfer {
+            section.insert((*key).into(), toml::Value::Integer(*value));
         }
         let path = self.gateway_toml.with_file_name(format!("bench-gateway-{scenario}.toml"));
         std::fs::write(&path, toml::to_string(&table)?).with_context(|| format!("write {}", path.display()))?;
@@ -191,6 +181,15 @@ impl Env {
     pub fn store_path(&self, name: &str) -> String {
         format!("devices/{DEVICE}/{name}")
     }
+}
+
+/// The `[transfer]` section of a gateway config, made if missing.
+fn transfer_section(table: &mut toml::Table) -> anyhow::Result<&mut toml::Table> {
+    table
+        .entry("transfer")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .context("[transfer] of the gateway config is not a table")
 }
 
 /// Writes `size` random bytes to `path` (random, so that nothing on the way can compress or deduplicate them).
