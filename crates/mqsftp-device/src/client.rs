@@ -384,9 +384,12 @@ impl Client {
         mut progress: impl FnMut(Progress),
     ) -> Result<PutOutcome, DeviceError> {
         let local_err = |source| DeviceError::Local { path: local.to_path_buf(), source };
-        // Taken before hashing: a change after it shows as a different length or modification time at the end.
-        let (stamp, size, sha256) = crate::file_io::stamp_and_hash(local).await.map_err(local_err)?;
-        let mut upload = Upload { local, remote, size, sha256, stamp, overwrite, resume: None, acked: 0, sent: 0 };
+        // Taken before the file is read: a change after it shows as a different length or modification time at the
+        // end. The file is hashed as it is sent, and the hash goes with the commit.
+        let stamp = crate::file_io::upload_stamp(local).await.map_err(local_err)?;
+        let size = stamp.0;
+        let mut upload =
+            Upload { local, remote, size, sha256: None, stamp, overwrite, resume: None, acked: 0, sent: 0 };
         let (mut attempt, mut idle) = (0, 0);
         let mut busy = BusyBackoff::new(self.timeout);
         loop {
@@ -455,20 +458,20 @@ impl Client {
             retransmit_after: StreamParams::default().retransmit_after,
             give_up_after: self.timeout,
         };
-        // The file was hashed to announce it: the sender neither hashes it again nor reads what the store holds.
-        let mut known = [0u8; 32];
-        hex::decode_to_slice(&upload.sha256, &mut known).map_err(|_| DeviceError::LocalChanged {
-            path: local.to_path_buf(),
-            reason: "its hash could not be decoded".into(),
-        })?;
-        let mut sender = Sender::resume(transfer, size, offset, params, Instant::now()).with_known_sha256(known);
+        // The sender hashes the file as it reads it, including what the store holds already (read, not sent), unless
+        // an earlier attempt read it all: then the hash is known and only the rest is read.
+        let sender = Sender::resume(transfer, size, offset, params, Instant::now());
+        let (mut sender, read_from) = match upload.sha256.as_deref().and_then(decode_sha256) {
+            Some(known) => (sender.with_known_sha256(known), offset.min(size)),
+            None => (sender, 0),
+        };
         // Read ahead by a thread, about a window of chunks, in the sender's chunk size: no pool round trip and no
         // copy per chunk.
-        let mut file = FileReader::start(local, offset.min(size), size, params.chunk_size, params.window as usize);
+        let mut file = FileReader::start(local, read_from, size, params.chunk_size, params.window as usize);
         let up = Topic::up(&self.device, &gateway);
         upload.acked = upload.acked.max(sender.acked());
         progress(Progress { done: sender.acked(), total: size });
-        while !sender.is_complete() {
+        loop {
             while let Some(read) = sender.poll_read() {
                 let data = file.read(read).await?;
                 sender
@@ -482,12 +485,13 @@ impl Client {
                     .await
                     .map_err(|e| DeviceError::Closed(e.to_string()))?;
             }
-            if sender.poll_done().is_some() {
-                // Everything was read: a file that changed meanwhile is reported now, with its name, before the
-                // gateway finds that the bytes do not match the announced hash.
+            if let Some((_, sha256)) = sender.poll_done() {
+                // Everything was read: a file that changed meanwhile is reported now, with its name, rather than
+                // committed in a version it never had.
                 self.check_unchanged(upload, &gateway, transfer).await?;
+                upload.sha256 = Some(hex::encode(sha256));
             }
-            if sender.is_complete() {
+            if sender.is_complete() && upload.sha256.is_some() {
                 break;
             }
             let wait =
@@ -521,8 +525,15 @@ impl Client {
         self.check_unchanged(upload, &gateway, transfer).await?;
         // Commit is idempotent on the gateway: a lost answer is recovered by asking again.
         let topic = Topic::direct(&self.device, &gateway);
-        match self.call_on(topic, |id, session| Request::Commit { id, session, transfer }).await? {
+        let sha = upload.sha256.clone();
+        match self.call_on(topic, |id, session| Request::Commit { id, session, transfer, sha256: sha }).await? {
             Response::Committed { size, sha256, durable, .. } => {
+                if Some(&sha256) != upload.sha256.as_ref() {
+                    return Err(DeviceError::Remote {
+                        code: ErrorCode::Internal,
+                        message: format!("the gateway committed sha256 {sha256}, not the {:?} sent", upload.sha256),
+                    });
+                }
                 let resent_bytes = upload.sent.saturating_sub(size);
                 Ok(PutOutcome { path: upload.remote.to_string(), size, sha256, durable, resent_bytes })
             }
@@ -807,8 +818,9 @@ struct Upload<'a> {
     local: &'a Path,
     remote: &'a str,
     size: u64,
-    sha256: String,
-    /// Length and modification time of the file when it was hashed.
+    /// The file's SHA-256 (hex), once an attempt has read all of it.
+    sha256: Option<String>,
+    /// Length and modification time of the file before it was read.
     stamp: (u64, Option<std::time::SystemTime>),
     overwrite: bool,
     /// The transfer to continue after an interruption.
@@ -817,6 +829,12 @@ struct Upload<'a> {
     acked: u64,
     /// Chunk bytes published, over all attempts.
     sent: u64,
+}
+
+/// The 32 bytes of a SHA-256 written as hex.
+fn decode_sha256(hex_digits: &str) -> Option<[u8; 32]> {
+    let mut sha = [0u8; 32];
+    hex::decode_to_slice(hex_digits, &mut sha).ok().map(|()| sha)
 }
 
 /// A response of a type the request does not call for.

@@ -426,35 +426,22 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Length and modification time of a local file.
 pub(crate) type Stamp = (u64, Option<std::time::SystemTime>);
 
-/// The stamp of a local file, then its size and SHA-256 (hex) in one pass, on the blocking pool in one round trip.
-pub(crate) async fn stamp_and_hash(path: &Path) -> std::io::Result<(Stamp, u64, String)> {
+/// The stamp of a local file to upload, taken before it is read: a change after it shows as another length or
+/// modification time at the end. The file is opened, so that a file that cannot be read is reported before
+/// anything is sent; anything but a regular file is refused (`InvalidInput`).
+pub(crate) async fn upload_stamp(path: &Path) -> std::io::Result<Stamp> {
     let path = path.to_path_buf();
     match tokio::task::spawn_blocking(move || {
-        let m = std::fs::metadata(&path)?;
-        let stamp = (m.len(), m.modified().ok());
-        let (size, sha256) = hash_file(&path)?;
-        Ok((stamp, size, sha256))
+        let m = File::open(&path)?.metadata()?;
+        if !m.is_file() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+        }
+        Ok((m.len(), m.modified().ok()))
     })
     .await
     {
         Ok(r) => r,
-        Err(e) => Err(std::io::Error::other(format!("hashing failed: {e}"))),
-    }
-}
-
-fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    use sha2::Digest;
-    let mut f = File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; HASH_BUF];
-    let mut size = 0u64;
-    loop {
-        let n = read_full(&mut f, &mut buf)?;
-        if n == 0 {
-            return Ok((size, hex::encode(h.finalize())));
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
+        Err(e) => Err(std::io::Error::other(format!("reading the file's metadata failed: {e}"))),
     }
 }
 
@@ -733,14 +720,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stamp_and_hash_match_the_file() {
-        use sha2::Digest;
+    async fn an_upload_is_stamped_only_from_a_readable_regular_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.bin");
-        let data = content(600_000, 8);
-        std::fs::write(&path, &data).unwrap();
-        let ((len, _), size, sha) = stamp_and_hash(&path).await.unwrap();
-        assert_eq!((len, size), (600_000, 600_000));
-        assert_eq!(sha, hex::encode(sha2::Sha256::digest(&data)));
+        std::fs::write(&path, content(600_000, 8)).unwrap();
+        let (len, mtime) = upload_stamp(&path).await.unwrap();
+        assert_eq!((len, mtime), (600_000, std::fs::metadata(&path).unwrap().modified().ok()));
+        let e = upload_stamp(dir.path()).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        assert_eq!(e.to_string(), "not a regular file");
+        let e = upload_stamp(&dir.path().join("gone")).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
     }
 }

@@ -26,14 +26,54 @@ pub(crate) struct PutRequest {
     pub session: SessionId,
     pub path: String,
     pub size: u64,
-    pub sha256: String,
+    /// The file's hash when the device gave it with the request; otherwise it comes with the commit.
+    pub sha256: Option<String>,
     pub overwrite: bool,
     /// The upload to continue, if this resumes one.
     pub resume: Option<TransferId>,
 }
 
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// `s` if it is a SHA-256 as the protocol writes it: 64 lowercase hex digits.
+fn valid_sha256(s: &str) -> Result<&str, Failure> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(s)
+    } else {
+        Err((ErrorCode::BadRequest, format!("field sha256 must be 64 lowercase hex digits, got {s:?}")))
+    }
+}
+
+/// What an upload knows of the hash its bytes must have: given with the `put`, a resuming `put` or the commit,
+/// whichever comes first; every later one must agree with it.
+struct ExpectedHash(Option<String>);
+
+impl ExpectedHash {
+    /// Takes the hash `given` (if any) in a message about upload `receiver`. `Ok(Some(verified))` once all bytes
+    /// are in and the hash is known (true when they match; a mismatch is an error), `Ok(None)` while either is
+    /// missing. A malformed hash is `bad_request` (nothing changes); one that differs from the hash given before
+    /// is `checksum_mismatch`, as the bytes cannot match both.
+    fn take(&mut self, receiver: &mut Receiver, given: Option<&str>) -> Result<Option<[u8; 32]>, Failure> {
+        if let Some(h) = given {
+            let h = valid_sha256(h)?;
+            match &self.0 {
+                Some(known) if known != h => {
+                    return Err((
+                        ErrorCode::ChecksumMismatch,
+                        format!("the upload was announced with sha256 {known}, and now {h}"),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    receiver.handle_done(receiver.size(), h).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+                    self.0 = Some(h.to_string());
+                }
+            }
+        }
+        match receiver.poll_finished() {
+            Some(Ok(sha)) => Ok(Some(sha)),
+            Some(Err(e)) => Err((ErrorCode::ChecksumMismatch, e.to_string())),
+            None => Ok(None),
+        }
+    }
 }
 
 pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, access: Arc<Access>, req: PutRequest) {
@@ -42,8 +82,7 @@ pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, access: Arc
         Ok(rel) => rel,
         Err(f) => return shared.respond(&device, &req.session, &fail(f)).await,
     };
-    if !is_sha256_hex(&req.sha256) {
-        let f = (ErrorCode::BadRequest, format!("field sha256 must be 64 lowercase hex digits, got {:?}", req.sha256));
+    if let Some(Err(f)) = req.sha256.as_deref().map(valid_sha256) {
         return shared.respond(&device, &req.session, &fail(f)).await;
     }
     let max = access.max_file_size;
@@ -77,7 +116,7 @@ pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, access: Arc
         // sent at once) get the remembered answer like any later one.
         drop(registration);
         while let Ok(ctl) = rx.try_recv() {
-            if let Ctl::Commit { id, session } = ctl {
+            if let Ctl::Commit { id, session, .. } = ctl {
                 crate::server::answer_stale_commit(&shared, &device, &session, transfer, id).await;
             }
         }
@@ -132,22 +171,28 @@ async fn serve_put(
         None => (".".to_string(), final_path.clone()),
     };
     let path = format!("{dir}/{}", part_name(&name, transfer));
-    if req.resume.is_some() && committed_already(&sftp, &final_path, &path, transfer, req).await {
-        // Committed, by another gateway or by this one before a restart, and the answer was lost (the device gave up
-        // waiting and asked again): answer as for a commit remembered here, instead of `exists` for its own file.
-        info!("the upload is in place already (its commit's answer was lost); answering its commit again");
-        let answer = Response::Committed {
-            id: req.id.clone(),
-            transfer,
-            size: req.size,
-            sha256: req.sha256.clone(),
-            durable: sftp.fsync,
-        };
-        if let Ok(mut c) = shared.committed.lock() {
-            c.insert(transfer, device.clone(), answer);
+    // A resume that names the file's hash may find the upload committed already (only a device that has sent every
+    // byte knows the hash, and only such an upload can have been committed).
+    let resumed_hash = req.sha256.as_deref().filter(|_| req.resume.is_some());
+    if let Some(sha) = resumed_hash {
+        if committed_already(&sftp, (&final_path, &path), transfer, req.size, sha).await {
+            // Committed, by another gateway or by this one before a restart, and the answer was lost (the device
+            // gave up waiting and asked again): answer as for a commit remembered here, instead of `exists` for its
+            // own file.
+            info!("the upload is in place already (its commit's answer was lost); answering its commit again");
+            let answer = Response::Committed {
+                id: req.id.clone(),
+                transfer,
+                size: req.size,
+                sha256: sha.to_string(),
+                durable: sftp.fsync,
+            };
+            if let Ok(mut c) = shared.committed.lock() {
+                c.insert(transfer, device.clone(), answer);
+            }
+            shared.respond(device, &req.session, &shared.put_accepted(req.id.clone(), transfer, req.size)).await;
+            return Ok(());
         }
-        shared.respond(device, &req.session, &shared.put_accepted(req.id.clone(), transfer, req.size)).await;
-        return Ok(());
     }
     if !req.overwrite && sftp.try_exists(final_path.as_str()).await.unwrap_or(false) {
         return Err((ErrorCode::Exists, format!("already exists: {} (ask to overwrite to replace it)", rel.as_str())));
@@ -179,18 +224,15 @@ async fn serve_put(
     let bucket = shared.buckets.get(device, access.rate);
     let mut session = req.session.clone();
     shared.respond(device, &req.session, &shared.put_accepted(req.id.clone(), transfer, receiver.received())).await;
-    if let Err(e) = receiver.handle_done(req.size, &req.sha256) {
-        part.discard(file.take()).await;
-        return Err((ErrorCode::BadRequest, e.to_string()));
-    }
-    // An empty upload is complete before any chunk; a wrong hash for it is caught here.
-    let mut verified = match receiver.poll_finished() {
-        Some(Ok(_)) => true,
-        Some(Err(e)) => {
+    let mut expected = ExpectedHash(None);
+    // An empty upload (or one the store holds whole) is complete before any chunk; a wrong hash for it is caught
+    // here. The hash of what arrived, once it is verified.
+    let mut verified = match expected.take(&mut receiver, req.sha256.as_deref()) {
+        Ok(v) => v,
+        Err(f) => {
             part.discard(file.take()).await;
-            return Err((ErrorCode::ChecksumMismatch, e.to_string()));
+            return Err(f);
         }
-        None => false,
     };
     let outcome = loop {
         let ctl = match tokio::time::timeout(t.upload_expiry, rx.recv()).await {
@@ -232,17 +274,35 @@ async fn serve_put(
                     Ok(Received::Reack { ack }) => ack,
                     Err(e) => break Err((ErrorCode::BadRequest, e.to_string())),
                 };
-                match receiver.poll_finished() {
-                    Some(Ok(_)) => verified = true,
-                    Some(Err(e)) => break Err((ErrorCode::ChecksumMismatch, e.to_string())),
-                    None => {}
+                match expected.take(&mut receiver, None) {
+                    Ok(Some(sha)) => verified = Some(sha),
+                    Ok(None) => {}
+                    Err(f) => break Err(f),
                 }
                 shared.respond(device, &session, &Response::PutAck { transfer, next: ack }).await;
             }
-            Ctl::Commit { id, session } => {
-                if !verified {
-                    let msg =
-                        format!("commit before all data arrived: have {} of {} bytes", receiver.received(), req.size);
+            Ctl::Commit { id, session, sha256 } => {
+                match expected.take(&mut receiver, sha256.as_deref()) {
+                    Ok(Some(sha)) => verified = Some(sha),
+                    Ok(None) => {}
+                    Err(f @ (ErrorCode::BadRequest, _)) => {
+                        // A malformed hash: this commit is refused, the upload goes on.
+                        let (code, message) = f;
+                        let resp = Response::Error { id: Some(id), transfer: Some(transfer), code, message };
+                        shared.respond(device, &session, &resp).await;
+                        continue;
+                    }
+                    Err(f) => {
+                        *reply = (id, session);
+                        break Err(f);
+                    }
+                }
+                let Some(sha) = verified else {
+                    let msg = if expected.0.is_none() {
+                        "commit without sha256: the put did not give the file's hash, so the commit must".to_string()
+                    } else {
+                        format!("commit before all data arrived: have {} of {} bytes", receiver.received(), req.size)
+                    };
                     let resp = Response::Error {
                         id: Some(id),
                         transfer: Some(transfer),
@@ -251,7 +311,7 @@ async fn serve_put(
                     };
                     shared.respond(device, &session, &resp).await;
                     continue;
-                }
+                };
                 // A failing commit is answered to this commit (the device waits for its answer), not to the put.
                 *reply = (id.clone(), session.clone());
                 if let Some(w) = writeback.take() {
@@ -259,8 +319,8 @@ async fn serve_put(
                 }
                 match commit(shared, &sftp, &mut part, file.take(), (&final_path, rel), req.overwrite).await {
                     Ok(durable) => {
-                        let answer =
-                            Response::Committed { id, transfer, size: req.size, sha256: req.sha256.clone(), durable };
+                        let sha256 = hex::encode(sha);
+                        let answer = Response::Committed { id, transfer, size: req.size, sha256, durable };
                         if let Ok(mut c) = shared.committed.lock() {
                             c.insert(transfer, device.clone(), answer.clone());
                         }
@@ -273,6 +333,12 @@ async fn serve_put(
             }
             Ctl::Reattach(again) => {
                 *reply = (again.id.clone(), again.session.clone());
+                // A device that has sent every byte since knows the hash, and says it now.
+                match expected.take(&mut receiver, again.sha256.as_deref()) {
+                    Ok(Some(sha)) => verified = Some(sha),
+                    Ok(None) => {}
+                    Err(f) => break Err(f),
+                }
                 // Make what is held durable before telling the device it need not send it again.
                 if let Some(f) = file.as_mut() {
                     let synced = match f.flush().await {
@@ -434,28 +500,28 @@ async fn commit(
     Ok(durable)
 }
 
-/// Whether the resumed upload `req` is committed already: its temporary file (`part_path`) is gone and the target
-/// holds exactly the announced size and SHA-256. Any doubt (a store error, another size) is a no: the request then
-/// goes on as any resume, to `exists` or `expired`.
+/// Whether a resumed upload of `size` bytes with hash `sha256` is committed already: its temporary file
+/// (`part_path`) is gone and the target (`final_path`) holds exactly that size and hash. Any doubt (a store error,
+/// another size) is a no: the request then goes on as any resume, to `exists` or `expired`.
 async fn committed_already(
     sftp: &StoreSession,
-    final_path: &str,
-    part_path: &str,
+    (final_path, part_path): (&str, &str),
     transfer: TransferId,
-    req: &PutRequest,
+    size: u64,
+    sha256: &str,
 ) -> bool {
     if sftp.try_exists(part_path).await.unwrap_or(true) {
         return false;
     }
     match sftp.metadata(final_path).await {
-        Ok(meta) if !meta.is_dir() && meta.len() == req.size => {}
+        Ok(meta) if !meta.is_dir() && meta.len() == size => {}
         _ => return false,
     }
     let Ok(mut file) = sftp.open(final_path).await else { return false };
-    let mut receiver = Receiver::new(transfer, req.size);
+    let mut receiver = Receiver::new(transfer, size);
     let read_all = feed_held(&mut file, &mut receiver).await.is_ok();
     let _ = file.shutdown().await;
-    read_all && receiver.handle_done(req.size, &req.sha256).is_ok() && matches!(receiver.poll_finished(), Some(Ok(_)))
+    read_all && receiver.handle_done(size, sha256).is_ok() && matches!(receiver.poll_finished(), Some(Ok(_)))
 }
 
 /// Why [`feed_held`] stopped.

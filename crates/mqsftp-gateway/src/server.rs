@@ -48,8 +48,9 @@ pub(crate) enum Ctl {
     Cancel,
     /// An upload chunk.
     Chunk(Chunk),
-    /// Commit an upload; answer request `id` on `session`.
-    Commit { id: String, session: SessionId },
+    /// Commit an upload; answer request `id` on `session`. `sha256` is the file's hash when the device gives it
+    /// here (required when its `put` did not).
+    Commit { id: String, session: SessionId, sha256: Option<String> },
     /// The device resumes this upload (after losing its connection): answer with what is held.
     Reattach(Box<crate::put::PutRequest>),
 }
@@ -416,8 +417,10 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
             };
             tokio::spawn(crate::put::start_put(shared.clone(), device, access, put));
         }
-        Request::Commit { id, session, transfer } => {
-            if let Err(Ctl::Commit { id, session }) = route(shared, &device, transfer, Ctl::Commit { id, session }) {
+        Request::Commit { id, session, transfer, sha256 } => {
+            if let Err(Ctl::Commit { id, session, .. }) =
+                route(shared, &device, transfer, Ctl::Commit { id, session, sha256 })
+            {
                 let shared = shared.clone();
                 tokio::spawn(async move { answer_stale_commit(&shared, &device, &session, transfer, id).await });
             }

@@ -49,12 +49,16 @@ pub enum Request {
         path: String,
         /// Exact size of the file.
         size: u64,
-        /// SHA-256 of the whole file, 64 lowercase hex digits.
-        sha256: String,
+        /// SHA-256 of the whole file, 64 lowercase hex digits, when the device knows it before sending;
+        /// otherwise the device hashes the file as it sends it and gives the hash with [`Request::Commit`] (the
+        /// upload then starts at once, and the file is read once instead of twice).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
         /// Replace an existing file at `path` (otherwise the commit fails with `exists`).
         #[serde(default)]
         overwrite: bool,
-        /// Continue upload `resume` (same path, size and hash) from what the store holds, after an interruption.
+        /// Continue upload `resume` (same path and size, and the same hash if one is given) from what the store
+        /// holds, after an interruption.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<TransferId>,
     },
@@ -66,6 +70,10 @@ pub enum Request {
         session: SessionId,
         /// The upload.
         transfer: TransferId,
+        /// SHA-256 of the whole file, 64 lowercase hex digits: required when the `put` did not carry it, and
+        /// must equal it when it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
     },
     /// List a directory (relative to the device root; empty for the root), a page at a time.
     List {
@@ -447,7 +455,7 @@ mod tests {
             }),
             (
                 (req_id(), session(), any::<String>(), any::<u64>()),
-                ("[0-9a-f]{64}", any::<bool>(), proptest::option::of(any::<u64>()))
+                (proptest::option::of("[0-9a-f]{64}"), any::<bool>(), proptest::option::of(any::<u64>()))
             )
                 .prop_map(|((id, session, path, size), (sha256, overwrite, resume))| Request::Put {
                     id,
@@ -458,11 +466,8 @@ mod tests {
                     overwrite,
                     resume
                 }),
-            (req_id(), session(), any::<u64>()).prop_map(|(id, session, transfer)| Request::Commit {
-                id,
-                session,
-                transfer
-            }),
+            (req_id(), session(), any::<u64>(), proptest::option::of("[0-9a-f]{64}"))
+                .prop_map(|(id, session, transfer, sha256)| Request::Commit { id, session, transfer, sha256 }),
             (req_id(), session(), any::<String>(), any::<u64>(), proptest::option::of(any::<u32>()))
                 .prop_map(|(id, session, path, offset, limit)| Request::List { id, session, path, offset, limit }),
             (req_id(), session(), any::<String>()).prop_map(|(id, session, path)| Request::Stat { id, session, path }),
@@ -579,6 +584,22 @@ mod tests {
             String::from_utf8(e.encode()).unwrap(),
             r#"{"type":"error","id":"r1","code":"not_found","message":"no such file: a"}"#
         );
+    }
+
+    #[test]
+    fn a_put_may_leave_its_hash_to_the_commit() {
+        let r = Request::decode(br#"{"op":"put","id":"p","session":"s1","path":"a","size":3}"#).unwrap();
+        assert!(matches!(r, Request::Put { sha256: None, .. }), "{r:?}");
+        // A commit without a hash decodes and encodes as it always did.
+        let r = Request::decode(br#"{"op":"commit","id":"c","session":"s1","transfer":7}"#).unwrap();
+        assert!(matches!(r, Request::Commit { sha256: None, transfer: 7, .. }), "{r:?}");
+        let c = Request::Commit { id: "c".into(), session: SessionId::new("s1").unwrap(), transfer: 7, sha256: None };
+        assert_eq!(String::from_utf8(c.encode()).unwrap(), r#"{"op":"commit","id":"c","session":"s1","transfer":7}"#);
+        let Request::Commit { id, session, transfer, .. } = c else { unreachable!() };
+        let c = Request::Commit { id, session, transfer, sha256: Some("ab".repeat(32)) };
+        assert!(String::from_utf8(c.encode())
+            .unwrap()
+            .ends_with(&format!(r#""transfer":7,"sha256":"{}"}}"#, "ab".repeat(32))));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //!
 //! [`Receiver`] accepts the next chunk in order, tells its driver what to write and what to acknowledge, ignores
 //! duplicates, and verifies size and SHA-256 once the expected hash is known (from `get_done` for a download,
-//! from the `put` request for an upload) and all bytes are in.
+//! from the `put` request or its `commit` for an upload) and all bytes are in.
 //!
 //! Time is passed in as [`Instant`]s, so tests drive both ends on a virtual clock.
 
@@ -154,8 +154,9 @@ impl Sender {
         s
     }
 
-    /// For a caller that already knows the file's SHA-256 (an uploader hashed the file to announce it): the data
-    /// is not hashed a second time, and the first `start` bytes, which the receiver holds, are not read at all.
+    /// For a caller that already knows the file's SHA-256 (an uploader that read the whole file in an earlier
+    /// attempt of the same upload): the data is not hashed again, and the first `start` bytes, which the receiver
+    /// holds, are not read at all.
     /// [`poll_done`](Self::poll_done) reports the given hash.
     pub fn with_known_sha256(mut self, sha256: [u8; 32]) -> Self {
         self.hasher = None;

@@ -73,7 +73,7 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
         session: session.clone(),
         path: path.into(),
         size,
-        sha256: sha256.into(),
+        sha256: Some(sha256.into()),
         overwrite: false,
         resume: None,
     };
@@ -123,7 +123,7 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
         })
         .await;
     raw.send_chunk(&gw_id, transfer, 0, b"hel").await;
-    raw.send_to(&gw_id, &Request::Commit { id: "c1".into(), session: session.clone(), transfer }).await;
+    raw.send_to(&gw_id, &Request::Commit { id: "c1".into(), session: session.clone(), transfer, sha256: None }).await;
     let code = raw
         .expect(|r| match r {
             Response::Error { id: Some(id), code, .. } if id == "c1" => Some(code),
@@ -134,7 +134,7 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
     // An overlapping chunk with other content is not written over what was received (only the tail counts).
     raw.send_chunk(&gw_id, transfer, 3, b"lo").await;
     raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
-    raw.send_to(&gw_id, &Request::Commit { id: "c2".into(), session: session.clone(), transfer }).await;
+    raw.send_to(&gw_id, &Request::Commit { id: "c2".into(), session: session.clone(), transfer, sha256: None }).await;
     let first = raw
         .expect(|r| match r {
             Response::Committed { id, durable, .. } if id == "c2" => Some(durable),
@@ -143,10 +143,79 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
         .await;
     assert!(first);
     // The same commit again (a lost answer): the same answer, still one file.
-    raw.send_to(&gw_id, &Request::Commit { id: "c3".into(), session: session.clone(), transfer }).await;
+    raw.send_to(&gw_id, &Request::Commit { id: "c3".into(), session: session.clone(), transfer, sha256: None }).await;
     raw.expect(|r| matches!(r, Response::Committed { ref id, .. } if id == "c3").then_some(())).await;
     assert_eq!(std::fs::read(stack.device_root("badput").join("late.bin")).unwrap(), b"hello");
     assert_eq!(entries(&stack.device_root("badput")), vec!["late.bin".to_string()]);
+    gw.stop().await;
+}
+
+/// A device may start an upload without its hash (it hashes the file as it sends it) and give the hash with the
+/// commit: what the gateway then checks and answers with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_may_give_its_hash_with_the_commit() {
+    let (stack, gw, cfg) = setup("latehash").await;
+    let mut raw = RawDevice::connect(&cfg, "raw4").await;
+    let session = raw.session.clone();
+    let put = |id: &str, path: &str, sha256: Option<String>| Request::Put {
+        id: id.into(),
+        session: session.clone(),
+        path: path.into(),
+        size: 5,
+        sha256,
+        overwrite: false,
+        resume: None,
+    };
+    let commit = |id: &str, transfer, sha256: Option<String>| Request::Commit {
+        id: id.into(),
+        session: session.clone(),
+        transfer,
+        sha256,
+    };
+    let root = stack.device_root("latehash");
+
+    // All five bytes sent, no hash yet: a commit without one is refused, as is a malformed one; the upload goes on.
+    let (transfer, gw_id) = raw.put_accepted(&put("p1", "a.bin", None), "p1").await;
+    raw.send_chunk(&gw_id, transfer, 0, b"hello").await;
+    raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
+    raw.send_to(&gw_id, &commit("c1", transfer, None)).await;
+    let (code, message) = raw.error_for("c1").await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("commit without sha256"), "{message}");
+    raw.send_to(&gw_id, &commit("c2", transfer, Some("NOTHEX".into()))).await;
+    let (code, message) = raw.error_for("c2").await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("field sha256") && message.contains("NOTHEX"), "{message}");
+    assert!(!root.join("a.bin").exists());
+    raw.send_to(&gw_id, &commit("c3", transfer, Some(sha256(b"hello")))).await;
+    let committed = raw
+        .expect(|r| match r {
+            Response::Committed { id, sha256, size, .. } if id == "c3" => Some((sha256, size)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(committed, (sha256(b"hello"), 5));
+    assert_eq!(std::fs::read(root.join("a.bin")).unwrap(), b"hello");
+
+    // The hash given with the commit does not match the bytes: nothing appears, the temporary file goes.
+    let (transfer, gw_id) = raw.put_accepted(&put("p2", "b.bin", None), "p2").await;
+    raw.send_chunk(&gw_id, transfer, 0, b"hello").await;
+    raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
+    raw.send_to(&gw_id, &commit("c4", transfer, Some(sha256(b"HELLO")))).await;
+    let (code, message) = raw.error_for("c4").await;
+    assert_eq!(code, ErrorCode::ChecksumMismatch, "{message}");
+
+    // A hash given with the put and another with the commit: the bytes cannot match both.
+    let (transfer, gw_id) = raw.put_accepted(&put("p3", "c.bin", Some(sha256(b"hello"))), "p3").await;
+    raw.send_chunk(&gw_id, transfer, 0, b"hello").await;
+    raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
+    raw.send_to(&gw_id, &commit("c5", transfer, Some(sha256(b"HELLO")))).await;
+    let (code, message) = raw.error_for("c5").await;
+    assert_eq!(code, ErrorCode::ChecksumMismatch);
+    assert!(message.contains("announced with sha256"), "{message}");
+
+    assert_eq!(entries(&root), vec!["a.bin".to_string()]);
+    assert!(part_files(stack.store_dir()).is_empty(), "{:?}", part_files(stack.store_dir()));
     gw.stop().await;
 }
 
@@ -162,7 +231,7 @@ async fn incomplete_upload_expires_and_is_removed() {
         session: raw.session.clone(),
         path: "half.bin".into(),
         size: 10,
-        sha256: sha256(b"0123456789"),
+        sha256: Some(sha256(b"0123456789")),
         overwrite: false,
         resume: None,
     };
@@ -323,8 +392,8 @@ async fn bad_requests_do_not_disturb_a_running_transfer() {
     gw.stop().await;
 }
 
-/// The device hashes a file once, to announce it; if the file changes while it is uploaded, the upload ends with
-/// an error naming the file and nothing is committed.
+/// The device hashes a file as it sends it; if the file changes while it is uploaded, the upload ends with an error
+/// naming the file and nothing is committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_during_upload_is_not_committed() {
     // When 1 MiB is acknowledged, the device has read at most that, a window in flight and a window read ahead: the
@@ -431,7 +500,7 @@ async fn a_commit_whose_answer_was_lost_is_answered_by_another_gateway() {
         session: session.clone(),
         path: "c.bin".into(),
         size,
-        sha256,
+        sha256: Some(sha256),
         overwrite: false,
         resume,
     };
@@ -444,7 +513,7 @@ async fn a_commit_whose_answer_was_lost_is_answered_by_another_gateway() {
         .await;
     raw.send_chunk(&first, transfer, 0, b"hello").await;
     raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
-    raw.send_to(&first, &Request::Commit { id: "c1".into(), session: session.clone(), transfer }).await;
+    raw.send_to(&first, &Request::Commit { id: "c1".into(), session: session.clone(), transfer, sha256: None }).await;
     raw.expect(|r| matches!(r, Response::Committed { ref id, .. } if id == "c1").then_some(())).await;
     // The gateway that committed goes away with what it remembers; another one takes the requests.
     gw_a.stop().await;
@@ -459,7 +528,7 @@ async fn a_commit_whose_answer_was_lost_is_answered_by_another_gateway() {
         .await;
     assert_eq!(offset, 5, "nothing to send again");
     assert_ne!(second, first);
-    raw.send_to(&second, &Request::Commit { id: "c2".into(), session: session.clone(), transfer }).await;
+    raw.send_to(&second, &Request::Commit { id: "c2".into(), session: session.clone(), transfer, sha256: None }).await;
     let (size, sha) = raw
         .expect(|r| match r {
             Response::Committed { id, size, sha256, .. } if id == "c2" => Some((size, sha256)),

@@ -209,6 +209,31 @@ impl RawDevice {
         self.publish(mqsftp_proto::Topic::up(&self.device, gateway), c.encode().to_vec()).await;
     }
 
+    /// Sends `put` (request id `id`) and waits for its acceptance: the transfer and the gateway holding it.
+    pub async fn put_accepted(&mut self, put: &mqsftp_proto::Request, id: &str) -> (u64, mqsftp_proto::GatewayId) {
+        self.send(put).await;
+        self.expect(|r| match r {
+            mqsftp_proto::Response::PutAccepted { id: got, transfer, gateway, .. } if got == id => {
+                Some((transfer, gateway))
+            }
+            mqsftp_proto::Response::Error { id: Some(got), code, message, .. } if got == id => {
+                panic!("put {id} refused: {code}: {message}")
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    /// The error answering request `id`: its code and message.
+    pub async fn error_for(&mut self, id: &str) -> (mqsftp_device::ErrorCode, String) {
+        self.expect(|r| match r {
+            mqsftp_proto::Response::Error { id: Some(got), code, message, .. } if got == id => Some((code, message)),
+            mqsftp_proto::Response::Committed { id: got, .. } if got == id => panic!("{id} was committed"),
+            _ => None,
+        })
+        .await
+    }
+
     /// The next response satisfying `pick`; others (acks, ...) are passed over.
     pub async fn expect<T>(&mut self, mut pick: impl FnMut(mqsftp_proto::Response) -> Option<T>) -> T {
         loop {
