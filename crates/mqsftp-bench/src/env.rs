@@ -22,6 +22,8 @@ pub struct Tuning {
     /// Chunk size and window, when not the defaults (to choose them by measurement).
     pub chunk_size: Option<u32>,
     pub window: Option<u32>,
+    /// `[transfer] shared_window`, when not the default.
+    pub shared_window: Option<u32>,
     /// `[transfer] broker_window`, when not the default.
     pub broker_window: Option<u16>,
     /// `[runtime] threads`, when not the default.
@@ -44,6 +46,8 @@ pub struct Env {
     /// The gateway's chunk size and window, as configured.
     pub chunk_size: u32,
     pub window: u32,
+    /// The gateway's `[transfer] shared_window`, as configured.
+    pub shared_window: u32,
     /// The gateway's `[transfer] broker_window`, as configured.
     pub broker_window: u16,
     /// The gateway process's runtime threads (`[runtime] threads`: 0 = one per core).
@@ -80,6 +84,9 @@ impl Env {
         if let Some(w) = tuning.window {
             transfer.insert("window".into(), toml::Value::Integer(i64::from(w)));
         }
+        if let Some(w) = tuning.shared_window {
+            transfer.insert("shared_window".into(), toml::Value::Integer(i64::from(w)));
+        }
         if let Some(w) = tuning.broker_window {
             transfer.insert("broker_window".into(), toml::Value::Integer(i64::from(w)));
         }
@@ -103,6 +110,7 @@ impl Env {
             device_root,
             chunk_size: cfg.transfer.chunk_size,
             window: cfg.transfer.window,
+            shared_window: cfg.transfer.shared_window,
             broker_window: cfg.transfer.broker_window,
             gateway_threads: cfg.runtime.threads,
             logs,

@@ -102,6 +102,9 @@ struct Args {
     /// Gateway window in chunks ([transfer] window; default: the gateway's default).
     #[arg(long)]
     window: Option<u32>,
+    /// Chunks in flight over all transfers together ([transfer] shared_window; default: the gateway's default).
+    #[arg(long)]
+    shared_window: Option<u32>,
     /// Messages the gateway may publish before the broker acknowledges them ([transfer] broker_window; default: the
     /// gateway's default).
     #[arg(long)]
@@ -201,6 +204,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         max_transfers,
         chunk_size,
         window: args.window,
+        shared_window: args.shared_window,
         broker_window: args.broker_window,
         gateway_threads: args.gateway_threads,
     };
@@ -215,6 +219,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     r.setup("runs", args.runs);
     r.setup("chunk_size", env.chunk_size);
     r.setup("window", env.window);
+    r.setup("shared_window", env.shared_window);
     r.setup("broker_window", env.broker_window);
     r.setup("gateway_threads", env.gateway_threads);
     r.setup("gateway_max_transfers", max_transfers);
@@ -389,7 +394,7 @@ fn loaded(env: &mut Env, runtime: &tokio::runtime::Runtime, args: &Args, r: &mut
 /// A broker far from the gateway (20 ms more per round trip, through [`relay`]): what the windows cost there.
 /// Every message the gateway publishes is acknowledged a round trip later, so at most `broker_window` chunks per
 /// round trip reach the broker from all transfers together, and at most `window` chunks of one download (its
-/// device's acknowledgements come back the same way). Four runs, each with pings every 10 ms: one download and
+/// device's acknowledgements come back the same way; eight downloads share `shared_window`). Four runs, each with pings every 10 ms: one download and
 /// eight with the gateway's settings, then eight with a broker window of 32 and one with a window of 16 as well.
 fn far(env: &mut Env, runtime: &tokio::runtime::Runtime, r: &mut Report) -> anyhow::Result<()> {
     let delay = FAR_DELAY.as_secs_f64() * 2e3;
@@ -400,7 +405,7 @@ fn far(env: &mut Env, runtime: &tokio::runtime::Runtime, r: &mut Report) -> anyh
         ("far8wide", 8, window, 32),
         ("far1wide", 1, 16, 32),
     ] {
-        let settings = format!("window {window}, broker window {broker_window}");
+        let settings = format!("window {window} ({} shared), broker window {broker_window}", env.shared_window);
         eprintln!("{key}: {n} downloads of {FAR_FILE} bytes, broker {delay} ms further away, {settings}");
         let relay = runtime.block_on(relay::start(env.stack.mqtt_port(), None, FAR_DELAY))?;
         let transfer = [("window", window), ("broker_window", broker_window)];

@@ -174,10 +174,15 @@ impl StoreConfig {
 pub struct TransferConfig {
     /// Data bytes per chunk.
     pub chunk_size: u32,
-    /// Chunks in flight per transfer before waiting for the device's acknowledgement. One transfer moves at most
-    /// `window` chunks per round trip between gateway and device (through the broker): raise it too for a broker
-    /// far away.
+    /// Most chunks one transfer keeps in flight before waiting for an acknowledgement ([`WINDOW`] by default).
+    /// One transfer moves at most `window` chunks per round trip between gateway and device (through the broker):
+    /// raise it too for a broker far away.
     pub window: u32,
+    /// Chunks in flight over all transfers together ([`SHARED_WINDOW`] by default): each transfer gets this
+    /// divided by the number running, at least 2 and at most `window`. What is in flight waits in the broker ahead
+    /// of the answers to its device, so this bounds how long answers wait under load while a lone transfer still
+    /// gets the whole `window`.
+    pub shared_window: u32,
     /// Messages (chunks and answers, of all transfers together) the gateway publishes before the broker has
     /// acknowledged them ([`BROKER_WINDOW`] by default). It bounds what an answer finds queued ahead of it between
     /// the gateway and the broker, and it bounds the gateway's throughput to the broker at `broker_window` chunks
@@ -207,7 +212,8 @@ impl Default for TransferConfig {
         let p = mqsftp_proto::StreamParams::default();
         Self {
             chunk_size: p.chunk_size,
-            window: p.window,
+            window: WINDOW,
+            shared_window: SHARED_WINDOW,
             broker_window: BROKER_WINDOW,
             retransmit_after: p.retransmit_after,
             give_up_after: p.give_up_after,
@@ -218,6 +224,17 @@ impl Default for TransferConfig {
         }
     }
 }
+
+/// Default of `[transfer] window`: 8 chunks of 255 KiB kept a lone 1 GiB download 17 % faster than 4 on the
+/// benchmark's two cores (docs/performance.md, "Windows shared among the transfers running").
+pub const WINDOW: u32 = mqsftp_proto::StreamParams::DEFAULT.window;
+
+/// Default of `[transfer] shared_window`: 32 chunks, 8 MiB, what four transfers at the full window hold.
+pub const SHARED_WINDOW: u32 = 32;
+
+/// The smallest window a transfer is given however many run: two chunks, so that one is on its way while the
+/// other is acknowledged (or `window`, when that is set lower).
+pub const MIN_WINDOW: u32 = 2;
 
 /// Mosquitto's default `max_inflight_messages`: more QoS 1 chunks than this in flight only queue in the broker.
 pub const BROKER_INFLIGHT: u32 = 20;
@@ -319,6 +336,9 @@ impl GatewayConfig {
                 &format!("must be between 1 and {BROKER_INFLIGHT} (the broker's in-flight limit)"),
             ));
         }
+        if t.shared_window == 0 {
+            return Err(invalid("transfer.shared_window", "0".into(), "must be at least 1"));
+        }
         if t.broker_window == 0 {
             return Err(invalid("transfer.broker_window", "0".into(), "must be at least 1"));
         }
@@ -387,7 +407,8 @@ device_root = "devices/{device}"
         assert!(cfg.broker.ca.is_absolute());
         assert!(cfg.sftp.key.ends_with("gateway_ed25519") && cfg.sftp.key.is_absolute());
         assert_eq!(cfg.sftp.known_hosts, PathBuf::from("/etc/mqsftp/known_hosts"));
-        assert_eq!((cfg.transfer.chunk_size, cfg.transfer.window), (261120, 4), "the defaults");
+        assert_eq!((cfg.transfer.chunk_size, cfg.transfer.window), (261120, 8), "the defaults");
+        assert_eq!(cfg.transfer.shared_window, 32);
         assert_eq!(cfg.transfer.broker_window, 4);
         let d = DeviceId::new("d1").unwrap();
         assert_eq!(cfg.store.path_of(&d, &mqsftp_proto::confine("a/b").unwrap()), "devices/d1/a/b");
@@ -400,6 +421,8 @@ device_root = "devices/{device}"
         assert!(e.contains("store.device_root") && e.contains("{device}"), "{e}");
         let e = load(&format!("{GOOD}\n[transfer]\nwindow = 50\n")).unwrap_err().to_string();
         assert!(e.contains("transfer.window = 50"), "{e}");
+        let e = load(&format!("{GOOD}\n[transfer]\nshared_window = 0\n")).unwrap_err().to_string();
+        assert!(e.contains("transfer.shared_window = 0") && e.contains("at least 1"), "{e}");
         let e = load(&format!("{GOOD}\n[transfer]\nbroker_window = 0\n")).unwrap_err().to_string();
         assert!(e.contains("transfer.broker_window = 0") && e.contains("at least 1"), "{e}");
         let e = load(&format!("{GOOD}\n[transfer]\nbroker_window = 70000\n")).unwrap_err().to_string();

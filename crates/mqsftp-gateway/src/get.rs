@@ -107,6 +107,7 @@ async fn serve_get(
     // Held to the end of the download, beyond the handle (closed once the whole file is read, see `ReadAhead`): the
     // permits bound the downloads holding windows in memory, not only the open handles (`MAX_OPEN_HANDLES`).
     let _slot = file.take_permit();
+    let _share = shared.windows.join();
     let t = shared.cfg.transfer;
     let params = StreamParams {
         chunk_size: t.chunk_size,
@@ -120,6 +121,8 @@ async fn serve_get(
         return Err((ErrorCode::BadRequest, msg));
     }
     let mut sender = Sender::resume(transfer, size, offset, params, Instant::now());
+    sender.set_window(shared.windows.current());
+    // Reads beyond the window are bounded by the most a window can be (and by the gateway's read-ahead budget).
     let window_bytes = u64::from(params.chunk_size) * u64::from(params.window);
     let piece = read_piece(params.chunk_size, file.max_read());
     let mut reads = ReadAhead::new(Arc::new(file), size, piece, window_bytes, &shared.read_ahead);
@@ -135,7 +138,7 @@ async fn serve_get(
                 transfer,
                 size,
                 chunk_size: params.chunk_size,
-                window: params.window,
+                window: sender.params().window,
             },
         )
         .await;
@@ -143,6 +146,8 @@ async fn serve_get(
     // The read the sender asked for and has not been given yet.
     let mut wanted = None;
     loop {
+        // This download's share of the window, as transfers start and end.
+        sender.set_window(shared.windows.current());
         loop {
             if wanted.is_none() {
                 wanted = sender.poll_read();

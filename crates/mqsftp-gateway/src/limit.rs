@@ -1,9 +1,13 @@
-//! Per-device rate limits: a token bucket per device, shared by that device's transfers on this gateway.
+//! Per-device rate limits: a token bucket per device, shared by that device's transfers on this gateway; and the
+//! window each transfer may use, shared among the transfers running ([`WindowShare`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mqsftp_proto::DeviceId;
+
+use crate::config::MIN_WINDOW;
 use tokio::time::Instant;
 
 /// A token bucket: `rate` bytes per second, bursts of up to one second's worth.
@@ -52,6 +56,46 @@ impl Buckets {
     }
 }
 
+/// The window a transfer may use: the gateway's `shared_window` shared among the transfers running, between
+/// [`MIN_WINDOW`] and `window` each.
+///
+/// Why: what a transfer has in flight waits in the broker's queue toward its device, ahead of every answer to that
+/// device, and one transfer alone needs about 8 chunks in flight to keep both ends busy (docs/performance.md,
+/// "Windows shared among the transfers running"). A fixed window trades one for the other; a share gives a lone
+/// download the larger window and keeps what many downloads have in flight together near `shared_window`.
+pub(crate) struct WindowShare {
+    active: AtomicUsize,
+    most: u32,
+    shared: u32,
+}
+
+impl WindowShare {
+    pub(crate) fn new(most: u32, shared: u32) -> Self {
+        WindowShare { active: AtomicUsize::new(0), most: most.max(1), shared: shared.max(1) }
+    }
+
+    /// Counts a transfer as running until the slot is dropped.
+    pub(crate) fn join(&self) -> WindowSlot<'_> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        WindowSlot(self)
+    }
+
+    /// A running transfer's window now.
+    pub(crate) fn current(&self) -> u32 {
+        let active = u32::try_from(self.active.load(Ordering::Relaxed)).unwrap_or(u32::MAX).max(1);
+        (self.shared / active).clamp(MIN_WINDOW.min(self.most), self.most)
+    }
+}
+
+/// A transfer counted by [`WindowShare::join`].
+pub(crate) struct WindowSlot<'a>(&'a WindowShare);
+
+impl Drop for WindowSlot<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -79,5 +123,23 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         let c = bs.get(&d, Some(6000)).unwrap();
         assert_eq!(c.rate, 6000);
+    }
+
+    #[test]
+    fn the_shared_window_is_split_among_the_transfers_running() {
+        let share = WindowShare::new(8, 32);
+        assert_eq!(share.current(), 8, "none running yet: a new transfer gets the most");
+        let slots: Vec<_> = (0..4).map(|_| share.join()).collect();
+        assert_eq!(share.current(), 8, "4 x 8 = 32");
+        let more: Vec<_> = (0..4).map(|_| share.join()).collect();
+        assert_eq!(share.current(), 4, "8 share 32");
+        let many: Vec<_> = (0..100).map(|_| share.join()).collect();
+        assert_eq!(share.current(), MIN_WINDOW, "never below two");
+        drop((many, more));
+        assert_eq!(share.current(), 8);
+        drop(slots);
+        assert_eq!(share.active.load(Ordering::Relaxed), 0, "every slot given back");
+        assert_eq!(WindowShare::new(1, 32).current(), 1, "a window set to 1 stays 1");
+        assert_eq!(WindowShare::new(16, 0).current(), MIN_WINDOW, "a shared window of 0 counts as 1");
     }
 }

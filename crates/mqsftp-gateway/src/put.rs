@@ -220,6 +220,7 @@ async fn serve_put(
         }
     };
     let mut writeback = Writeback::start(&sftp, &part.path, receiver.received(), req.size);
+    let _share = shared.windows.join();
     let t = shared.cfg.transfer;
     let bucket = shared.buckets.get(device, access.rate);
     let mut session = req.session.clone();

@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     pub(crate) buckets: Buckets,
     /// Bytes downloads may read beyond their windows, all together ([`crate::get::READ_AHEAD_BUDGET`]).
     pub(crate) read_ahead: Arc<tokio::sync::Semaphore>,
+    /// The window each transfer may use, shared among those running.
+    pub(crate) windows: crate::limit::WindowShare,
     transfers: Mutex<HashMap<TransferId, Entry>>,
 }
 
@@ -101,7 +103,8 @@ pub(crate) struct Claim<'a> {
 }
 
 impl Shared {
-    /// `put_accepted` for request `id` of upload `transfer`, held up to `offset`, with this gateway's settings.
+    /// `put_accepted` for request `id` of upload `transfer`, held up to `offset`, with this gateway's settings and
+    /// the upload's share of the window as it stands now (the device keeps it for the attempt).
     pub(crate) fn put_accepted(&self, id: String, transfer: TransferId, offset: u64) -> Response {
         let t = self.cfg.transfer;
         Response::PutAccepted {
@@ -109,7 +112,7 @@ impl Shared {
             id,
             transfer,
             chunk_size: t.chunk_size,
-            window: t.window,
+            window: self.windows.current(),
             offset,
         }
     }
@@ -235,6 +238,7 @@ impl Gateway {
         // The outbox's task ends by itself when the last transfer holding `shared` is gone.
         let window = crate::outbox::BrokerWindow { limit: cfg.transfer.broker_window, acks: link.acks.clone() };
         let (outbox, _) = Outbox::start(link.client.clone(), window);
+        let windows = crate::limit::WindowShare::new(cfg.transfer.window, cfg.transfer.shared_window);
         let shared = Arc::new(Shared {
             outbox,
             store,
@@ -246,6 +250,7 @@ impl Gateway {
             policy: PolicyCell::new(policy),
             buckets: Buckets::default(),
             read_ahead: Arc::new(tokio::sync::Semaphore::new(crate::get::READ_AHEAD_BUDGET)),
+            windows,
         });
         Ok(Gateway { shared, link })
     }

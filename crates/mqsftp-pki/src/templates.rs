@@ -209,7 +209,10 @@ device_root = \"devices/{{device}}\"
 [transfer]
 # 255 KiB: the most OpenSSH answers in one SFTP read, so each chunk is one read (docs/performance.md).
 chunk_size = 261120
-window = 4
+# Chunks in flight: at most `window` per transfer, and `shared_window` over all transfers together (each running
+# transfer gets its share, at least 2): a lone transfer goes fast, and under load answers wait behind less.
+window = 8
+shared_window = 32
 # Messages (of all transfers) the broker may leave unacknowledged: what an answer can find queued ahead of it.
 # Throughput to the broker is at most this many chunks per round trip, and one transfer's at most `window`: raise
 # both for a broker far away (20 ms: broker_window = 32, window = 16; see docs/performance.md).

@@ -37,18 +37,20 @@ pub struct StreamParams {
 }
 
 impl StreamParams {
-    /// The defaults: 255 KiB chunks, 4 in flight (~1 MiB a window). Chosen by measurement (docs/performance.md):
+    /// The defaults: 255 KiB chunks, 8 in flight (~2 MiB a window). Chosen by measurement (docs/performance.md):
     /// against 64 KiB chunks, every process of a transfer (device, broker, gateway, SFTP server) spends less CPU per
     /// GiB, a sixth less in all, as each pays per message; 255 KiB rather than 256 because OpenSSH answers at most
     /// 255 KiB per read (`limits@openssh.com`), so a chunk is one SFTP read or write, not two (sshd's CPU per GiB
-    /// fell by a fifth). 8 in flight made a lone get on loopback ~9 % faster, but answers to other devices waited
-    /// longer behind the chunks in the broker: in the three-gateway fault test 145–184 of 200 transfers completed
-    /// within the devices' 3 s answer timeout, against 187–200 with 4. The gateway's memory stays within a window
+    /// fell by a fifth). 8 in flight make a lone 1 GiB get on two cores 13–17 % faster than 4. A fixed 8 made
+    /// answers under load wait behind twice the chunks in the broker (three-gateway fault test: 145–184 of 200
+    /// transfers completed within the devices' 3 s answer timeout, against 187–200 with 4), so the gateway shares a
+    /// budget of windows among the transfers running and 8 is only what a transfer gets when few run
+    /// (`[transfer] shared_window`; with it 199–200 of 200 completed). The gateway's memory stays within a window
     /// per download since it runs on one thread by default (with one thread per core, glibc's per-thread arenas
     /// kept ~16 MiB of freed 256 KiB blocks more).
     pub const DEFAULT: StreamParams = StreamParams {
         chunk_size: 255 * 1024,
-        window: 4,
+        window: 8,
         retransmit_after: Duration::from_secs(5),
         give_up_after: Duration::from_secs(60),
     };
@@ -189,6 +191,13 @@ impl Sender {
     pub fn acks_beyond_sent(&self) -> u64 {
         self.acks_beyond_sent
     }
+    /// Changes the window (at least 1) from now on, e.g. as the gateway shares its window among more or fewer
+    /// transfers. A smaller window than is in flight sends nothing more until acknowledgements bring the window
+    /// below it; nothing sent is taken back.
+    pub fn set_window(&mut self, window: u32) {
+        self.params.window = window.max(1);
+    }
+
     /// Whether the device has acknowledged the whole file.
     pub fn is_complete(&self) -> bool {
         self.acked == self.size
@@ -619,6 +628,35 @@ mod tests {
         assert_eq!(sent, 3, "never more than `window` chunks before an ack");
         tx.handle_ack(10, now);
         assert!(tx.poll_read().is_some(), "an ack opens the window");
+    }
+
+    #[test]
+    fn a_window_changed_midway_bounds_what_is_sent_from_then_on() {
+        let now = Instant::now();
+        let params = StreamParams { chunk_size: 10, window: 4, ..StreamParams::default() };
+        let mut tx = Sender::new(1, 1000, params, now);
+        let in_flight = |tx: &mut Sender| {
+            let mut n = 0;
+            while let Some(r) = tx.poll_read() {
+                tx.handle_read(Bytes::from(vec![0; r.len as usize])).unwrap();
+                while tx.poll_transmit().is_some() {
+                    n += 1;
+                }
+            }
+            n
+        };
+        assert_eq!(in_flight(&mut tx), 4);
+        tx.set_window(2);
+        tx.handle_ack(10, now);
+        assert_eq!(in_flight(&mut tx), 0, "3 in flight, above the new window of 2: nothing more");
+        tx.handle_ack(20, now);
+        assert_eq!(in_flight(&mut tx), 0, "2 in flight: the window is full");
+        tx.handle_ack(30, now);
+        assert_eq!(in_flight(&mut tx), 1, "1 in flight: one more");
+        tx.set_window(8);
+        assert_eq!(in_flight(&mut tx), 6, "a larger window is used at once");
+        tx.set_window(0);
+        assert_eq!(tx.params().window, 1, "never below one");
     }
 
     #[test]

@@ -116,15 +116,20 @@ async fn one_slow_reader_among_many() {
     let (_, peak) = memory(pid);
 
     let transfers = others as u64 + 1;
-    let per_window = WINDOW_BYTES;
+    // The gateway shares its windows: each transfer has at least MIN_WINDOW chunks, and those that started while
+    // few ran (the slow one, alone at first, whose window drains at 100 KiB/s) more, from the shared window.
+    use mqsftp_gateway::config::{MIN_WINDOW, SHARED_WINDOW};
+    let chunk = u64::from(mqsftp_proto::StreamParams::DEFAULT.chunk_size);
+    let windows = (u64::from(SHARED_WINDOW) + u64::from(MIN_WINDOW) * transfers) * chunk;
     const K: u64 = 1;
     const ALLOWANCE: u64 = mqsftp_gateway::READ_AHEAD_BUDGET as u64 + 16 * 1024 * 1024;
-    let bound = K * per_window * transfers + idle_rss + ALLOWANCE;
+    let bound = K * windows + idle_rss + ALLOWANCE;
     let slow_rate = slow_bytes as f64 / slow_time.as_secs_f64();
     println!(
         "1 reader at 100 KiB/s (measured {:.0} KiB/s) + {others} downloads of {} MiB: others took {with_slow:.2} s \
          (alone {alone:.2} s, ratio {:.2}); gateway memory idle {} MiB, peak (VmHWM) {} MiB ({} MiB after the round without the slow reader), bound \
-         {K} x window x chunk x {transfers} + idle + {} MiB = {} MiB; above idle: {:.2} window-bytes per transfer",
+         {K} x ({SHARED_WINDOW} + {MIN_WINDOW} x {transfers}) chunks + idle + {} MiB = {} MiB; above idle: {:.2} x \
+         those windows",
         slow_rate / 1024.0,
         size >> 20,
         with_slow / alone,
@@ -133,7 +138,7 @@ async fn one_slow_reader_among_many() {
         peak_alone >> 20,
         ALLOWANCE >> 20,
         bound >> 20,
-        peak.saturating_sub(idle_rss) as f64 / (per_window * transfers) as f64
+        peak.saturating_sub(idle_rss) as f64 / windows as f64
     );
     assert!(slow_rate <= RATE * 1.1, "the slow reader read at {slow_rate} B/s");
     assert!(peak <= bound, "gateway peak RSS {peak} above the bound {bound}");
