@@ -274,7 +274,8 @@ fn gateway_toml_matches_the_documented_format() {
         device_root = "devices/{device}"
         [transfer]
         chunk_size = 261120
-        window = 4
+        window = 8
+        shared_window = 32
         broker_window = 4
         [runtime]
         threads = 1
