@@ -47,9 +47,8 @@ fn valid_sha256(s: &str) -> Result<&str, Failure> {
 struct ExpectedHash(Option<String>);
 
 impl ExpectedHash {
-    /// Takes the hash `given` (if any) in a message about upload `receiver`. `Ok(Some(verified))` once all bytes
-    /// are in and the hash is known (true when they match; a mismatch is an error), `Ok(None)` while either is
-    /// missing. A malformed hash is `bad_request` (nothing changes); one that differs from the hash given before
+    /// Takes the hash `given` (if any) in a message about upload `receiver`. `Ok(Some(hash))` once all bytes are
+    /// in and match the known hash (a mismatch is an error), `Ok(None)` while either is missing. A malformed hash is `bad_request` (nothing changes); one that differs from the hash given before
     /// is `checksum_mismatch`, as the bytes cannot match both.
     fn take(&mut self, receiver: &mut Receiver, given: Option<&str>) -> Result<Option<[u8; 32]>, Failure> {
         if let Some(h) = given {
@@ -333,13 +332,22 @@ async fn serve_put(
                 }
             }
             Ctl::Reattach(again) => {
-                *reply = (again.id.clone(), again.session.clone());
                 // A device that has sent every byte since knows the hash, and says it now.
                 match expected.take(&mut receiver, again.sha256.as_deref()) {
                     Ok(Some(sha)) => verified = Some(sha),
                     Ok(None) => {}
-                    Err(f) => break Err(f),
+                    Err((code @ ErrorCode::BadRequest, message)) => {
+                        // A malformed hash: this request is refused, the upload stays as it is.
+                        let resp = Response::Error { id: Some(again.id), transfer: Some(transfer), code, message };
+                        shared.respond(device, &again.session, &resp).await;
+                        continue;
+                    }
+                    Err(f) => {
+                        *reply = (again.id, again.session);
+                        break Err(f);
+                    }
                 }
+                *reply = (again.id.clone(), again.session.clone());
                 // Make what is held durable before telling the device it need not send it again.
                 if let Some(f) = file.as_mut() {
                     let synced = match f.flush().await {

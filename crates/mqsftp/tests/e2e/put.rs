@@ -174,10 +174,24 @@ async fn a_put_may_give_its_hash_with_the_commit() {
     };
     let root = stack.device_root("latehash");
 
-    // All five bytes sent, no hash yet: a commit without one is refused, as is a malformed one; the upload goes on.
+    // All five bytes sent, no hash yet: a commit without one is refused, as is a malformed one, in a commit or in
+    // a resuming put; the upload goes on.
     let (transfer, gw_id) = raw.put_accepted(&put("p1", "a.bin", None), "p1").await;
     raw.send_chunk(&gw_id, transfer, 0, b"hello").await;
     raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
+    let resume = Request::Put {
+        id: "p1r".into(),
+        session: session.clone(),
+        path: "a.bin".into(),
+        size: 5,
+        sha256: Some("NOTHEX".into()),
+        overwrite: false,
+        resume: Some(transfer),
+    };
+    raw.send(&resume).await;
+    let (code, message) = raw.error_for("p1r").await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("field sha256"), "{message}");
     raw.send_to(&gw_id, &commit("c1", transfer, None)).await;
     let (code, message) = raw.error_for("c1").await;
     assert_eq!(code, ErrorCode::BadRequest);
