@@ -54,3 +54,70 @@ async fn more_concurrent_gets_than_safe_sftp_handles_all_complete() {
     }
     gw.kill().await;
 }
+
+/// The gateway shares its windows among the downloads running (`[transfer] shared_window` 32, `window` 8, at least 2
+/// each): a device that acknowledges nothing gets at most a share per download, far less than 8 each when 16 run;
+/// once it acknowledges, every download completes with the right content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_share_the_gateways_windows() {
+    use mqsftp_gateway::config::{MIN_WINDOW, SHARED_WINDOW, WINDOW};
+    use mqsftp_proto::{Chunk, Request, Response, Topic};
+    use std::collections::HashMap;
+    const N: usize = 16;
+    let chunk = mqsftp_proto::StreamParams::DEFAULT.chunk_size as usize;
+    let stack = start_stack();
+    set_transfer_option(&stack, "max_transfers_per_device", (N as i64).into());
+    let gw = GatewayProcess::spawn(&stack).await;
+    let cfg = mqsftp_device::DeviceConfig::load(&stack.device("sharer").unwrap()).unwrap();
+    let mut want = HashMap::new();
+    for i in 0..N {
+        // More chunks than the largest window, so that each download stops at its window.
+        let data = content(12 * chunk + i, i as u64 + 7);
+        put_on_store(&stack, "sharer", &format!("f{i}"), &data);
+        want.insert(format!("g{i}"), sha256(&data));
+    }
+    let down = Topic::down(&cfg.device_id, &mqsftp_proto::SessionId::new("sharer").unwrap());
+    let mut raw = RawDevice::connect_with(&cfg, "sharer", vec![down.clone()]).await;
+    for i in 0..N {
+        raw.send(&Request::Get { id: format!("g{i}"), session: raw.session.clone(), path: format!("f{i}"), offset: 0 })
+            .await;
+    }
+    // Nothing acknowledged: take what comes until the gateway has sent every window and stopped.
+    let (mut ids, mut sent, mut held, mut gateway) = (HashMap::new(), HashMap::<u64, usize>::new(), Vec::new(), None);
+    while let Ok(p) = tokio::time::timeout(std::time::Duration::from_millis(1500), raw.link.incoming.recv()).await {
+        let p = p.unwrap();
+        if p.topic == down {
+            let c = Chunk::decode(p.payload).unwrap();
+            *sent.entry(c.transfer).or_default() += 1;
+            held.push(c);
+        } else if let Response::GetAccepted { id, transfer, gateway: g, .. } = Response::decode(&p.payload).unwrap() {
+            ids.insert(transfer, id);
+            gateway = Some(g);
+        }
+    }
+    let counts: Vec<usize> = ids.keys().map(|t| sent.get(t).copied().unwrap_or(0)).collect();
+    let total: usize = counts.iter().sum();
+    println!("{N} downloads, nothing acknowledged: chunks in flight per download {counts:?}, {total} in all");
+    assert_eq!(ids.len(), N, "every download accepted");
+    assert!(counts.iter().all(|&c| c <= WINDOW as usize), "none above the window: {counts:?}");
+    let bound = (SHARED_WINDOW + MIN_WINDOW * N as u32) as usize;
+    assert!(total <= bound, "{total} chunks in flight, above the shared bound {bound}: {counts:?}");
+    assert_eq!(counts.iter().min(), Some(&(MIN_WINDOW as usize)), "the last to start got the least share: {counts:?}");
+    // Now acknowledge as chunks arrive (those held first): every download completes, verified.
+    let gateway = gateway.unwrap();
+    for c in held {
+        raw.send_to(&gateway, &Request::Ack { transfer: c.transfer, next: c.offset + c.data.len() as u64 }).await;
+    }
+    let mut done = 0;
+    while done < N {
+        let p = tokio::time::timeout(LIMIT, raw.link.incoming.recv()).await.expect("progress in time").unwrap();
+        if p.topic == down {
+            let c = Chunk::decode(p.payload).unwrap();
+            raw.send_to(&gateway, &Request::Ack { transfer: c.transfer, next: c.offset + c.data.len() as u64 }).await;
+        } else if let Response::GetDone { transfer, sha256, .. } = Response::decode(&p.payload).unwrap() {
+            assert_eq!(Some(&sha256), want.get(&ids[&transfer]), "content of {}", ids[&transfer]);
+            done += 1;
+        }
+    }
+    gw.kill().await;
+}
