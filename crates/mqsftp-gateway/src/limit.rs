@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mqsftp_proto::DeviceId;
+use tokio::time::Instant;
 
 use crate::config::MIN_WINDOW;
-use tokio::time::Instant;
 
 /// A token bucket: `rate` bytes per second, bursts of up to one second's worth.
 pub(crate) struct Bucket {
