@@ -7,7 +7,7 @@ use crate::support::*;
 /// on): the gateway queues them within its handle limit, and every one completes with the right content.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_concurrent_gets_than_safe_sftp_handles_all_complete() {
-    use mqsftp_proto::{Chunk, Request, Response, Topic};
+    use mqsftp_proto::{Chunk, Request, Response};
     use std::collections::HashMap;
     const N: usize = 200;
     let stack = start_stack();
@@ -15,19 +15,7 @@ async fn more_concurrent_gets_than_safe_sftp_handles_all_complete() {
     set_transfer_option(&stack, "max_transfers", (N as i64).into());
     let gw = GatewayProcess::spawn(&stack).await;
     let mut gateway = None;
-    let cfg = mqsftp_device::DeviceConfig::load(&stack.device("many").unwrap()).unwrap();
-    let mut want = HashMap::new();
-    for i in 0..N {
-        let data = content(3000 + i, i as u64);
-        put_on_store(&stack, "many", &format!("f{i}"), &data);
-        want.insert(format!("g{i}"), sha256(&data));
-    }
-    let down = Topic::down(&cfg.device_id, &mqsftp_proto::SessionId::new("many").unwrap());
-    let mut raw = RawDevice::connect_with(&cfg, "many", vec![down.clone()]).await;
-    for i in 0..N {
-        raw.send(&Request::Get { id: format!("g{i}"), session: raw.session.clone(), path: format!("f{i}"), offset: 0 })
-            .await;
-    }
+    let (want, down, mut raw) = start_gets(&stack, "many", N, |i| content(3000 + i, i as u64)).await;
     let (mut ids, mut done) = (HashMap::new(), 0);
     while done < N {
         let p = tokio::time::timeout(LIMIT, raw.link.incoming.recv()).await.expect("progress in time").unwrap();
@@ -61,27 +49,15 @@ async fn more_concurrent_gets_than_safe_sftp_handles_all_complete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_share_the_gateways_windows() {
     use mqsftp_gateway::config::{MIN_WINDOW, SHARED_WINDOW, WINDOW};
-    use mqsftp_proto::{Chunk, Request, Response, Topic};
+    use mqsftp_proto::{Chunk, Request, Response};
     use std::collections::HashMap;
     const N: usize = 16;
     let chunk = mqsftp_proto::StreamParams::DEFAULT.chunk_size as usize;
     let stack = start_stack();
     set_transfer_option(&stack, "max_transfers_per_device", (N as i64).into());
     let gw = GatewayProcess::spawn(&stack).await;
-    let cfg = mqsftp_device::DeviceConfig::load(&stack.device("sharer").unwrap()).unwrap();
-    let mut want = HashMap::new();
-    for i in 0..N {
-        // More chunks than the largest window, so that each download stops at its window.
-        let data = content(12 * chunk + i, i as u64 + 7);
-        put_on_store(&stack, "sharer", &format!("f{i}"), &data);
-        want.insert(format!("g{i}"), sha256(&data));
-    }
-    let down = Topic::down(&cfg.device_id, &mqsftp_proto::SessionId::new("sharer").unwrap());
-    let mut raw = RawDevice::connect_with(&cfg, "sharer", vec![down.clone()]).await;
-    for i in 0..N {
-        raw.send(&Request::Get { id: format!("g{i}"), session: raw.session.clone(), path: format!("f{i}"), offset: 0 })
-            .await;
-    }
+    // More chunks than the largest window, so that each download stops at its window.
+    let (want, down, mut raw) = start_gets(&stack, "sharer", N, |i| content(12 * chunk + i, i as u64 + 7)).await;
     // Nothing acknowledged: take what comes until the gateway has sent every window and stopped.
     let (mut ids, mut sent, mut held, mut gateway) = (HashMap::new(), HashMap::<u64, usize>::new(), Vec::new(), None);
     while let Ok(p) = tokio::time::timeout(std::time::Duration::from_millis(1500), raw.link.incoming.recv()).await {
@@ -120,4 +96,30 @@ async fn downloads_share_the_gateways_windows() {
         }
     }
     gw.kill().await;
+}
+
+/// Puts `n` files `f{i}` with `data(i)` on the store for `device`, connects a raw device subscribed to its chunks
+/// (session = the device id) and asks for all of them at once (request ids `g{i}`). Returns each request's
+/// expected SHA-256, the chunk topic and the device.
+async fn start_gets(
+    stack: &mqsftp_testkit::Stack,
+    device: &str,
+    n: usize,
+    data: impl Fn(usize) -> Vec<u8>,
+) -> (std::collections::HashMap<String, String>, String, RawDevice) {
+    use mqsftp_proto::{Request, Topic};
+    let cfg = mqsftp_device::DeviceConfig::load(&stack.device(device).unwrap()).unwrap();
+    let mut want = std::collections::HashMap::new();
+    for i in 0..n {
+        let data = data(i);
+        put_on_store(stack, device, &format!("f{i}"), &data);
+        want.insert(format!("g{i}"), sha256(&data));
+    }
+    let down = Topic::down(&cfg.device_id, &mqsftp_proto::SessionId::new(device).unwrap());
+    let raw = RawDevice::connect_with(&cfg, device, vec![down.clone()]).await;
+    for i in 0..n {
+        raw.send(&Request::Get { id: format!("g{i}"), session: raw.session.clone(), path: format!("f{i}"), offset: 0 })
+            .await;
+    }
+    (want, down, raw)
 }
