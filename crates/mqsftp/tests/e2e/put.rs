@@ -96,13 +96,7 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
     }
 
     // Declared hash does not match the data: the commit fails, nothing appears, the temporary file goes.
-    raw.send(&put("p6", "wrong.bin", 5, &sha256(b"HELLO"))).await;
-    let (transfer, gw_id) = raw
-        .expect(|r| match r {
-            Response::PutAccepted { id, transfer, gateway, .. } if id == "p6" => Some((transfer, gateway)),
-            _ => None,
-        })
-        .await;
+    let (transfer, gw_id) = raw.put_accepted(&put("p6", "wrong.bin", 5, &sha256(b"HELLO")), "p6").await;
     raw.send_chunk(&gw_id, transfer, 0, b"hello").await;
     let code = raw
         .expect(|r| match r {
@@ -115,13 +109,7 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
     assert!(part_files(stack.store_dir()).is_empty(), "{:?}", part_files(stack.store_dir()));
 
     // A commit before all data arrived is refused, and the upload goes on and commits afterwards.
-    raw.send(&put("p7", "late.bin", 5, &good_sha)).await;
-    let (transfer, gw_id) = raw
-        .expect(|r| match r {
-            Response::PutAccepted { id, transfer, gateway, .. } if id == "p7" => Some((transfer, gateway)),
-            _ => None,
-        })
-        .await;
+    let (transfer, gw_id) = raw.put_accepted(&put("p7", "late.bin", 5, &good_sha), "p7").await;
     raw.send_chunk(&gw_id, transfer, 0, b"hel").await;
     raw.send_to(&gw_id, &Request::Commit { id: "c1".into(), session: session.clone(), transfer, sha256: None }).await;
     let code = raw
@@ -518,13 +506,7 @@ async fn a_commit_whose_answer_was_lost_is_answered_by_another_gateway() {
         overwrite: false,
         resume,
     };
-    raw.send(&put("p1", 5, sha256(b"hello"), None)).await;
-    let (transfer, first) = raw
-        .expect(|r| match r {
-            Response::PutAccepted { id, transfer, gateway, .. } if id == "p1" => Some((transfer, gateway)),
-            _ => None,
-        })
-        .await;
+    let (transfer, first) = raw.put_accepted(&put("p1", 5, sha256(b"hello"), None), "p1").await;
     raw.send_chunk(&first, transfer, 0, b"hello").await;
     raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
     raw.send_to(&first, &Request::Commit { id: "c1".into(), session: session.clone(), transfer, sha256: None }).await;
