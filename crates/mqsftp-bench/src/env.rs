@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
+use mqsftp_proto::HashAlg;
 use mqsftp_testkit::Stack;
 use rand::RngCore;
 
@@ -57,6 +58,8 @@ pub struct Env {
     /// Commands to run the gateway / device CLI under (`--wrap-gateway`, `--wrap-device`), e.g. a profiler.
     pub wrap_gateway: Vec<String>,
     pub wrap_device: Vec<String>,
+    /// The hash the device CLI verifies with (`--hash`).
+    pub hash: HashAlg,
     /// Counts gateway starts, for log names.
     gateways: u32,
 }
@@ -116,6 +119,7 @@ impl Env {
             logs,
             wrap_gateway: Vec::new(),
             wrap_device: Vec::new(),
+            hash: HashAlg::Blake3,
             gateways: 0,
         })
     }
@@ -155,14 +159,16 @@ impl Env {
     /// `mqsftp get` of [`DEVICE`]: `remote` into `local`.
     pub fn get_cmd(&self, remote: &str, local: &Path) -> Command {
         let mut c = crate::procs::wrapped(&self.wrap_device, &self.mqsftp);
-        c.args(["get", "--quiet", "--config"]).arg(&self.device_toml).arg(remote).arg(local);
+        c.args(["get", "--quiet", "--hash", self.hash.as_str(), "--config"]).arg(&self.device_toml);
+        c.arg(remote).arg(local);
         c
     }
 
     /// `mqsftp put --overwrite` of [`DEVICE`]: `local` to `remote`.
     pub fn put_cmd(&self, local: &Path, remote: &str) -> Command {
         let mut c = crate::procs::wrapped(&self.wrap_device, &self.mqsftp);
-        c.args(["put", "--quiet", "--overwrite", "--config"]).arg(&self.device_toml).arg(local).arg(remote);
+        c.args(["put", "--quiet", "--overwrite", "--hash", self.hash.as_str(), "--config"]).arg(&self.device_toml);
+        c.arg(local).arg(remote);
         c
     }
 

@@ -2,18 +2,19 @@
 //! transfer could go on it given that cost.
 //!
 //! A raw `sftp` get encrypts each byte once (sshd) and decrypts it once (the client). An mqsftp get also has the
-//! gateway decrypt SSH, hash (SHA-256 for `get_done`), CRC and encrypt TLS; Mosquitto decrypt and re-encrypt TLS; the
+//! gateway decrypt SSH, hash (BLAKE3 or SHA-256, as the device asks, for `get_done`), CRC and encrypt TLS; Mosquitto decrypt and re-encrypt TLS; the
 //! device decrypt TLS, CRC and hash. When every stage shares the same cores, throughput is bounded by
 //! `cores / (CPU seconds per GiB of all processes)`. [`limits`] takes sshd's and Mosquitto's cost as measured in the
 //! same run (programs mqsftp does not change) and, for the gateway and the device, only the cryptography, hashing
 //! and CRC they must do, timed here with the fastest implementations at hand (AES-128-GCM from aws-lc-rs, the
-//! cipher suite family TLS and SSH both use here; SHA-256 from `sha2`, with SHA-NI when the CPU has it). The result
+//! cipher suite family TLS and SSH both use here; SHA-256 from `sha2`, with SHA-NI when the CPU has it; BLAKE3 from
+//! `blake3`, one thread, with the widest SIMD the CPU has). The result
 //! is an upper bound: real gateways and devices also copy, make system calls and switch contexts.
 
 use std::time::Instant;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
-use sha2::{Digest, Sha256};
+use mqsftp_proto::HashAlg;
 
 const GIB: f64 = (1u64 << 30) as f64;
 /// Bytes pushed through each primitive (a buffer of 16 MiB, several passes).
@@ -24,6 +25,7 @@ const BUF: usize = 16 << 20;
 #[derive(Debug, Clone, Copy)]
 pub struct Primitives {
     pub sha256: f64,
+    pub blake3: f64,
     /// AES-128-GCM seal in 16 KiB records (a TLS record; SSH packets are smaller, so this is the cheap case).
     pub aes_gcm: f64,
     pub crc32c: f64,
@@ -40,13 +42,17 @@ fn per_gib(mut f: impl FnMut(&mut [u8])) -> f64 {
 }
 
 pub fn measure() -> anyhow::Result<Primitives> {
-    let sha256 = per_gib(|b| {
-        let mut h = Sha256::new();
-        for c in b.chunks(64 << 10) {
-            h.update(c);
-        }
-        std::hint::black_box(h.finalize());
-    });
+    // The hashers mqsftp runs (`mqsftp_proto::Hasher`), fed in chunk-sized pieces as a transfer feeds them.
+    let hash = |alg: HashAlg| {
+        per_gib(|b| {
+            let mut h = alg.hasher();
+            for c in b.chunks(64 << 10) {
+                h.update(c);
+            }
+            std::hint::black_box(h.finalize());
+        })
+    };
+    let (sha256, blake3) = (hash(HashAlg::Sha256), hash(HashAlg::Blake3));
     let key = LessSafeKey::new(
         UnboundKey::new(&AES_128_GCM, &[7u8; 16]).map_err(|_| anyhow::anyhow!("aws-lc-rs refused an AES key"))?,
     );
@@ -68,14 +74,23 @@ pub fn measure() -> anyhow::Result<Primitives> {
         }
         std::hint::black_box(crc);
     });
-    Ok(Primitives { sha256, aes_gcm, crc32c })
+    Ok(Primitives { sha256, blake3, aes_gcm, crc32c })
 }
 
 impl Primitives {
-    /// What the gateway and the device together must spend per GiB of a get or a put: three AES-GCM passes (SSH on
-    /// the gateway, TLS out of one end and into the other), SHA-256 on both ends, CRC32C on both ends.
-    pub fn gateway_and_device(&self) -> f64 {
-        3.0 * self.aes_gcm + 2.0 * self.sha256 + 2.0 * self.crc32c
+    /// One hash's cost.
+    pub fn hash(&self, alg: HashAlg) -> f64 {
+        match alg {
+            HashAlg::Sha256 => self.sha256,
+            HashAlg::Blake3 => self.blake3,
+        }
+    }
+
+    /// What the gateway and the device together must spend per GiB of a get or a put verified with `hash`: three
+    /// AES-GCM passes (SSH on the gateway, TLS out of one end and into the other), the hash on both ends, CRC32C on
+    /// both ends.
+    pub fn gateway_and_device(&self, hash: HashAlg) -> f64 {
+        3.0 * self.aes_gcm + 2.0 * self.hash(hash) + 2.0 * self.crc32c
     }
 }
 
@@ -95,7 +110,8 @@ mod tests {
     fn bound_is_cores_over_cost() {
         assert!((bound_mbps(2.0, 2.0) - GIB / 1e6).abs() < 1e-9);
         assert_eq!(bound_mbps(2.0, 0.0), 0.0);
-        let p = Primitives { sha256: 1.0, aes_gcm: 0.5, crc32c: 0.1 };
-        assert!((p.gateway_and_device() - 3.7).abs() < 1e-9);
+        let p = Primitives { sha256: 1.0, blake3: 0.25, aes_gcm: 0.5, crc32c: 0.1 };
+        assert!((p.gateway_and_device(HashAlg::Sha256) - 3.7).abs() < 1e-9);
+        assert!((p.gateway_and_device(HashAlg::Blake3) - 2.2).abs() < 1e-9);
     }
 }

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use mqsftp_proto::HashAlg;
 
 use crate::env::Env;
 use crate::report::{percentile, Report};
@@ -109,6 +110,9 @@ struct Args {
     /// gateway's default).
     #[arg(long)]
     broker_window: Option<u16>,
+    /// The hash mqsftp get and put verify with (`mqsftp get --hash`): blake3 (the device's default) or sha256.
+    #[arg(long, default_value = "blake3", value_parser = parse_hash)]
+    hash: HashAlg,
     /// Gateway runtime threads ([runtime] threads: 1 = one thread, 0 = one per core; default: the gateway's
     /// default).
     #[arg(long)]
@@ -126,6 +130,10 @@ struct Args {
     /// The mqsftp binary to run as gateway and device (default: `mqsftp` next to this program).
     #[arg(long)]
     mqsftp: Option<PathBuf>,
+}
+
+fn parse_hash(s: &str) -> Result<HashAlg, String> {
+    s.parse().map_err(|e: mqsftp_proto::UnknownHashAlg| e.to_string())
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -211,6 +219,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let mut env = Env::start(mqsftp.canonicalize()?, tuning, logs)?;
     env.wrap_gateway = args.wrap_gateway.clone();
     env.wrap_device = args.wrap_device.clone();
+    env.hash = args.hash;
     let mut r = Report::default();
     r.setup("size", args.size);
     r.setup("big_size", args.big_size);
@@ -222,6 +231,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     r.setup("shared_window", env.shared_window);
     r.setup("broker_window", env.broker_window);
     r.setup("gateway_threads", env.gateway_threads);
+    r.setup("hash", env.hash.as_str());
     r.setup("gateway_max_transfers", max_transfers);
     r.setup("ssh_cipher", ciphers().0);
     r.setup("cpus", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
@@ -236,7 +246,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     if selected("throughput") || selected("broker") {
         let cost = throughput(&mut env, &runtime, &args, &mut r, selected("throughput"), selected("broker"))?;
         if selected("throughput") {
-            limits(&mut r, &cost)?;
+            limits(&mut r, &cost, env.hash)?;
         }
     }
     if selected("latency") {
@@ -438,10 +448,11 @@ type CpuCost = [Vec<(String, f64)>; 5];
 /// What the machine allows: the per-byte primitives timed here, and for each direction the fastest a transfer can
 /// go on these cores at its measured CPU cost, and at the least cost any gateway and device could have
 /// (see `floor.rs`).
-fn limits(r: &mut Report, cost: &CpuCost) -> anyhow::Result<()> {
-    eprintln!("limits: timing SHA-256, AES-128-GCM and CRC32C on one core");
+fn limits(r: &mut Report, cost: &CpuCost, hash: HashAlg) -> anyhow::Result<()> {
+    eprintln!("limits: timing SHA-256, BLAKE3, AES-128-GCM and CRC32C on one core");
     let p = floor::measure()?;
     r.figure("sha256_s_per_gib", "SHA-256 (sha2), one core", "s/GiB", p.sha256);
+    r.figure("blake3_s_per_gib", "BLAKE3 (blake3, one thread), one core", "s/GiB", p.blake3);
     r.figure("aes_gcm_s_per_gib", "AES-128-GCM, 16 KiB records (aws-lc-rs), one core", "s/GiB", p.aes_gcm);
     r.figure("crc32c_s_per_gib", "CRC32C, one core", "s/GiB", p.crc32c);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
@@ -459,7 +470,7 @@ fn limits(r: &mut Report, cost: &CpuCost) -> anyhow::Result<()> {
         let sshd = least_of("sshd", [raw, ours]);
         let mosquitto = least_of("mosquitto", [ours, &cost[4]]);
         let servers = if sshd.is_finite() && mosquitto.is_finite() { sshd + mosquitto } else { 0.0 };
-        let least = servers + p.gateway_and_device();
+        let least = servers + p.gateway_and_device(hash);
         // What the same work costs when done by the programs measured here: sshd and the sftp client as in raw sftp
         // (serving the file; receiving it over SSH and writing it, or reading it and sending it over SSH), Mosquitto
         // and a rumqttc publisher and subscriber as in the pub->sub run (TLS out, relay, TLS in), plus the hash and
@@ -470,13 +481,13 @@ fn limits(r: &mut Report, cost: &CpuCost) -> anyhow::Result<()> {
             of(raw, "sftp client"),
             of(&cost[4], "mosquitto"),
             of(&cost[4], RUMQTTC),
-            Some(2.0 * (p.sha256 + p.crc32c)),
+            Some(2.0 * (p.hash(hash) + p.crc32c)),
         ];
         let components = parts.iter().all(Option::is_some).then(|| parts.iter().flatten().sum::<f64>());
         if let Some(c) = components {
             let label = format!(
-                "mqsftp {dir}: bound from measured parts, sshd + sftp client + Mosquitto + rumqttc pub/sub + hash/CRC \
-                 x2 ({c:.2} s/GiB)"
+                "mqsftp {dir}: bound from measured parts, sshd + sftp client + Mosquitto + rumqttc pub/sub + \
+                 {hash}/CRC x2 ({c:.2} s/GiB)"
             );
             r.figure(&format!("{dir}_components_bound_mbps"), &label, "MB/s", floor::bound_mbps(cores, c));
         }
@@ -493,9 +504,9 @@ fn limits(r: &mut Report, cost: &CpuCost) -> anyhow::Result<()> {
             floor::bound_mbps(cores, total(ours)),
         );
         let label = format!(
-            "mqsftp {dir}: bound, sshd+Mosquitto at their least, gateway+device only crypto/hash/CRC \
+            "mqsftp {dir}: bound, sshd+Mosquitto at their least, gateway+device only crypto/{hash}/CRC \
              ({servers:.2} + {:.2} s/GiB)",
-            p.gateway_and_device()
+            p.gateway_and_device(hash)
         );
         let best = floor::bound_mbps(cores, least);
         r.figure(&format!("{dir}_floor_mbps"), &label, "MB/s", best);
@@ -598,9 +609,9 @@ fn throughput(
     let chunk_kib = env.chunk_size / 1024;
     let labels = [
         format!("OpenSSH sftp get ({gateway_cipher})"),
-        "mqsftp get (device CLI, verified, fsynced)".to_string(),
+        format!("mqsftp get (device CLI, verified with {}, fsynced)", env.hash),
         format!("OpenSSH sftp put ({gateway_cipher})"),
-        "mqsftp put (device CLI, verified, fsynced on the store)".to_string(),
+        format!("mqsftp put (device CLI, verified with {}, fsynced on the store)", env.hash),
         format!("OpenSSH sftp get ({other_cipher})"),
         format!("OpenSSH sftp put ({other_cipher})"),
         format!("Mosquitto TLS pub->sub, {chunk_kib} KiB QoS 1 (rumqttc)"),

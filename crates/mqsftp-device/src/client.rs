@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use mqsftp_mqtt::rumqttc::{AsyncClient, QoS};
 use mqsftp_mqtt::{LinkOptions, MqttLink};
 use mqsftp_proto::{
-    Chunk, DeviceId, Entry, ErrorCode, GatewayId, ReceiveError, Received, Receiver, Request, Response, Sender,
-    SessionId, StreamParams, Topic, TopicKind, TransferId,
+    Chunk, DeviceId, Digest, Entry, ErrorCode, GatewayId, HashAlg, ReceiveError, Received, Receiver, Request, Response,
+    Sender, SessionId, StreamParams, Topic, TopicKind, TransferId,
 };
 use tracing::debug;
 
@@ -30,8 +30,8 @@ pub struct GetOutcome {
     pub path: PathBuf,
     /// Its size.
     pub size: u64,
-    /// Its SHA-256, lowercase hex.
-    pub sha256: String,
+    /// Its hash, verified (the algorithm the client asked for, or SHA-256 from a gateway that knows no other).
+    pub digest: Digest,
     /// Bytes that arrived more than once (after interruptions, resumes and restarts); 0 on an undisturbed download.
     pub resent_bytes: u64,
     /// Times the download started again from nothing because what was received failed verification (a chunk
@@ -49,8 +49,8 @@ pub struct PutOutcome {
     pub path: String,
     /// Its size.
     pub size: u64,
-    /// Its SHA-256, lowercase hex.
-    pub sha256: String,
+    /// Its hash, as the gateway verified it.
+    pub digest: Digest,
     /// Whether the store confirmed an fsync before the rename.
     pub durable: bool,
     /// Bytes sent more than once (after interruptions and resumes); 0 on an undisturbed upload.
@@ -66,6 +66,8 @@ pub struct Client {
     broker: mqsftp_mqtt::BrokerConfig,
     options: LinkOptions,
     timeout: Duration,
+    /// The algorithm transfers are verified with.
+    hash: HashAlg,
     next_id: u64,
     /// A transfer whose cancel could not be sent because the connection was down; sent after reconnecting so that
     /// the gateway stops re-sending to nobody.
@@ -169,10 +171,16 @@ impl Client {
             broker: cfg.broker.clone(),
             options,
             timeout: cfg.transfer.timeout,
+            hash: cfg.transfer.hash,
             next_id: 0,
             orphan: None,
             bad_frames: 0,
         })
+    }
+
+    /// The algorithm later transfers are verified with (`[transfer] hash` in `device.toml` until changed here).
+    pub fn set_hash(&mut self, hash: HashAlg) {
+        self.hash = hash;
     }
 
     /// After a broker restart the gateways reconnect too, on their own schedule; a request published before one has
@@ -372,7 +380,7 @@ impl Client {
     }
 
     /// Uploads `local` to `remote` (relative to the device root). The gateway writes a temporary file and renames
-    /// it into place only after size and SHA-256 match; an existing `remote` is replaced only with `overwrite`.
+    /// it into place only after size and hash match; an existing `remote` is replaced only with `overwrite`.
     /// After an interruption (broker restart, gateway gone) the upload continues from what the store holds. A
     /// gateway at its transfer limit (`busy`) is asked again after growing, jittered pauses, for up to the transfer
     /// timeout.
@@ -388,8 +396,18 @@ impl Client {
         // end. The file is hashed as it is sent, and the hash goes with the commit.
         let stamp = crate::file_io::upload_stamp(local).await.map_err(local_err)?;
         let size = stamp.0;
-        let mut upload =
-            Upload { local, remote, size, sha256: None, stamp, overwrite, resume: None, acked: 0, sent: 0 };
+        let mut upload = Upload {
+            local,
+            remote,
+            size,
+            hash: self.hash,
+            digest: None,
+            stamp,
+            overwrite,
+            resume: None,
+            acked: 0,
+            sent: 0,
+        };
         let (mut attempt, mut idle) = (0, 0);
         let mut busy = BusyBackoff::new(self.timeout);
         loop {
@@ -444,13 +462,19 @@ impl Client {
         progress: &mut impl FnMut(Progress),
     ) -> Result<PutOutcome, DeviceError> {
         let (local, size) = (upload.local, upload.size);
-        let (path, sha, overwrite, resume) =
-            (upload.remote.to_string(), upload.sha256.clone(), upload.overwrite, upload.resume);
+        let hash = upload.hash;
+        let (path, overwrite, resume) = (upload.remote.to_string(), upload.overwrite, upload.resume);
+        let digest = upload.digest.map(Into::into);
         let accepted =
-            self.call(|id, session| Request::Put { id, session, path, size, sha256: sha, overwrite, resume }).await?;
-        let Response::PutAccepted { transfer, gateway, chunk_size, window, offset, .. } = accepted else {
+            self.call(|id, session| Request::Put { id, session, path, size, hash, digest, overwrite, resume }).await?;
+        let Response::PutAccepted { transfer, gateway, chunk_size, window, offset, hash: accepted_hash, .. } = accepted
+        else {
             return Err(unexpected(&accepted));
         };
+        if accepted_hash != hash {
+            let message = format!("the gateway hashes this upload with {accepted_hash}, not the {hash} asked for");
+            return Err(DeviceError::Remote { code: ErrorCode::Internal, message });
+        }
         upload.resume = Some(transfer);
         let params = StreamParams {
             chunk_size: chunk_size.clamp(1, mqsftp_proto::chunk::MAX_CHUNK_DATA as u32),
@@ -460,9 +484,9 @@ impl Client {
         };
         // The sender hashes the file as it reads it, including what the store holds already (read, not sent), unless
         // an earlier attempt read it all: then the hash is known and only the rest is read.
-        let sender = Sender::resume(transfer, size, offset, params, Instant::now());
-        let (mut sender, read_from) = match upload.sha256.as_deref().and_then(decode_sha256) {
-            Some(known) => (sender.with_known_sha256(known), offset.min(size)),
+        let sender = Sender::resume(transfer, size, offset, params, hash, Instant::now());
+        let (mut sender, read_from) = match upload.digest {
+            Some(known) => (sender.with_known_digest(known), offset.min(size)),
             None => (sender, 0),
         };
         // Read ahead by a thread, about a window of chunks, in the sender's chunk size: no pool round trip and no
@@ -485,13 +509,13 @@ impl Client {
                     .await
                     .map_err(|e| DeviceError::Closed(e.to_string()))?;
             }
-            if let Some((_, sha256)) = sender.poll_done() {
+            if let Some((_, digest)) = sender.poll_done() {
                 // Everything was read: a file that changed meanwhile is reported now, with its name, rather than
                 // committed in a version it never had.
                 self.check_unchanged(upload, &gateway, transfer).await?;
-                upload.sha256 = Some(hex::encode(sha256));
+                upload.digest = Some(digest);
             }
-            if sender.is_complete() && upload.sha256.is_some() {
+            if sender.is_complete() && upload.digest.is_some() {
                 break;
             }
             let wait =
@@ -525,17 +549,24 @@ impl Client {
         self.check_unchanged(upload, &gateway, transfer).await?;
         // Commit is idempotent on the gateway: a lost answer is recovered by asking again.
         let topic = Topic::direct(&self.device, &gateway);
-        let sha = upload.sha256.clone();
-        match self.call_on(topic, |id, session| Request::Commit { id, session, transfer, sha256: sha }).await? {
-            Response::Committed { size, sha256, durable, .. } => {
-                if Some(&sha256) != upload.sha256.as_ref() {
-                    return Err(DeviceError::Remote {
-                        code: ErrorCode::Internal,
-                        message: format!("the gateway committed sha256 {sha256}, not the {:?} sent", upload.sha256),
-                    });
-                }
+        let sent = upload.digest;
+        let digest = sent.map(Into::into);
+        match self.call_on(topic, |id, session| Request::Commit { id, session, transfer, digest }).await? {
+            Response::Committed { size, digest: committed, durable, .. } => {
+                let digest = match (committed.parse(), sent) {
+                    (Ok(d), Some(s)) if d == s => d,
+                    _ => {
+                        let message = format!(
+                            "the gateway committed {} {}, not the {} sent",
+                            committed.alg(),
+                            committed.hex(),
+                            sent.map_or_else(|| "nothing".to_string(), |s| s.to_string())
+                        );
+                        return Err(DeviceError::Remote { code: ErrorCode::Internal, message });
+                    }
+                };
                 let resent_bytes = upload.sent.saturating_sub(size);
-                Ok(PutOutcome { path: upload.remote.to_string(), size, sha256, durable, resent_bytes })
+                Ok(PutOutcome { path: upload.remote.to_string(), size, digest, durable, resent_bytes })
             }
             other => Err(unexpected(&other)),
         }
@@ -584,7 +615,7 @@ impl Client {
         }
     }
 
-    /// Downloads `remote` (relative to the device's root) to `local`, verifying size and SHA-256 before the file
+    /// Downloads `remote` (relative to the device's root) to `local`, verifying size and hash before the file
     /// appears at `local`. `local` may be an existing directory, in which case the remote file name is used.
     ///
     /// Interruptions resume from the bytes held in the part file beside the target (`.{name}.mqsftp-part`): a lost
@@ -612,7 +643,7 @@ impl Client {
             let result = self.get_once(remote, &part, &mut received, &mut held_at_start, &mut progress).await;
             idle = if received > before { 0 } else { idle + 1 };
             let e = match result {
-                Ok((size, sha256, writer)) => {
+                Ok((size, digest, writer)) => {
                     match writer.commit(&target).await {
                         Ok(()) => {}
                         // Data not known to be on disk: as any definite failure, the part file goes.
@@ -625,7 +656,7 @@ impl Client {
                     }
                     let resent_bytes = received.saturating_sub(size - held_at_start.unwrap_or(0));
                     let (restarts, bad_frames) = (failed_checks, self.bad_frames - bad_frames_before);
-                    return Ok(GetOutcome { path: target, size, sha256, resent_bytes, restarts, bad_frames });
+                    return Ok(GetOutcome { path: target, size, digest, resent_bytes, restarts, bad_frames });
                 }
                 // What is held is wrong (corrupted on the way, or another version of the file): start from nothing.
                 Err(GetFailure::Verify(error)) => {
@@ -684,7 +715,7 @@ impl Client {
         }
     }
 
-    /// One attempt: continues from what the part file holds. Returns size and SHA-256 of the verified file, and
+    /// One attempt: continues from what the part file holds. Returns size and hash of the verified file, and
     /// the writer holding it, to commit.
     async fn get_once(
         &mut self,
@@ -693,43 +724,42 @@ impl Client {
         received: &mut u64,
         held_at_start: &mut Option<u64>,
         progress: &mut impl FnMut(Progress),
-    ) -> Result<(u64, String, PartWriter), GetFailure> {
+    ) -> Result<(u64, Digest, PartWriter), GetFailure> {
         // The part file (opened here, if there is one) and the bytes it holds; its writer thread starts meanwhile.
         let (writer, held) = PartWriter::open(&part.path)?;
         let id = self.request_id();
-        let get =
-            Request::Get { id: id.clone(), session: self.session.clone(), path: remote.to_string(), offset: held };
-        self.send(&get).await?;
-        let (transfer, gateway, size) = loop {
-            match self.next(self.timeout).await? {
-                None => return Err(DeviceError::NoGateway { after: self.timeout }.into()),
-                Some(Incoming::Response(Response::GetAccepted { id: got, transfer, gateway, size, .. }))
-                    if got == id =>
-                {
-                    break (transfer, gateway, size)
-                }
-                Some(Incoming::Response(Response::Error { id: Some(got), code, message, .. })) if got == id => {
-                    // A part file longer than the remote file belongs to another version of it: start over.
-                    if code == ErrorCode::BadRequest && held > 0 {
-                        let _ = writer.close().await;
-                        part.discard().await;
-                        let message = format!("stale partial download discarded: {message}");
-                        return Err(DeviceError::Closed(message).into());
+        let (path, session, hash) = (remote.to_string(), self.session.clone(), self.hash);
+        self.send(&Request::Get { id: id.clone(), session, path, offset: held, hash }).await?;
+        let (transfer, gateway, size, hash) =
+            loop {
+                match self.next(self.timeout).await? {
+                    None => return Err(DeviceError::NoGateway { after: self.timeout }.into()),
+                    // The algorithm the gateway hashes with: the one asked for, or SHA-256 from one that knows no other.
+                    Some(Incoming::Response(Response::GetAccepted {
+                        id: got, transfer, gateway, size, hash, ..
+                    })) if got == id => break (transfer, gateway, size, hash),
+                    Some(Incoming::Response(Response::Error { id: Some(got), code, message, .. })) if got == id => {
+                        // A part file longer than the remote file belongs to another version of it: start over.
+                        if code == ErrorCode::BadRequest && held > 0 {
+                            let _ = writer.close().await;
+                            part.discard().await;
+                            let message = format!("stale partial download discarded: {message}");
+                            return Err(DeviceError::Closed(message).into());
+                        }
+                        return Err(DeviceError::Remote { code, message }.into());
                     }
-                    return Err(DeviceError::Remote { code, message }.into());
+                    Some(_) => {}
                 }
-                Some(_) => {}
-            }
-        };
+            };
         held_at_start.get_or_insert(held);
-        let result = self.receive(transfer, &gateway, size, writer, held, received, progress).await;
+        let result = self.receive((transfer, hash), &gateway, size, writer, held, received, progress).await;
         if result.is_err() {
             // Tell the gateway to stop; it would give up by itself later anyway.
             if self.send_to(&gateway, &Request::Cancel { transfer }).await.is_err() {
                 self.orphan = Some((transfer, gateway));
             }
         }
-        result.map(|(sha, writer)| (size, sha, writer))
+        result.map(|(digest, writer)| (size, digest, writer))
     }
 
     /// Receives the transfer into the part file. On success the writer is handed back for the commit; on any
@@ -738,16 +768,16 @@ impl Client {
     #[allow(clippy::too_many_arguments)]
     async fn receive(
         &mut self,
-        transfer: TransferId,
+        transfer: (TransferId, HashAlg),
         gateway: &GatewayId,
         size: u64,
         mut writer: PartWriter,
         held: u64,
         received: &mut u64,
         progress: &mut impl FnMut(Progress),
-    ) -> Result<(String, PartWriter), GetFailure> {
+    ) -> Result<(Digest, PartWriter), GetFailure> {
         match self.receive_into(transfer, gateway, size, &mut writer, held, received, progress).await {
-            Ok(sha) => Ok((sha, writer)),
+            Ok(digest) => Ok((digest, writer)),
             // The part file is dropped anyway.
             Err(GetFailure::Verify(e)) => {
                 let _ = writer.close().await;
@@ -764,15 +794,15 @@ impl Client {
     #[allow(clippy::too_many_arguments)]
     async fn receive_into(
         &mut self,
-        transfer: TransferId,
+        (transfer, hash): (TransferId, HashAlg),
         gateway: &GatewayId,
         size: u64,
         writer: &mut PartWriter,
         held: u64,
         received: &mut u64,
         progress: &mut impl FnMut(Progress),
-    ) -> Result<String, GetFailure> {
-        let mut rx = Receiver::new(transfer, size);
+    ) -> Result<Digest, GetFailure> {
+        let mut rx = Receiver::new(transfer, size, hash);
         if held > 0 {
             rx = writer.hash_held(rx).await??;
         } else {
@@ -782,7 +812,7 @@ impl Client {
         loop {
             if let Some(result) = rx.poll_finished() {
                 // A mismatch: the caller drops the part file and starts again.
-                return Ok(hex::encode(result?));
+                return Ok(result?);
             }
             let msg = match self.next(self.timeout).await? {
                 Some(m) => m,
@@ -801,8 +831,8 @@ impl Client {
                     };
                     self.send_to(gateway, &Request::Ack { transfer, next: ack }).await?;
                 }
-                Incoming::Response(Response::GetDone { transfer: t, size: done_size, sha256 }) if t == transfer => {
-                    rx.handle_done(done_size, &sha256)?;
+                Incoming::Response(Response::GetDone { transfer: t, size: done_size, digest }) if t == transfer => {
+                    rx.handle_done(done_size, &digest)?;
                 }
                 Incoming::Response(Response::Error { transfer: Some(t), code, message, .. }) if t == transfer => {
                     return Err(DeviceError::Remote { code, message }.into());
@@ -818,8 +848,10 @@ struct Upload<'a> {
     local: &'a Path,
     remote: &'a str,
     size: u64,
-    /// The file's SHA-256 (hex), once an attempt has read all of it.
-    sha256: Option<String>,
+    /// The algorithm it is hashed with, in every attempt.
+    hash: HashAlg,
+    /// The file's hash, once an attempt has read all of it (a resume gives it in its `put`).
+    digest: Option<Digest>,
     /// Length and modification time of the file before it was read.
     stamp: (u64, Option<std::time::SystemTime>),
     overwrite: bool,
@@ -829,12 +861,6 @@ struct Upload<'a> {
     acked: u64,
     /// Chunk bytes published, over all attempts.
     sent: u64,
-}
-
-/// The 32 bytes of a SHA-256 written as hex.
-fn decode_sha256(hex_digits: &str) -> Option<[u8; 32]> {
-    let mut sha = [0u8; 32];
-    hex::decode_to_slice(hex_digits, &mut sha).ok().map(|()| sha)
 }
 
 /// A response of a type the request does not call for.

@@ -449,6 +449,7 @@ pub(crate) async fn upload_stamp(path: &Path) -> std::io::Result<Stamp> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use mqsftp_proto::HashAlg;
 
     fn content(len: usize, seed: u8) -> Vec<u8> {
         (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
@@ -540,7 +541,7 @@ mod tests {
 
         let (mut w, held) = PartWriter::open(&part).unwrap();
         assert_eq!(held, 300_000);
-        let rx = w.hash_held(Receiver::new(7, data.len() as u64)).await.unwrap().unwrap();
+        let rx = w.hash_held(Receiver::new(7, data.len() as u64, HashAlg::Blake3)).await.unwrap().unwrap();
         assert_eq!(rx.received(), 300_000);
         write_all(&mut w, &data[300_000..], 65_536).await.unwrap();
         w.commit(&target).await.unwrap();
@@ -569,7 +570,7 @@ mod tests {
         std::fs::write(&part, content(5000, 3)).unwrap();
         let (mut w, held) = PartWriter::open(&part).unwrap();
         assert_eq!(held, 5000);
-        let got = w.hash_held(Receiver::new(1, 4000)).await.unwrap();
+        let got = w.hash_held(Receiver::new(1, 4000, HashAlg::Sha256)).await.unwrap();
         assert!(matches!(got, Err(ReceiveError::PastEnd { .. })), "{got:?}");
         w.close().await.unwrap();
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
-use mqsftp_proto::{DeviceId, ErrorCode, Response, Sender, SessionId, StreamParams, Topic, TransferId};
+use mqsftp_proto::{DeviceId, ErrorCode, HashAlg, Response, Sender, SessionId, StreamParams, Topic, TransferId};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
 
@@ -23,7 +23,7 @@ pub(crate) async fn start_get(
     access: Arc<Access>,
     session: SessionId,
     id: String,
-    (path, offset): (String, u64),
+    (path, offset, hash): (String, u64, HashAlg),
 ) {
     let fail = |(code, message): Failure| Response::error(Some(id.clone()), code, message);
     let rel = match confine_file(&path) {
@@ -49,7 +49,7 @@ pub(crate) async fn start_get(
     async move {
         let _registration = Registration { shared: &shared, transfer };
         let target = (store_path.as_str(), rel.as_str(), offset);
-        match serve_get(&shared, (&device, &access), &session, &id, transfer, target, rx).await {
+        match serve_get(&shared, (&device, &access), &session, (&id, hash), transfer, target, rx).await {
             Ok(stats) => info!(size = stats.0, resent = stats.1, "get complete"),
             Err((code, message)) => {
                 info!(%code, %message, "get failed");
@@ -66,7 +66,7 @@ async fn serve_get(
     shared: &Shared,
     (device, access): (&DeviceId, &Access),
     session: &SessionId,
-    id: &str,
+    (id, hash): (&str, HashAlg),
     transfer: TransferId,
     (store_path, rel, offset): (&str, &str, u64),
     mut rx: mpsc::UnboundedReceiver<Ctl>,
@@ -120,7 +120,7 @@ async fn serve_get(
         let msg = format!("offset {offset} is beyond the end of {rel} ({size} bytes)");
         return Err((ErrorCode::BadRequest, msg));
     }
-    let mut sender = Sender::resume(transfer, size, offset, params, Instant::now());
+    let mut sender = Sender::resume(transfer, size, offset, params, hash, Instant::now());
     sender.set_window(shared.windows.current());
     // Reads beyond the window are bounded by the most a window can be (and by the gateway's read-ahead budget).
     let window_bytes = u64::from(params.chunk_size) * u64::from(params.window);
@@ -139,6 +139,7 @@ async fn serve_get(
                 size,
                 chunk_size: params.chunk_size,
                 window: sender.params().window,
+                hash,
             },
         )
         .await;
@@ -170,8 +171,8 @@ async fn serve_get(
                 .await
                 .map_err(|e| (ErrorCode::Internal, format!("broker link failed: {e}")))?;
         }
-        if let Some((size, sha)) = sender.poll_done() {
-            shared.respond(device, session, &Response::GetDone { transfer, size, sha256: hex::encode(sha) }).await;
+        if let Some((size, digest)) = sender.poll_done() {
+            shared.respond(device, session, &Response::GetDone { transfer, size, digest: digest.into() }).await;
         }
         if sender.is_complete() {
             return Ok((size, sender.resent_bytes()));

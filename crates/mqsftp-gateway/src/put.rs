@@ -1,11 +1,13 @@
 //! Uploads: one task per `put`. Chunks are written in order to a temporary file beside the target (the
-//! russh-sftp file keeps several writes in flight); the commit checks size and SHA-256, fsyncs, and renames into
+//! russh-sftp file keeps several writes in flight); the commit checks size and hash, fsyncs, and renames into
 //! place without clobbering (or atomically replacing, when asked). Nothing partial ever appears at the final
 //! name; an aborted, failed or expired upload removes its temporary file.
 
 use std::sync::Arc;
 
-use mqsftp_proto::{DeviceId, ErrorCode, Received, Receiver, RelPath, Response, SessionId, TransferId};
+use mqsftp_proto::{
+    DeviceId, Digest, ErrorCode, HashAlg, HexDigest, Received, Receiver, RelPath, Response, SessionId, TransferId,
+};
 use russh_sftp::client::fs::File;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -26,49 +28,47 @@ pub(crate) struct PutRequest {
     pub session: SessionId,
     pub path: String,
     pub size: u64,
+    /// The algorithm the upload is hashed with.
+    pub hash: HashAlg,
     /// The file's hash when the device gave it with the request; otherwise it comes with the commit.
-    pub sha256: Option<String>,
+    pub digest: Option<HexDigest>,
     pub overwrite: bool,
     /// The upload to continue, if this resumes one.
     pub resume: Option<TransferId>,
 }
 
-/// `s` if it is a SHA-256 as the protocol writes it: 64 lowercase hex digits.
-fn valid_sha256(s: &str) -> Result<&str, Failure> {
-    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        Ok(s)
-    } else {
-        Err((ErrorCode::BadRequest, format!("field sha256 must be 64 lowercase hex digits, got {s:?}")))
-    }
-}
-
 /// What an upload knows of the hash its bytes must have: given with the `put`, a resuming `put` or the commit,
 /// whichever comes first; every later one must agree with it.
-struct ExpectedHash(Option<String>);
+struct ExpectedHash(Option<Digest>);
 
 impl ExpectedHash {
     /// Takes the hash `given` (if any) in a message about upload `receiver`. `Ok(Some(hash))` once all bytes are
-    /// in and match the known hash (a mismatch is an error), `Ok(None)` while either is missing. A malformed hash is `bad_request` (nothing changes); one that differs from the hash given before
-    /// is `checksum_mismatch`, as the bytes cannot match both.
-    fn take(&mut self, receiver: &mut Receiver, given: Option<&str>) -> Result<Option<[u8; 32]>, Failure> {
+    /// in and match the known hash (a mismatch is an error), `Ok(None)` while either is missing. A malformed hash,
+    /// or one of another algorithm than the upload's, is `bad_request` (nothing changes); one that differs from the
+    /// hash given before is `checksum_mismatch`, as the bytes cannot match both.
+    fn take(&mut self, receiver: &mut Receiver, given: Option<&HexDigest>) -> Result<Option<Digest>, Failure> {
         if let Some(h) = given {
-            let h = valid_sha256(h)?;
+            let d = h.parse().map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+            if d.alg != receiver.hash_alg() {
+                let msg = format!("field {} gives a hash for an upload hashed with {}", d.alg, receiver.hash_alg());
+                return Err((ErrorCode::BadRequest, msg));
+            }
             match &self.0 {
-                Some(known) if known != h => {
+                Some(known) if *known != d => {
                     return Err((
                         ErrorCode::ChecksumMismatch,
-                        format!("the upload was announced with sha256 {known}, and now {h}"),
+                        format!("the upload was announced with {} {}, and now {}", known.alg, known.hex(), d.hex()),
                     ))
                 }
                 Some(_) => {}
                 None => {
                     receiver.handle_done(receiver.size(), h).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
-                    self.0 = Some(h.to_string());
+                    self.0 = Some(d);
                 }
             }
         }
         match receiver.poll_finished() {
-            Some(Ok(sha)) => Ok(Some(sha)),
+            Some(Ok(digest)) => Ok(Some(digest)),
             Some(Err(e)) => Err((ErrorCode::ChecksumMismatch, e.to_string())),
             None => Ok(None),
         }
@@ -81,8 +81,8 @@ pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, access: Arc
         Ok(rel) => rel,
         Err(f) => return shared.respond(&device, &req.session, &fail(f)).await,
     };
-    if let Some(Err(f)) = req.sha256.as_deref().map(valid_sha256) {
-        return shared.respond(&device, &req.session, &fail(f)).await;
+    if let Some(Err(e)) = req.digest.as_ref().map(HexDigest::parse) {
+        return shared.respond(&device, &req.session, &fail((ErrorCode::BadRequest, e.to_string()))).await;
     }
     let max = access.max_file_size;
     if req.size > max {
@@ -172,9 +172,9 @@ async fn serve_put(
     let path = format!("{dir}/{}", part_name(&name, transfer));
     // A resume that names the file's hash may find the upload committed already (only a device that has sent every
     // byte knows the hash, and only such an upload can have been committed).
-    let resumed_hash = req.sha256.as_deref().filter(|_| req.resume.is_some());
-    if let Some(sha) = resumed_hash {
-        if committed_already(&sftp, (&final_path, &path), transfer, req.size, sha).await {
+    let resumed_hash = req.digest.as_ref().filter(|_| req.resume.is_some());
+    if let Some(digest) = resumed_hash {
+        if committed_already(&sftp, (&final_path, &path), transfer, req.size, digest).await {
             // Committed, by another gateway or by this one before a restart, and the answer was lost (the device
             // gave up waiting and asked again): answer as for a commit remembered here, instead of `exists` for its
             // own file.
@@ -183,13 +183,15 @@ async fn serve_put(
                 id: req.id.clone(),
                 transfer,
                 size: req.size,
-                sha256: sha.to_string(),
+                digest: digest.clone(),
                 durable: sftp.fsync,
             };
             if let Ok(mut c) = shared.committed.lock() {
                 c.insert(transfer, device.clone(), answer);
             }
-            shared.respond(device, &req.session, &shared.put_accepted(req.id.clone(), transfer, req.size)).await;
+            shared
+                .respond(device, &req.session, &shared.put_accepted(req.id.clone(), transfer, req.size, req.hash))
+                .await;
             return Ok(());
         }
     }
@@ -200,7 +202,7 @@ async fn serve_put(
     ensure_dir(shared, &sftp, &dir, rel_dir).await?;
     let permit = sftp.handle_permit().await;
     let mut part = Part { sftp: &sftp, path, committed: false, _permit: permit };
-    let mut receiver = Receiver::new(transfer, req.size);
+    let mut receiver = Receiver::new(transfer, req.size, req.hash);
     let mut file = if req.resume.is_some() {
         match adopt(shared, &sftp, &part.path, rel, &mut receiver).await {
             Ok(f) => Some(f),
@@ -223,11 +225,13 @@ async fn serve_put(
     let t = shared.cfg.transfer;
     let bucket = shared.buckets.get(device, access.rate);
     let mut session = req.session.clone();
-    shared.respond(device, &req.session, &shared.put_accepted(req.id.clone(), transfer, receiver.received())).await;
+    shared
+        .respond(device, &req.session, &shared.put_accepted(req.id.clone(), transfer, receiver.received(), req.hash))
+        .await;
     let mut expected = ExpectedHash(None);
     // An empty upload (or one the store holds whole) is complete before any chunk; a wrong hash for it is caught
     // here. The hash of what arrived, once it is verified.
-    let mut verified = match expected.take(&mut receiver, req.sha256.as_deref()) {
+    let mut verified = match expected.take(&mut receiver, req.digest.as_ref()) {
         Ok(v) => v,
         Err(f) => {
             part.discard(file.take()).await;
@@ -281,8 +285,8 @@ async fn serve_put(
                 }
                 shared.respond(device, &session, &Response::PutAck { transfer, next: ack }).await;
             }
-            Ctl::Commit { id, session, sha256 } => {
-                match expected.take(&mut receiver, sha256.as_deref()) {
+            Ctl::Commit { id, session, digest } => {
+                match expected.take(&mut receiver, digest.as_ref()) {
                     Ok(Some(sha)) => verified = Some(sha),
                     Ok(None) => {}
                     Err(f @ (ErrorCode::BadRequest, _)) => {
@@ -297,9 +301,9 @@ async fn serve_put(
                         break Err(f);
                     }
                 }
-                let Some(sha) = verified else {
+                let Some(digest) = verified else {
                     let msg = if expected.0.is_none() {
-                        "commit without sha256: the put did not give the file's hash, so the commit must".to_string()
+                        format!("commit without {}: the put did not give the file's hash, so the commit must", req.hash)
                     } else {
                         format!("commit before all data arrived: have {} of {} bytes", receiver.received(), req.size)
                     };
@@ -319,8 +323,8 @@ async fn serve_put(
                 }
                 match commit(shared, &sftp, &mut part, file.take(), (&final_path, rel), req.overwrite).await {
                     Ok(durable) => {
-                        let sha256 = hex::encode(sha);
-                        let answer = Response::Committed { id, transfer, size: req.size, sha256, durable };
+                        let digest = digest.into();
+                        let answer = Response::Committed { id, transfer, size: req.size, digest, durable };
                         if let Ok(mut c) = shared.committed.lock() {
                             c.insert(transfer, device.clone(), answer.clone());
                         }
@@ -333,7 +337,7 @@ async fn serve_put(
             }
             Ctl::Reattach(again) => {
                 // A device that has sent every byte since knows the hash, and says it now.
-                match expected.take(&mut receiver, again.sha256.as_deref()) {
+                match expected.take(&mut receiver, again.digest.as_ref()) {
                     Ok(Some(sha)) => verified = Some(sha),
                     Ok(None) => {}
                     Err((code @ ErrorCode::BadRequest, message)) => {
@@ -359,7 +363,9 @@ async fn serve_put(
                     }
                 }
                 session = again.session.clone();
-                shared.respond(device, &session, &shared.put_accepted(again.id, transfer, receiver.received())).await;
+                shared
+                    .respond(device, &session, &shared.put_accepted(again.id, transfer, receiver.received(), req.hash))
+                    .await;
             }
             Ctl::Cancel => break Err((ErrorCode::Internal, "cancelled by the device".to_string())),
             Ctl::Ack(_) => {} // download acknowledgements mean nothing to an upload
@@ -509,7 +515,7 @@ async fn commit(
     Ok(durable)
 }
 
-/// Whether a resumed upload of `size` bytes with hash `sha256` is committed already: its temporary file
+/// Whether a resumed upload of `size` bytes with hash `digest` is committed already: its temporary file
 /// (`part_path`) is gone and the target (`final_path`) holds exactly that size and hash. Any doubt (a store error,
 /// another size) is a no: the request then goes on as any resume, to `exists` or `expired`.
 async fn committed_already(
@@ -517,7 +523,7 @@ async fn committed_already(
     (final_path, part_path): (&str, &str),
     transfer: TransferId,
     size: u64,
-    sha256: &str,
+    digest: &HexDigest,
 ) -> bool {
     if sftp.try_exists(part_path).await.unwrap_or(true) {
         return false;
@@ -527,10 +533,10 @@ async fn committed_already(
         _ => return false,
     }
     let Ok(mut file) = sftp.open(final_path).await else { return false };
-    let mut receiver = Receiver::new(transfer, size);
+    let mut receiver = Receiver::new(transfer, size, digest.alg());
     let read_all = feed_held(&mut file, &mut receiver).await.is_ok();
     let _ = file.shutdown().await;
-    read_all && receiver.handle_done(size, sha256).is_ok() && matches!(receiver.poll_finished(), Some(Ok(_)))
+    read_all && receiver.handle_done(size, digest).is_ok() && matches!(receiver.poll_finished(), Some(Ok(_)))
 }
 
 /// Why [`feed_held`] stopped.

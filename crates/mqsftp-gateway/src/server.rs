@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use mqsftp_mqtt::{LinkOptions, MqttError, MqttLink};
 use mqsftp_proto::{
-    confine, Chunk, DeviceId, ErrorCode, GatewayId, PathError, RelPath, Request, Response, SessionId, Topic, TopicKind,
-    TransferId, MAX_TRANSFER_ID, PROTOCOL_VERSION,
+    confine, Chunk, DeviceId, ErrorCode, GatewayId, HashAlg, HexDigest, PathError, RelPath, Request, Response,
+    SessionId, Topic, TopicKind, TransferId, MAX_TRANSFER_ID, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -48,9 +48,9 @@ pub(crate) enum Ctl {
     Cancel,
     /// An upload chunk.
     Chunk(Chunk),
-    /// Commit an upload; answer request `id` on `session`. `sha256` is the file's hash when the device gives it
+    /// Commit an upload; answer request `id` on `session`. `digest` is the file's hash when the device gives it
     /// here (required when its `put` did not).
-    Commit { id: String, session: SessionId, sha256: Option<String> },
+    Commit { id: String, session: SessionId, digest: Option<HexDigest> },
     /// The device resumes this upload (after losing its connection): answer with what is held.
     Reattach(Box<crate::put::PutRequest>),
 }
@@ -105,7 +105,7 @@ pub(crate) struct Claim<'a> {
 impl Shared {
     /// `put_accepted` for request `id` of upload `transfer`, held up to `offset`, with this gateway's settings and
     /// the upload's share of the window as it stands now (the device keeps it for the attempt).
-    pub(crate) fn put_accepted(&self, id: String, transfer: TransferId, offset: u64) -> Response {
+    pub(crate) fn put_accepted(&self, id: String, transfer: TransferId, offset: u64, hash: HashAlg) -> Response {
         let t = self.cfg.transfer;
         Response::PutAccepted {
             gateway: self.id.clone(),
@@ -114,6 +114,7 @@ impl Shared {
             chunk_size: t.chunk_size,
             window: self.windows.current(),
             offset,
+            hash,
         }
     }
 
@@ -396,19 +397,19 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
                 shared.respond(&device, &session, &Response::Pong { id, version: PROTOCOL_VERSION }).await;
             });
         }
-        Request::Get { id, session, path, offset } => {
-            tokio::spawn(crate::get::start_get(shared.clone(), device, access, session, id, (path, offset)));
+        Request::Get { id, session, path, offset, hash } => {
+            tokio::spawn(crate::get::start_get(shared.clone(), device, access, session, id, (path, offset, hash)));
         }
-        Request::Put { id, session, path, size, sha256, overwrite, resume } => {
+        Request::Put { id, session, path, size, hash, digest, overwrite, resume } => {
             // An upload this gateway still runs (the device lost only its broker connection) takes the device back;
             // otherwise a new task adopts what the store holds.
-            let put = crate::put::PutRequest { id, session, path, size, sha256, overwrite, resume };
+            let put = crate::put::PutRequest { id, session, path, size, hash, digest, overwrite, resume };
             let committed_size = resume.and_then(|t| shared.committed.lock().ok()?.size_of(&device, t));
             if let (Some(t), Some(size)) = (resume, committed_size) {
                 // Already committed (the answer to the commit was lost): let the device commit again.
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    shared.respond(&device, &put.session, &shared.put_accepted(put.id, t, size)).await;
+                    shared.respond(&device, &put.session, &shared.put_accepted(put.id, t, size, put.hash)).await;
                 });
                 return;
             }
@@ -422,9 +423,9 @@ fn handle_publish(shared: &Arc<Shared>, topic: &str, payload: Bytes) {
             };
             tokio::spawn(crate::put::start_put(shared.clone(), device, access, put));
         }
-        Request::Commit { id, session, transfer, sha256 } => {
+        Request::Commit { id, session, transfer, digest } => {
             if let Err(Ctl::Commit { id, session, .. }) =
-                route(shared, &device, transfer, Ctl::Commit { id, session, sha256 })
+                route(shared, &device, transfer, Ctl::Commit { id, session, digest })
             {
                 let shared = shared.clone();
                 tokio::spawn(async move { answer_stale_commit(&shared, &device, &session, transfer, id).await });
@@ -624,12 +625,12 @@ impl Committed {
     /// The answer for `transfer` of `device`, re-addressed to request `id`.
     fn answer(&self, device: &DeviceId, transfer: TransferId, id: &str) -> Option<Response> {
         match self.answers.get(&transfer) {
-            Some((owner, Response::Committed { transfer, size, sha256, durable, .. })) if owner == device => {
+            Some((owner, Response::Committed { transfer, size, digest, durable, .. })) if owner == device => {
                 Some(Response::Committed {
                     id: id.to_string(),
                     transfer: *transfer,
                     size: *size,
-                    sha256: sha256.clone(),
+                    digest: digest.clone(),
                     durable: *durable,
                 })
             }

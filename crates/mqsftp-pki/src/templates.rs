@@ -249,6 +249,7 @@ keep_alive = \"30s\"
 
 [transfer]
 timeout = \"15s\"  # how long to wait for the gateway to answer a request
+hash = \"blake3\"  # verify transfers with blake3 (fast) or sha256 (to compare with sha256sum)
 ",
         id = toml_string(id),
         host = toml_string(&broker_host.to_string()),

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::hash::{HashAlg, HexDigest};
 use crate::topic::GatewayId;
 use crate::{SessionId, TransferId};
 
@@ -35,9 +36,12 @@ pub enum Request {
         /// File path relative to the device root.
         path: String,
         /// Bytes the device already holds from an interrupted download of this file; the gateway sends from
-        /// here on (and still announces the SHA-256 of the whole file).
+        /// here on (and still announces the hash of the whole file).
         #[serde(default)]
         offset: u64,
+        /// The algorithm to hash the file with (`sha256` when not given).
+        #[serde(default)]
+        hash: HashAlg,
     },
     /// Upload `size` bytes to `path`; chunks follow on the device's `up` topic once accepted.
     Put {
@@ -49,11 +53,14 @@ pub enum Request {
         path: String,
         /// Exact size of the file.
         size: u64,
-        /// SHA-256 of the whole file, 64 lowercase hex digits, when the device knows it before sending;
+        /// The algorithm the file is hashed with (`sha256` when not given).
+        #[serde(default)]
+        hash: HashAlg,
+        /// The hash of the whole file (in the field named by `hash`), when the device knows it before sending;
         /// otherwise the device hashes the file as it sends it and gives the hash with [`Request::Commit`] (the
         /// upload then starts at once, and the file is read once instead of twice).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        sha256: Option<String>,
+        #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+        digest: Option<HexDigest>,
         /// Replace an existing file at `path` (otherwise the commit fails with `exists`).
         #[serde(default)]
         overwrite: bool,
@@ -70,10 +77,10 @@ pub enum Request {
         session: SessionId,
         /// The upload.
         transfer: TransferId,
-        /// SHA-256 of the whole file, 64 lowercase hex digits: required when the `put` did not carry it, and
+        /// The hash of the whole file, with the put's algorithm: required when the `put` did not carry it, and
         /// must equal it when it did.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        sha256: Option<String>,
+        #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+        digest: Option<HexDigest>,
     },
     /// List a directory (relative to the device root; empty for the root), a page at a time.
     List {
@@ -172,7 +179,7 @@ pub enum ErrorCode {
     TooLarge,
     /// The upload would take the device over its storage quota.
     QuotaExceeded,
-    /// The uploaded data does not match the declared size or SHA-256.
+    /// The uploaded data does not match the declared size or hash.
     ChecksumMismatch,
     /// The upload saw no data for longer than the gateway keeps incomplete uploads.
     Expired,
@@ -236,6 +243,10 @@ pub enum Response {
         chunk_size: u32,
         /// Chunks the gateway sends before waiting for an acknowledgement.
         window: u32,
+        /// The algorithm `get_done` will carry the file's hash in (the get's; a gateway that does not send it
+        /// hashes with `sha256`).
+        #[serde(default)]
+        hash: HashAlg,
     },
     /// All chunks of a get have been sent; the hash lets the device verify what it wrote.
     GetDone {
@@ -243,8 +254,9 @@ pub enum Response {
         transfer: TransferId,
         /// File size in bytes.
         size: u64,
-        /// SHA-256 of the whole file, lowercase hex.
-        sha256: String,
+        /// The hash of the whole file, in the field named after its algorithm.
+        #[serde(flatten)]
+        digest: HexDigest,
     },
     /// A put was accepted; send chunks on the device's `up` topic.
     PutAccepted {
@@ -262,6 +274,9 @@ pub enum Response {
         /// Bytes the store already holds (durably) for this upload: send from here on. 0 for a new upload.
         #[serde(default)]
         offset: u64,
+        /// The algorithm the gateway hashes the upload with: the put's.
+        #[serde(default)]
+        hash: HashAlg,
     },
     /// The gateway holds everything below `next` of an upload.
     PutAck {
@@ -278,8 +293,9 @@ pub enum Response {
         transfer: TransferId,
         /// File size.
         size: u64,
-        /// SHA-256 of the file, lowercase hex.
-        sha256: String,
+        /// The hash of the file, in the field named after its algorithm.
+        #[serde(flatten)]
+        digest: HexDigest,
         /// Whether the store confirmed an fsync (`fsync@openssh.com`); false when the server lacks it.
         durable: bool,
     },
@@ -394,7 +410,30 @@ impl Request {
                 return Err(bad(format!("field id must be 1-{MAX_REQUEST_ID_LEN} bytes, got {}", id.len())));
             }
         }
+        if matches!(value.get("op").and_then(|v| v.as_str()), Some("put" | "commit")) {
+            // Flattened, a second hash or one that is not a string would be dropped silently: refuse them here.
+            let given: Vec<&str> = HashAlg::ALL.iter().map(|a| a.as_str()).filter(|f| value.get(f).is_some()).collect();
+            if given.len() > 1 {
+                return Err(bad(format!(
+                    "fields {} both give a hash; give the file's hash in one",
+                    given.join(" and ")
+                )));
+            }
+            if let Some(f) = given.first().filter(|f| !value[**f].is_string()) {
+                return Err(bad(format!("field {f} must be a string of hex digits, got {}", value[*f])));
+            }
+        }
         let req: Request = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        if let Request::Put { hash, digest: Some(d), .. } = &req {
+            if d.alg() != *hash {
+                return Err(bad(format!(
+                    "field {} gives a {} hash but the put's hash is {hash} (name it with \"hash\":\"{}\")",
+                    d.alg(),
+                    d.alg(),
+                    d.alg()
+                )));
+            }
+        }
         Ok(req)
     }
 }
@@ -444,30 +483,34 @@ mod tests {
         "[ -~]{1,64}"
     }
 
+    fn alg() -> impl Strategy<Value = HashAlg> {
+        prop::sample::select(HashAlg::ALL.to_vec())
+    }
+    fn hex_digest(alg: HashAlg, hex: String) -> HexDigest {
+        match alg {
+            HashAlg::Sha256 => HexDigest::Sha256(hex),
+            HashAlg::Blake3 => HexDigest::Blake3(hex),
+        }
+    }
+    fn digest() -> impl Strategy<Value = HexDigest> {
+        (alg(), "[0-9a-f]{64}").prop_map(|(alg, hex)| hex_digest(alg, hex))
+    }
+
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
             (req_id(), session()).prop_map(|(id, session)| Request::Ping { id, session }),
-            (req_id(), session(), any::<String>(), any::<u64>()).prop_map(|(id, session, path, offset)| Request::Get {
-                id,
-                session,
-                path,
-                offset
-            }),
+            (req_id(), session(), any::<String>(), any::<u64>(), alg())
+                .prop_map(|(id, session, path, offset, hash)| Request::Get { id, session, path, offset, hash }),
             (
                 (req_id(), session(), any::<String>(), any::<u64>()),
-                (proptest::option::of("[0-9a-f]{64}"), any::<bool>(), proptest::option::of(any::<u64>()))
+                (alg(), any::<bool>(), any::<bool>(), "[0-9a-f]{64}", proptest::option::of(any::<u64>()))
             )
-                .prop_map(|((id, session, path, size), (sha256, overwrite, resume))| Request::Put {
-                    id,
-                    session,
-                    path,
-                    size,
-                    sha256,
-                    overwrite,
-                    resume
+                .prop_map(|((id, session, path, size), (hash, given, overwrite, hex, resume))| {
+                    let digest = given.then(|| hex_digest(hash, hex));
+                    Request::Put { id, session, path, size, hash, digest, overwrite, resume }
                 }),
-            (req_id(), session(), any::<u64>(), proptest::option::of("[0-9a-f]{64}"))
-                .prop_map(|(id, session, transfer, sha256)| Request::Commit { id, session, transfer, sha256 }),
+            (req_id(), session(), any::<u64>(), proptest::option::of(digest()))
+                .prop_map(|(id, session, transfer, digest)| Request::Commit { id, session, transfer, digest }),
             (req_id(), session(), any::<String>(), any::<u64>(), proptest::option::of(any::<u32>()))
                 .prop_map(|(id, session, path, offset, limit)| Request::List { id, session, path, offset, limit }),
             (req_id(), session(), any::<String>()).prop_map(|(id, session, path)| Request::Stat { id, session, path }),
@@ -513,37 +556,39 @@ mod tests {
 
     fn response() -> impl Strategy<Value = Response> {
         prop_oneof![
-            (any::<String>(), any::<u64>(), session(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
-                |(id, transfer, gateway, chunk_size, window, offset)| Response::PutAccepted {
+            (any::<String>(), any::<u64>(), session(), any::<u32>(), any::<u32>(), any::<u64>(), alg()).prop_map(
+                |(id, transfer, gateway, chunk_size, window, offset, hash)| Response::PutAccepted {
                     id,
                     transfer,
                     gateway,
                     chunk_size,
                     window,
-                    offset
+                    offset,
+                    hash
                 }
             ),
             (any::<u64>(), any::<u64>()).prop_map(|(transfer, next)| Response::PutAck { transfer, next }),
-            (any::<String>(), any::<u64>(), any::<u64>(), "[0-9a-f]{64}", any::<bool>()).prop_map(
-                |(id, transfer, size, sha256, durable)| { Response::Committed { id, transfer, size, sha256, durable } }
+            (any::<String>(), any::<u64>(), any::<u64>(), digest(), any::<bool>()).prop_map(
+                |(id, transfer, size, digest, durable)| { Response::Committed { id, transfer, size, digest, durable } }
             ),
             (any::<String>(), proptest::collection::vec(entry(), 0..4), proptest::option::of(any::<u64>()))
                 .prop_map(|(id, entries, next)| Response::Listing { id, entries, next }),
             (any::<String>(), entry()).prop_map(|(id, entry)| Response::Stat { id, entry }),
             any::<String>().prop_map(|id| Response::Done { id }),
             (any::<String>(), any::<u32>()).prop_map(|(id, version)| Response::Pong { id, version }),
-            (any::<String>(), any::<u64>(), session(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
-                |(id, transfer, gateway, size, chunk_size, window)| Response::GetAccepted {
+            (any::<String>(), any::<u64>(), session(), any::<u64>(), any::<u32>(), any::<u32>(), alg()).prop_map(
+                |(id, transfer, gateway, size, chunk_size, window, hash)| Response::GetAccepted {
                     id,
                     transfer,
                     gateway,
                     size,
                     chunk_size,
-                    window
+                    window,
+                    hash
                 }
             ),
-            (any::<u64>(), any::<u64>(), "[0-9a-f]{64}")
-                .prop_map(|(transfer, size, sha256)| { Response::GetDone { transfer, size, sha256 } }),
+            (any::<u64>(), any::<u64>(), digest())
+                .prop_map(|(transfer, size, digest)| { Response::GetDone { transfer, size, digest } }),
             (proptest::option::of(any::<String>()), proptest::option::of(any::<u64>()), code(), any::<String>())
                 .prop_map(|(id, transfer, code, message)| Response::Error { id, transfer, code, message }),
         ]
@@ -576,7 +621,8 @@ mod tests {
                 id: "r1".into(),
                 session: SessionId::new("abc").unwrap(),
                 path: "a/b.txt".into(),
-                offset: 0
+                offset: 0,
+                hash: HashAlg::Sha256
             }
         );
         let e = Response::error(Some("r1".into()), ErrorCode::NotFound, "no such file: a");
@@ -589,17 +635,63 @@ mod tests {
     #[test]
     fn a_put_may_leave_its_hash_to_the_commit() {
         let r = Request::decode(br#"{"op":"put","id":"p","session":"s1","path":"a","size":3}"#).unwrap();
-        assert!(matches!(r, Request::Put { sha256: None, .. }), "{r:?}");
+        assert!(matches!(r, Request::Put { digest: None, hash: HashAlg::Sha256, .. }), "{r:?}");
         // A commit without a hash decodes and encodes as it always did.
         let r = Request::decode(br#"{"op":"commit","id":"c","session":"s1","transfer":7}"#).unwrap();
-        assert!(matches!(r, Request::Commit { sha256: None, transfer: 7, .. }), "{r:?}");
-        let c = Request::Commit { id: "c".into(), session: SessionId::new("s1").unwrap(), transfer: 7, sha256: None };
+        assert!(matches!(r, Request::Commit { digest: None, transfer: 7, .. }), "{r:?}");
+        let c = Request::Commit { id: "c".into(), session: SessionId::new("s1").unwrap(), transfer: 7, digest: None };
         assert_eq!(String::from_utf8(c.encode()).unwrap(), r#"{"op":"commit","id":"c","session":"s1","transfer":7}"#);
         let Request::Commit { id, session, transfer, .. } = c else { unreachable!() };
-        let c = Request::Commit { id, session, transfer, sha256: Some("ab".repeat(32)) };
+        let c = Request::Commit { id, session, transfer, digest: Some(HexDigest::Sha256("ab".repeat(32))) };
         assert!(String::from_utf8(c.encode())
             .unwrap()
             .ends_with(&format!(r#""transfer":7,"sha256":"{}"}}"#, "ab".repeat(32))));
+    }
+
+    #[test]
+    fn hashes_travel_in_a_field_named_after_their_algorithm() {
+        // A device from before `hash` existed: SHA-256, in `sha256`.
+        let r = Request::decode(br#"{"op":"get","id":"g","session":"s1","path":"a"}"#).unwrap();
+        assert!(matches!(r, Request::Get { hash: HashAlg::Sha256, .. }), "{r:?}");
+        let r = Request::decode(br#"{"op":"get","id":"g","session":"s1","path":"a","hash":"blake3"}"#).unwrap();
+        assert!(matches!(r, Request::Get { hash: HashAlg::Blake3, .. }), "{r:?}");
+        let h = "cd".repeat(32);
+        let put =
+            format!(r#"{{"op":"put","id":"p","session":"s1","path":"a","size":3,"hash":"blake3","blake3":"{h}"}}"#);
+        let r = Request::decode(put.as_bytes()).unwrap();
+        assert!(
+            matches!(&r, Request::Put { digest: Some(HexDigest::Blake3(x)), hash: HashAlg::Blake3, .. } if *x == h)
+        );
+        assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        let done = Response::GetDone { transfer: 1, size: 3, digest: HexDigest::Blake3(h.clone()) };
+        assert_eq!(
+            String::from_utf8(done.encode()).unwrap(),
+            format!(r#"{{"type":"get_done","transfer":1,"size":3,"blake3":"{h}"}}"#)
+        );
+        // A gateway from before `hash` existed: no echo means SHA-256.
+        let acc = br#"{"type":"get_accepted","id":"g","transfer":1,"gateway":"g1","size":3,"chunk_size":9,"window":2}"#;
+        assert!(matches!(Response::decode(acc).unwrap(), Response::GetAccepted { hash: HashAlg::Sha256, .. }));
+
+        // Each way a hash can be given wrongly is refused, naming the fields.
+        for (req, want) in [
+            (
+                format!(r#"{{"op":"put","id":"p","session":"s1","path":"a","size":3,"blake3":"{h}"}}"#),
+                "field blake3 gives a blake3 hash but the put's hash is sha256",
+            ),
+            (
+                format!(r#"{{"op":"commit","id":"c","session":"s1","transfer":7,"sha256":"{h}","blake3":"{h}"}}"#),
+                "fields blake3 and sha256 both give a hash",
+            ),
+            (
+                r#"{"op":"commit","id":"c","session":"s1","transfer":7,"blake3":7}"#.to_string(),
+                "field blake3 must be a string of hex digits, got 7",
+            ),
+            (r#"{"op":"get","id":"g","session":"s1","path":"a","hash":"md5"}"#.to_string(), "unknown variant `md5`"),
+        ] {
+            let e = Request::decode(req.as_bytes()).unwrap_err();
+            assert!(e.reason.contains(want), "{req}: {}", e.reason);
+            assert_eq!(e.session, Some(SessionId::new("s1").unwrap()));
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! connection, not reordering).
 //!
 //! [`Receiver`] accepts the next chunk in order, tells its driver what to write and what to acknowledge, ignores
-//! duplicates, and verifies size and SHA-256 once the expected hash is known (from `get_done` for a download,
+//! duplicates, and verifies size and hash ([`crate::hash`]) once the expected hash is known (from `get_done` for a download,
 //! from the `put` request or its `commit` for an upload) and all bytes are in.
 //!
 //! Time is passed in as [`Instant`]s, so tests drive both ends on a virtual clock.
@@ -18,10 +18,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use sha2::{Digest, Sha256};
-
+use crate::hash::{Digest, HashAlg, Hasher, HexDigest};
 use crate::{Chunk, TransferId};
+use bytes::Bytes;
 
 /// Tunables of a download.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,8 +112,8 @@ pub struct Sender {
     /// Read but not acknowledged, in offset order; `pending` says whether it still has to be (re)sent.
     unacked: VecDeque<Unacked>,
     acked: u64,
-    hasher: Option<Sha256>,
-    sha256: Option<[u8; 32]>,
+    hasher: Option<Hasher>,
+    digest: Option<Digest>,
     done_sent: bool,
     last_progress: Instant,
     last_retransmit: Instant,
@@ -124,14 +123,21 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// A download of a `size`-byte file, started at `now`.
-    pub fn new(transfer: TransferId, size: u64, params: StreamParams, now: Instant) -> Self {
-        Self::resume(transfer, size, 0, params, now)
+    /// A download of a `size`-byte file hashed with `hash`, started at `now`.
+    pub fn new(transfer: TransferId, size: u64, params: StreamParams, hash: HashAlg, now: Instant) -> Self {
+        Self::resume(transfer, size, 0, params, hash, now)
     }
 
     /// A transfer of which the receiver already holds the first `start` bytes (capped at `size`). Those bytes are
     /// still read (so that the whole file is hashed) but never sent.
-    pub fn resume(transfer: TransferId, size: u64, start: u64, params: StreamParams, now: Instant) -> Self {
+    pub fn resume(
+        transfer: TransferId,
+        size: u64,
+        start: u64,
+        params: StreamParams,
+        hash: HashAlg,
+        now: Instant,
+    ) -> Self {
         let params = StreamParams { chunk_size: params.chunk_size.max(1), window: params.window.max(1), ..params };
         let start = start.min(size);
         let mut s = Self {
@@ -143,8 +149,8 @@ impl Sender {
             reading: false,
             unacked: VecDeque::new(),
             acked: start,
-            hasher: Some(Sha256::new()),
-            sha256: None,
+            hasher: Some(hash.hasher()),
+            digest: None,
             done_sent: false,
             last_progress: now,
             last_retransmit: now,
@@ -156,13 +162,13 @@ impl Sender {
         s
     }
 
-    /// For a caller that already knows the file's SHA-256 (an uploader that read the whole file in an earlier
+    /// For a caller that already knows the file's hash (an uploader that read the whole file in an earlier
     /// attempt of the same upload): the data is not hashed again, and the first `start` bytes, which the receiver
     /// holds, are not read at all.
     /// [`poll_done`](Self::poll_done) reports the given hash.
-    pub fn with_known_sha256(mut self, sha256: [u8; 32]) -> Self {
+    pub fn with_known_digest(mut self, digest: Digest) -> Self {
         self.hasher = None;
-        self.sha256 = Some(sha256);
+        self.digest = Some(digest);
         self.read_pos = self.start;
         self
     }
@@ -206,7 +212,7 @@ impl Sender {
     fn finish_hash_if_read(&mut self) {
         if self.read_pos == self.size {
             if let Some(h) = self.hasher.take() {
-                self.sha256 = Some(h.finalize().into());
+                self.digest = Some(h.finalize());
             }
         }
     }
@@ -278,14 +284,14 @@ impl Sender {
         Some(u.sent.clone())
     }
 
-    /// Size and SHA-256 to announce once every byte has been read and sent once; returned a single time.
-    pub fn poll_done(&mut self) -> Option<(u64, [u8; 32])> {
+    /// Size and hash to announce once every byte has been read and sent once; returned a single time.
+    pub fn poll_done(&mut self) -> Option<(u64, Digest)> {
         if self.done_sent || self.read_pos < self.size || self.unacked.iter().any(|u| u.pending) {
             return None;
         }
-        let sha = self.sha256?;
+        let digest = self.digest?;
         self.done_sent = true;
-        Some((self.size, sha))
+        Some((self.size, digest))
     }
 
     /// The receiver has everything below `next`.
@@ -364,12 +370,15 @@ pub enum ReceiveError {
     /// `get_done` announced another size than `get_accepted`.
     #[error("gateway announced {announced} bytes but finished with {done}")]
     SizeChanged { announced: u64, done: u64 },
-    /// The hash in `get_done` is not valid hex SHA-256.
-    #[error("gateway sent a malformed sha256 {0:?}")]
-    BadHash(String),
-    /// The data received does not hash to what the gateway announced.
-    #[error("sha256 mismatch: gateway announced {expected}, received data hashes to {actual}")]
-    ChecksumMismatch { expected: String, actual: String },
+    /// The hash announced is not 64 lowercase hex digits.
+    #[error(transparent)]
+    BadHash(#[from] crate::hash::BadDigest),
+    /// The hash announced is of another algorithm than the transfer is hashed with.
+    #[error("a {got} hash was announced for a transfer hashed with {expected}")]
+    OtherAlg { expected: HashAlg, got: HashAlg },
+    /// The data received does not hash to what was announced.
+    #[error("{alg} mismatch: {expected} was announced, the data received hashes to {actual}")]
+    ChecksumMismatch { alg: HashAlg, expected: String, actual: String },
 }
 
 /// The device's end of a download.
@@ -378,15 +387,16 @@ pub struct Receiver {
     transfer: TransferId,
     size: u64,
     next: u64,
-    hasher: Option<Sha256>,
-    expected: Option<[u8; 32]>,
+    hasher: Option<Hasher>,
+    alg: HashAlg,
+    expected: Option<Digest>,
     finished: bool,
 }
 
 impl Receiver {
-    /// A download of `size` bytes, as announced in `get_accepted`.
-    pub fn new(transfer: TransferId, size: u64) -> Self {
-        Self { transfer, size, next: 0, hasher: Some(Sha256::new()), expected: None, finished: false }
+    /// A download of `size` bytes hashed with `hash`, as announced in `get_accepted`.
+    pub fn new(transfer: TransferId, size: u64, hash: HashAlg) -> Self {
+        Self { transfer, size, next: 0, hasher: Some(hash.hasher()), alg: hash, expected: None, finished: false }
     }
     /// The transfer id.
     pub fn transfer(&self) -> TransferId {
@@ -430,30 +440,36 @@ impl Receiver {
         Ok(Received::Write { offset: chunk.offset, ack: self.next, data: chunk.data })
     }
 
-    /// The gateway's `get_done` arrived.
-    pub fn handle_done(&mut self, size: u64, sha256_hex: &str) -> Result<(), ReceiveError> {
+    /// The algorithm the data is hashed with.
+    pub fn hash_alg(&self) -> HashAlg {
+        self.alg
+    }
+
+    /// The whole file's size and hash arrived (a download's `get_done`; an upload's `put` or `commit`).
+    pub fn handle_done(&mut self, size: u64, digest: &HexDigest) -> Result<(), ReceiveError> {
         if size != self.size {
             return Err(ReceiveError::SizeChanged { announced: self.size, done: size });
         }
-        let mut sha = [0u8; 32];
-        hex::decode_to_slice(sha256_hex, &mut sha).map_err(|_| ReceiveError::BadHash(sha256_hex.to_string()))?;
-        self.expected = Some(sha);
+        if digest.alg() != self.alg {
+            return Err(ReceiveError::OtherAlg { expected: self.alg, got: digest.alg() });
+        }
+        self.expected = Some(digest.parse()?);
         Ok(())
     }
 
-    /// Once all bytes are in and the hash is known: `Some(Ok(sha256))` for a verified file, `Some(Err)` for a
+    /// Once all bytes are in and the hash is known: `Some(Ok(digest))` for a verified file, `Some(Err)` for a
     /// mismatch. Returns `Some` only once.
-    pub fn poll_finished(&mut self) -> Option<Result<[u8; 32], ReceiveError>> {
+    pub fn poll_finished(&mut self) -> Option<Result<Digest, ReceiveError>> {
         if self.finished || self.next != self.size {
             return None;
         }
         let expected = self.expected?;
-        let actual: [u8; 32] = self.hasher.take()?.finalize().into();
+        let actual = self.hasher.take()?.finalize();
         self.finished = true;
         if actual == expected {
             Some(Ok(actual))
         } else {
-            Some(Err(ReceiveError::ChecksumMismatch { expected: hex::encode(expected), actual: hex::encode(actual) }))
+            Some(Err(ReceiveError::ChecksumMismatch { alg: self.alg, expected: expected.hex(), actual: actual.hex() }))
         }
     }
 }
@@ -474,7 +490,10 @@ mod tests {
         let data = file(10_000, 3);
         let params = StreamParams { chunk_size: 4096, window: 8, ..StreamParams::default() };
         let now = Instant::now();
-        let (mut whole, mut parts) = (Sender::new(1, 10_000, params, now), Sender::new(1, 10_000, params, now));
+        let (mut whole, mut parts) = (
+            Sender::new(1, 10_000, params, HashAlg::Blake3, now),
+            Sender::new(1, 10_000, params, HashAlg::Blake3, now),
+        );
         while let Some(r) = whole.poll_read() {
             let (o, l) = (r.offset as usize, r.len as usize);
             whole.handle_read(Bytes::copy_from_slice(&data[o..o + l])).unwrap();
@@ -493,13 +512,13 @@ mod tests {
     }
 
     /// Runs a whole download over a lossy link on a virtual clock; returns (bytes written, resent bytes, now).
-    fn run(data: &[u8], params: StreamParams, mut link: Lossy) -> (Vec<u8>, u64, Duration) {
+    fn run(data: &[u8], params: StreamParams, alg: HashAlg, mut link: Lossy) -> (Vec<u8>, u64, Duration) {
         let start = Instant::now();
         let mut now = start;
-        let mut tx = Sender::new(42, data.len() as u64, params, now);
-        let mut rx = Receiver::new(42, data.len() as u64);
+        let mut tx = Sender::new(42, data.len() as u64, params, alg, now);
+        let mut rx = Receiver::new(42, data.len() as u64, alg);
         let mut out = vec![0u8; data.len()];
-        let mut done: Option<(u64, [u8; 32])> = None;
+        let mut done: Option<(u64, Digest)> = None;
         let mut acks: Vec<u64> = Vec::new();
         for _ in 0..1_000_000 {
             while let Some(r) = tx.poll_read() {
@@ -527,7 +546,7 @@ mod tests {
                     // model it as delivered later.
                     done = Some((size, sha));
                 } else {
-                    rx.handle_done(size, &hex::encode(sha)).unwrap();
+                    rx.handle_done(size, &sha.into()).unwrap();
                 }
             }
             for a in acks.drain(..) {
@@ -536,7 +555,7 @@ mod tests {
                 }
             }
             if let Some(res) = rx.poll_finished() {
-                res.expect("verified");
+                assert_eq!(res.expect("verified"), alg.digest(data));
                 assert!(tx.is_complete() || data.is_empty() || tx.acked() <= data.len() as u64);
                 return (out, tx.resent_bytes(), now - start);
             }
@@ -553,11 +572,13 @@ mod tests {
 
     #[test]
     fn clean_link_delivers_every_size() {
-        for len in [0, 1, 65535, 65536, 65537, 3 * 65536 + 7] {
-            let data = file(len, len as u64);
-            let (out, resent, _) = run(&data, StreamParams::default(), Lossy::perfect());
-            assert_eq!(out, data, "len {len}");
-            assert_eq!(resent, 0);
+        for alg in HashAlg::ALL {
+            for len in [0, 1, 65535, 65536, 65537, 3 * 65536 + 7] {
+                let data = file(len, len as u64);
+                let (out, resent, _) = run(&data, StreamParams::default(), alg, Lossy::perfect());
+                assert_eq!(out, data, "len {len}");
+                assert_eq!(resent, 0);
+            }
         }
     }
 
@@ -567,7 +588,7 @@ mod tests {
         for seed in 1..40 {
             let data = file(50_000 + seed as usize * 37, seed);
             let link = Lossy { rng: Rng(seed * 7919), loss: 0.1, dup: 0.1, reorder: 0.1, held: Vec::new() };
-            let (out, _, _) = run(&data, params, link);
+            let (out, _, _) = run(&data, params, HashAlg::ALL[seed as usize % 2], link);
             assert_eq!(out, data, "seed {seed}");
         }
     }
@@ -577,10 +598,11 @@ mod tests {
     fn resume_sends_only_what_is_missing() {
         let data = file(10_000, 3);
         let params = StreamParams { chunk_size: 1000, window: 3, ..StreamParams::default() };
-        for start in [0u64, 1, 999, 1000, 1001, 5500, 9999, 10_000] {
+        for (i, start) in [0u64, 1, 999, 1000, 1001, 5500, 9999, 10_000].into_iter().enumerate() {
             let now = Instant::now();
-            let mut tx = Sender::resume(9, data.len() as u64, start, params, now);
-            let mut rx = Receiver::new(9, data.len() as u64);
+            let alg = HashAlg::ALL[i % 2];
+            let mut tx = Sender::resume(9, data.len() as u64, start, params, alg, now);
+            let mut rx = Receiver::new(9, data.len() as u64, alg);
             rx.handle_held(&data[..start as usize]).unwrap();
             let mut sent = 0u64;
             let mut out = data[..start as usize].to_vec();
@@ -598,11 +620,12 @@ mod tests {
                         tx.handle_ack(ack, now);
                     }
                 }
-                if let Some((size, sha)) = tx.poll_done() {
-                    rx.handle_done(size, &hex::encode(sha)).unwrap();
+                if let Some((size, digest)) = tx.poll_done() {
+                    rx.handle_done(size, &digest.into()).unwrap();
                 }
                 if let Some(r) = rx.poll_finished() {
                     done = Some(r.unwrap());
+                    assert_eq!(done, Some(alg.digest(&data)), "start {start}: the whole file's hash");
                     break;
                 }
             }
@@ -617,7 +640,7 @@ mod tests {
     fn window_bounds_unacknowledged_data() {
         let now = Instant::now();
         let params = StreamParams { chunk_size: 10, window: 3, ..StreamParams::default() };
-        let mut tx = Sender::new(1, 1000, params, now);
+        let mut tx = Sender::new(1, 1000, params, HashAlg::Sha256, now);
         let mut sent = 0;
         while let Some(r) = tx.poll_read() {
             tx.handle_read(Bytes::from(vec![0; r.len as usize])).unwrap();
@@ -634,7 +657,7 @@ mod tests {
     fn a_window_changed_midway_bounds_what_is_sent_from_then_on() {
         let now = Instant::now();
         let params = StreamParams { chunk_size: 10, window: 4, ..StreamParams::default() };
-        let mut tx = Sender::new(1, 1000, params, now);
+        let mut tx = Sender::new(1, 1000, params, HashAlg::Sha256, now);
         let in_flight = |tx: &mut Sender| {
             let mut n = 0;
             while let Some(r) = tx.poll_read() {
@@ -663,7 +686,7 @@ mod tests {
     fn read_room_is_the_held_prefix_plus_the_free_window() {
         let now = Instant::now();
         let params = StreamParams { chunk_size: 10, window: 3, ..StreamParams::default() };
-        let mut tx = Sender::new(1, 100, params, now);
+        let mut tx = Sender::new(1, 100, params, HashAlg::Sha256, now);
         assert_eq!(tx.read_room(), 30);
         let r = tx.poll_read().unwrap();
         tx.handle_read(Bytes::from(vec![1; r.len as usize])).unwrap();
@@ -671,9 +694,9 @@ mod tests {
         tx.handle_ack(10, now);
         assert_eq!(tx.read_room(), 30, "acknowledged chunks leave the window");
 
-        let mut resumed = Sender::resume(2, 100, 25, params, now);
+        let mut resumed = Sender::resume(2, 100, 25, params, HashAlg::Sha256, now);
         assert_eq!(resumed.read_room(), 25 + 30, "the held prefix is read only to be hashed");
-        let mut tail = Sender::new(3, 15, params, now);
+        let mut tail = Sender::new(3, 15, params, HashAlg::Sha256, now);
         assert_eq!(tail.read_room(), 15, "never past the end of the file");
         for tx in [&mut resumed, &mut tail] {
             while let Some(r) = tx.poll_read() {
@@ -687,7 +710,7 @@ mod tests {
     fn frames_are_encoded_once_and_shared_with_the_window() {
         let now = Instant::now();
         let params = StreamParams { chunk_size: 4, window: 2, ..StreamParams::default() };
-        let mut tx = Sender::new(9, 6, params, now);
+        let mut tx = Sender::new(9, 6, params, HashAlg::Sha256, now);
         while let Some(r) = tx.poll_read() {
             tx.handle_read(Bytes::from(vec![7; r.len as usize])).unwrap();
         }
@@ -708,7 +731,7 @@ mod tests {
             retransmit_after: Duration::from_secs(1),
             give_up_after: Duration::from_secs(5),
         };
-        let mut tx = Sender::new(1, 100, params, t0);
+        let mut tx = Sender::new(1, 100, params, HashAlg::Sha256, t0);
         while let Some(r) = tx.poll_read() {
             tx.handle_read(Bytes::from(vec![0; r.len as usize])).unwrap();
         }
@@ -723,7 +746,8 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors_not_panics() {
         let now = Instant::now();
-        let mut tx = Sender::new(1, 100, StreamParams { chunk_size: 10, ..StreamParams::default() }, now);
+        let mut tx =
+            Sender::new(1, 100, StreamParams { chunk_size: 10, ..StreamParams::default() }, HashAlg::Sha256, now);
         assert!(matches!(tx.handle_read(Bytes::from_static(b"xx")), Err(SendError::ShortRead { .. })));
         // An acknowledgement beyond what was sent counts only up to what was sent (nothing yet).
         tx.handle_ack(50, now);
@@ -731,19 +755,27 @@ mod tests {
         let r = tx.poll_read().unwrap();
         assert!(matches!(tx.handle_read(Bytes::from(vec![0; r.len as usize - 1])), Err(SendError::ShortRead { .. })));
 
-        let mut rx = Receiver::new(1, 5);
+        let mut rx = Receiver::new(1, 5, HashAlg::Blake3);
         let past = Chunk { transfer: 1, offset: 3, data: Bytes::from_static(b"abc") };
         assert!(matches!(rx.handle_chunk(past), Err(ReceiveError::PastEnd { .. })));
-        assert_eq!(rx.handle_done(6, &"0".repeat(64)), Err(ReceiveError::SizeChanged { announced: 5, done: 6 }));
-        assert!(matches!(rx.handle_done(5, "zz"), Err(ReceiveError::BadHash(_))));
+        let zero = HexDigest::Blake3("0".repeat(64));
+        assert_eq!(rx.handle_done(6, &zero), Err(ReceiveError::SizeChanged { announced: 5, done: 6 }));
+        assert!(matches!(rx.handle_done(5, &HexDigest::Blake3("zz".into())), Err(ReceiveError::BadHash(_))));
+        assert_eq!(
+            rx.handle_done(5, &HexDigest::Sha256("0".repeat(64))),
+            Err(ReceiveError::OtherAlg { expected: HashAlg::Blake3, got: HashAlg::Sha256 })
+        );
     }
 
     #[test]
     fn wrong_hash_is_reported() {
-        let mut rx = Receiver::new(1, 3);
+        let mut rx = Receiver::new(1, 3, HashAlg::Sha256);
         rx.handle_chunk(Chunk { transfer: 1, offset: 0, data: Bytes::from_static(b"abc") }).unwrap();
-        rx.handle_done(3, &"0".repeat(64)).unwrap();
-        assert!(matches!(rx.poll_finished(), Some(Err(ReceiveError::ChecksumMismatch { .. }))));
+        // The right value under the other algorithm is still wrong.
+        rx.handle_done(3, &HexDigest::Sha256(HashAlg::Blake3.digest(b"abc").hex())).unwrap();
+        let e = rx.poll_finished().unwrap().unwrap_err();
+        assert!(matches!(e, ReceiveError::ChecksumMismatch { alg: HashAlg::Sha256, .. }), "{e:?}");
+        assert!(e.to_string().starts_with("sha256 mismatch"), "{e}");
         assert_eq!(rx.poll_finished(), None);
     }
 
@@ -751,7 +783,8 @@ mod tests {
     fn known_hash_skips_the_held_prefix_and_the_second_hash() {
         let params = StreamParams { chunk_size: 1000, window: 4, ..StreamParams::default() };
         let now = Instant::now();
-        let mut tx = Sender::resume(7, 10_500, 3_000, params, now).with_known_sha256([9; 32]);
+        let known = Digest { alg: HashAlg::Blake3, bytes: [9; 32] };
+        let mut tx = Sender::resume(7, 10_500, 3_000, params, HashAlg::Blake3, now).with_known_digest(known);
         let mut offsets = Vec::new();
         loop {
             while let Some(r) = tx.poll_read() {
@@ -762,7 +795,7 @@ mod tests {
             while let Some(t) = tx.poll_transmit() {
                 last = Some(t.chunk.end());
             }
-            if tx.poll_done().is_some_and(|d| d == (10_500, [9; 32])) {
+            if tx.poll_done().is_some_and(|d| d == (10_500, known)) {
                 break;
             }
             tx.handle_ack(last.unwrap_or(tx.acked()), now);

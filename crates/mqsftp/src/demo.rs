@@ -14,6 +14,7 @@ use mqsftp_broker::{Broker, BrokerSettings};
 use mqsftp_device::{Client, DeviceConfig};
 use mqsftp_gateway::{Gateway, GatewayConfig};
 use mqsftp_pki::{files, DeviceId, DeviceOptions, InitOptions};
+use mqsftp_proto::{Digest, HashAlg};
 use mqsftp_sftpd::{OpenFiles, Sftpd, SftpdConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -181,10 +182,10 @@ pub async fn demo(size: u64, keep: bool) -> anyhow::Result<()> {
     let put = put?;
     let stored = stack.store.join("devices/demo-device/reports/sample.bin");
     println!(
-        "      committed {} bytes in {:?} (sha256 {}, durable: {}); on the SFTP store at {}",
+        "      committed {} bytes in {:?} ({}, durable: {}); on the SFTP store at {}",
         put.size,
         t.elapsed(),
-        put.sha256,
+        put.digest,
         put.durable,
         stored.display()
     );
@@ -201,15 +202,16 @@ pub async fn demo(size: u64, keep: bool) -> anyhow::Result<()> {
     let got = client.get("reports/sample.bin", &copy, |p| crate::show(&bar, p)).await;
     crate::finish(&bar);
     let got = got?;
-    println!("      received {} bytes in {:?}, sha256 {}", got.size, t.elapsed(), got.sha256);
+    println!("      received {} bytes in {:?}, {}", got.size, t.elapsed(), got.digest);
 
     step(6, STEPS, "verifying");
-    let (a, b) = (sha256_file(&original)?, sha256_file(&copy)?);
-    let on_store = sha256_file(&stored)?;
-    if a != b || a != on_store || a != put.sha256 || a != got.sha256 {
+    let alg = put.digest.alg;
+    let (a, b) = (digest_file(&original, alg)?, digest_file(&copy, alg)?);
+    let on_store = digest_file(&stored, alg)?;
+    if a != b || a != on_store || a != put.digest || a != got.digest {
         bail!("verification failed: original {a}, stored {on_store}, downloaded {b}");
     }
-    println!("      original, stored and downloaded files all have sha256 {a}");
+    println!("      original, stored and downloaded files all have {a}");
     drop(client);
     stack.stop().await?;
     if keep {
@@ -269,12 +271,11 @@ fn write_sample(path: &Path, size: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
+fn digest_file(path: &Path, alg: HashAlg) -> anyhow::Result<Digest> {
+    let mut h = alg.hasher();
     let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hex::encode(h.finalize()))
+    Ok(h.finalize())
 }
 
 fn human(bytes: u64) -> String {

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mqsftp_device::{Client, DeviceConfig, DeviceError, EntryKind, ErrorCode, MqttError};
 use mqsftp_gateway::{Gateway, GatewayConfig};
+use mqsftp_proto::{Digest, HashAlg};
 
 mod demo;
 
@@ -76,7 +77,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Download REMOTE (relative to the device's root) to LOCAL, verified by SHA-256.
+    /// Download REMOTE (relative to the device's root) to LOCAL, verified by its hash (BLAKE3 unless told otherwise).
     #[command(after_help = EXIT_CODES)]
     Get {
         /// device.toml (written by `mqsftp pki device`).
@@ -90,6 +91,9 @@ enum Command {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+        /// Verify with this hash: blake3 or sha256 (default: `[transfer] hash` in device.toml, else blake3).
+        #[arg(long, value_parser = parse_hash)]
+        hash: Option<HashAlg>,
     },
     /// Upload LOCAL to REMOTE (relative to the device's root); it appears there only once verified.
     #[command(after_help = EXIT_CODES)]
@@ -107,6 +111,9 @@ enum Command {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+        /// Verify with this hash: blake3 or sha256 (default: `[transfer] hash` in device.toml, else blake3).
+        #[arg(long, value_parser = parse_hash)]
+        hash: Option<HashAlg>,
     },
     /// List a directory (default: the device's root).
     #[command(after_help = EXIT_CODES)]
@@ -364,9 +371,11 @@ async fn run(
         Command::Demo { size, keep } => demo::demo(size, keep).await.map(|()| exit::OK),
         Command::Dev { dir } => demo::dev(&dir, shutdown_signal()).await.map(|()| exit::OK),
         Command::Gateway { config } => gateway(gateway_cfg.unwrap_or_else(|| GatewayConfig::load(&config))).await,
-        Command::Get { config, remote, local, quiet } => get(&config, &remote, local, quiet || json, json).await,
-        Command::Put { config, local, remote, overwrite, quiet } => {
-            put(&config, &local, remote, overwrite, quiet || json, json).await
+        Command::Get { config, remote, local, quiet, hash } => {
+            get((&config, hash), &remote, local, quiet || json, json).await
+        }
+        Command::Put { config, local, remote, overwrite, quiet, hash } => {
+            put((&config, hash), &local, remote, overwrite, quiet || json, json).await
         }
         Command::Ls { config, remote } => {
             let entries = device(&config).await?.list(&remote).await?;
@@ -413,6 +422,24 @@ async fn run(
 async fn device(config: &Path) -> anyhow::Result<Client> {
     let cfg = DeviceConfig::load(config)?;
     Ok(Client::connect(&cfg).await?)
+}
+
+/// A client for a transfer, verified with `hash` when given (else as device.toml says).
+async fn transfer_client((config, hash): (&Path, Option<HashAlg>)) -> anyhow::Result<Client> {
+    let mut client = device(config).await?;
+    if let Some(h) = hash {
+        client.set_hash(h);
+    }
+    Ok(client)
+}
+
+fn parse_hash(s: &str) -> Result<HashAlg, String> {
+    s.parse().map_err(|e: mqsftp_proto::UnknownHashAlg| e.to_string())
+}
+
+/// What `get` and `put --json` print: the hash in a field named after its algorithm, as the protocol carries it.
+fn outcome_json(path: &str, size: u64, digest: &Digest) -> serde_json::Value {
+    serde_json::json!({ "path": path, "size": size, "hash": digest.alg.as_str(), digest.alg.as_str(): digest.hex() })
 }
 
 fn done(result: Result<(), DeviceError>, json: bool, what: &str) -> anyhow::Result<u8> {
@@ -598,9 +625,15 @@ fn show(bar: &Option<indicatif::ProgressBar>, p: mqsftp_device::Progress) {
     }
 }
 
-async fn get(config: &Path, remote: &str, local: Option<PathBuf>, quiet: bool, json: bool) -> anyhow::Result<u8> {
+async fn get(
+    config: (&Path, Option<HashAlg>),
+    remote: &str,
+    local: Option<PathBuf>,
+    quiet: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
     let local = local.unwrap_or_else(|| PathBuf::from("."));
-    let mut client = device(config).await?;
+    let mut client = transfer_client(config).await?;
     let bar = progress_bar(quiet, remote);
     let result = client.get(remote, &local, |p| show(&bar, p)).await;
     if let Some(bar) = &bar {
@@ -608,15 +641,15 @@ async fn get(config: &Path, remote: &str, local: Option<PathBuf>, quiet: bool, j
     }
     let o = result?;
     if json {
-        println!("{}", serde_json::json!({ "path": o.path, "size": o.size, "sha256": o.sha256 }));
+        println!("{}", outcome_json(&o.path.to_string_lossy(), o.size, &o.digest));
     } else {
-        println!("{}: {} bytes, sha256 {} (verified)", o.path.display(), o.size, o.sha256);
+        println!("{}: {} bytes, {} (verified)", o.path.display(), o.size, o.digest);
     }
     Ok(exit::OK)
 }
 
 async fn put(
-    config: &Path,
+    config: (&Path, Option<HashAlg>),
     local: &Path,
     remote: Option<String>,
     overwrite: bool,
@@ -630,7 +663,7 @@ async fn put(
             .map(|n| n.to_string_lossy().into_owned())
             .with_context(|| format!("{} has no file name; give REMOTE", local.display()))?,
     };
-    let mut client = device(config).await?;
+    let mut client = transfer_client(config).await?;
     let bar = progress_bar(quiet, &remote);
     let result = client.put(local, &remote, overwrite, |p| show(&bar, p)).await;
     if let Some(bar) = &bar {
@@ -638,10 +671,12 @@ async fn put(
     }
     let o = result?;
     if json {
-        println!("{}", serde_json::json!({ "path": o.path, "size": o.size, "sha256": o.sha256, "durable": o.durable }));
+        let mut out = outcome_json(&o.path, o.size, &o.digest);
+        out["durable"] = o.durable.into();
+        println!("{out}");
     } else {
         let durable = if o.durable { "" } else { " (the store could not fsync: not guaranteed durable)" };
-        println!("{}: {} bytes, sha256 {} (committed){durable}", o.path, o.size, o.sha256);
+        println!("{}: {} bytes, {} (committed){durable}", o.path, o.size, o.digest);
     }
     Ok(exit::OK)
 }

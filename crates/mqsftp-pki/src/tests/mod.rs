@@ -432,6 +432,7 @@ fn issue_device_writes_a_signed_certificate_and_config() {
         keep_alive = "30s"
         [transfer]
         timeout = "15s"
+        hash = "blake3"
     "#
     .parse()
     .unwrap();

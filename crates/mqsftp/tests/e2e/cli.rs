@@ -51,7 +51,18 @@ async fn get_exit_codes() {
     let o = mqsftp(&["get", "--config", &cfg, "a.txt"], out.path()).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(std::fs::read(out.path().join("a.txt")).unwrap(), data);
-    assert!(String::from_utf8_lossy(&o.stdout).contains(&sha256(&data)), "{}", text(&o));
+    // BLAKE3 unless asked otherwise; SHA-256 on request, as `sha256sum` prints it; an unknown algorithm is refused
+    // before anything is fetched.
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&blake3(&data).to_string()), "{}", text(&o));
+    let o = mqsftp(&["get", "--config", &cfg, "--hash", "sha256", "a.txt", "b.txt"], out.path()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("sha256 {}", sha256(&data))), "{}", text(&o));
+    assert_eq!(std::fs::read(out.path().join("b.txt")).unwrap(), data);
+    std::fs::remove_file(out.path().join("b.txt")).unwrap();
+    let o = mqsftp(&["get", "--config", &cfg, "--hash", "md5", "a.txt", "c.txt"], out.path()).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(r#"unknown hash algorithm "md5""#), "{}", text(&o));
+    assert!(!out.path().join("c.txt").exists());
 
     let o = mqsftp(&["get", "--config", &cfg, "missing.txt", "m"], out.path()).await;
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
@@ -182,9 +193,13 @@ async fn file_commands_and_json_output() {
     let o = mqsftp(&["--json", "put", "--config", cfg, "up.bin", "d/up.bin"], dir.path()).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["sha256"], sha256(&data));
+    assert_eq!((&v["hash"], &v["blake3"]), (&"blake3".into(), &blake3(&data).hex().into()), "{v}");
     assert_eq!(v["size"], 100_000);
     assert_eq!(v["durable"], true);
+    let o = mqsftp(&["--json", "put", "--config", cfg, "--hash", "sha256", "up.bin", "d/up2.bin"], dir.path()).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((&v["hash"], &v["sha256"]), (&"sha256".into(), &sha256(&data).into()), "{v}");
     // put created the missing parent; making it again is refused as existing.
     let o = mqsftp(&["mkdir", "--config", cfg, "d"], dir.path()).await;
     assert_eq!(o.status.code(), Some(9), "{}", text(&o));

@@ -81,7 +81,8 @@ async fn over_the_per_device_limit_is_busy_until_a_transfer_ends() {
     )
     .await
     .unwrap();
-    let get = Request::Get { id: "hold-1".into(), session: session.clone(), path: "big.bin".into(), offset: 0 };
+    let (id, path) = ("hold-1".into(), "big.bin".into());
+    let get = Request::Get { id, session: session.clone(), path, offset: 0, hash: mqsftp_proto::HashAlg::Blake3 };
     raw.client.publish(Topic::request(&device), QoS::AtLeastOnce, false, get.encode()).await.unwrap();
     let (transfer, gateway) = loop {
         let p = tokio::time::timeout(LIMIT, raw.incoming.recv()).await.expect("answer in time").unwrap();

@@ -20,7 +20,7 @@ async fn demo_verifies_a_round_trip_with_nothing_installed() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for needle in ["[6/6] verifying", "all have sha256", "demo OK", "durable: true", "File sample.bin (3145728 bytes)"]
+    for needle in ["[6/6] verifying", "all have blake3", "demo OK", "durable: true", "File sample.bin (3145728 bytes)"]
     {
         assert!(stdout.contains(needle), "{needle:?} missing from:\n{stdout}");
     }

@@ -14,7 +14,7 @@ async fn round_trip(sizes: &[usize]) {
             .expect("in time")
             .expect("get succeeds");
         assert_eq!(outcome.size, len as u64);
-        assert_eq!(outcome.sha256, sha256(&data), "reported hash of {name}");
+        assert_eq!(outcome.digest, blake3(&data), "reported hash of {name}");
         assert_eq!(sha256_file(&out.path().join(&name)), sha256(&data), "file content of {name}");
         let last = last.expect("progress reported");
         assert_eq!((last.done, last.total), (len as u64, len as u64));
@@ -74,7 +74,7 @@ async fn two_devices_get_concurrently_each_their_own_file() {
 /// does not hold a handle on the store, and a small get's close does not compete with the device's commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_file_is_closed_once_read_before_the_device_acknowledges() {
-    use mqsftp_proto::{Request, Response, SessionId};
+    use mqsftp_proto::{HashAlg, Request, Response, SessionId};
     let (stack, gw, cfg) = setup("closer").await;
     let on_store = put_on_store(&stack, "closer", "c.bin", &content(100 * 1024, 3)).canonicalize().unwrap();
     // The scan finds a file held open, here by this process, so that finding none below means something.
@@ -84,7 +84,7 @@ async fn the_store_file_is_closed_once_read_before_the_device_acknowledges() {
 
     let mut raw = RawDevice::connect(&cfg, "close1").await;
     let session = SessionId::new("close1").unwrap();
-    raw.send(&Request::Get { id: "g".into(), session, path: "c.bin".into(), offset: 0 }).await;
+    raw.send(&Request::Get { id: "g".into(), session, path: "c.bin".into(), offset: 0, hash: HashAlg::Blake3 }).await;
     // `get_done`: every byte has been read and sent. Nothing is acknowledged: the gateway keeps the transfer for
     // its resends (for `give_up_after`, 60 s).
     let size = raw

@@ -30,8 +30,8 @@ async fn more_concurrent_gets_than_safe_sftp_handles_all_complete() {
                 gateway = Some(g);
                 ids.insert(transfer, id);
             }
-            Response::GetDone { transfer, sha256, .. } => {
-                assert_eq!(Some(&sha256), want.get(&ids[&transfer]), "content of {}", ids[&transfer]);
+            Response::GetDone { transfer, digest, .. } => {
+                assert_eq!(Some(&digest), want.get(&ids[&transfer]), "content of {}", ids[&transfer]);
                 done += 1;
             }
             other => {
@@ -90,8 +90,8 @@ async fn downloads_share_the_gateways_windows() {
         if p.topic == down {
             let c = Chunk::decode(p.payload).unwrap();
             raw.send_to(&gateway, &Request::Ack { transfer: c.transfer, next: c.offset + c.data.len() as u64 }).await;
-        } else if let Response::GetDone { transfer, sha256, .. } = Response::decode(&p.payload).unwrap() {
-            assert_eq!(Some(&sha256), want.get(&ids[&transfer]), "content of {}", ids[&transfer]);
+        } else if let Response::GetDone { transfer, digest, .. } = Response::decode(&p.payload).unwrap() {
+            assert_eq!(Some(&digest), want.get(&ids[&transfer]), "content of {}", ids[&transfer]);
             done += 1;
         }
     }
@@ -99,27 +99,28 @@ async fn downloads_share_the_gateways_windows() {
 }
 
 /// Puts `n` files `f{i}` with `data(i)` on the store for `device`, connects a raw device subscribed to its chunks
-/// (session = the device id) and asks for all of them at once (request ids `g{i}`). Returns each request's
-/// expected SHA-256, the chunk topic and the device.
+/// (session = the device id) and asks for all of them at once (request ids `g{i}`), half with BLAKE3 and half with
+/// SHA-256. Returns each request's expected hash, the chunk topic and the device.
 async fn start_gets(
     stack: &mqsftp_testkit::Stack,
     device: &str,
     n: usize,
     data: impl Fn(usize) -> Vec<u8>,
-) -> (std::collections::HashMap<String, String>, String, RawDevice) {
-    use mqsftp_proto::{Request, Topic};
+) -> (std::collections::HashMap<String, mqsftp_proto::HexDigest>, String, RawDevice) {
+    use mqsftp_proto::{HashAlg, Request, Topic};
+    let alg = |i: usize| HashAlg::ALL[i % 2];
     let cfg = mqsftp_device::DeviceConfig::load(&stack.device(device).unwrap()).unwrap();
     let mut want = std::collections::HashMap::new();
     for i in 0..n {
         let data = data(i);
         put_on_store(stack, device, &format!("f{i}"), &data);
-        want.insert(format!("g{i}"), sha256(&data));
+        want.insert(format!("g{i}"), alg(i).digest(&data).into());
     }
     let down = Topic::down(&cfg.device_id, &mqsftp_proto::SessionId::new(device).unwrap());
     let raw = RawDevice::connect_with(&cfg, device, vec![down.clone()]).await;
     for i in 0..n {
-        raw.send(&Request::Get { id: format!("g{i}"), session: raw.session.clone(), path: format!("f{i}"), offset: 0 })
-            .await;
+        let (id, path, session) = (format!("g{i}"), format!("f{i}"), raw.session.clone());
+        raw.send(&Request::Get { id, session, path, offset: 0, hash: alg(i) }).await;
     }
     (want, down, raw)
 }

@@ -1,5 +1,5 @@
 use mqsftp_device::ErrorCode;
-use mqsftp_proto::{Request, Response};
+use mqsftp_proto::{HashAlg, HexDigest, Request, Response};
 
 use crate::support::*;
 
@@ -17,7 +17,7 @@ async fn put_and_get_back(sizes: &[usize]) {
             .await
             .expect("in time")
             .unwrap_or_else(|e| panic!("put of {len} bytes: {e}"));
-        assert_eq!((o.size, o.sha256.as_str()), (len as u64, sha256(&data).as_str()));
+        assert_eq!((o.size, o.digest), (len as u64, blake3(&data)));
         assert!(o.durable, "OpenSSH offers fsync@openssh.com");
         let last = last.expect("progress reported");
         assert_eq!((last.done, last.total), (len as u64, len as u64));
@@ -73,7 +73,8 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
         session: session.clone(),
         path: path.into(),
         size,
-        sha256: Some(sha256.into()),
+        hash: HashAlg::Sha256,
+        digest: Some(HexDigest::Sha256(sha256.into())),
         overwrite: false,
         resume: None,
     };
@@ -111,7 +112,7 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
     // A commit before all data arrived is refused, and the upload goes on and commits afterwards.
     let (transfer, gw_id) = raw.put_accepted(&put("p7", "late.bin", 5, &good_sha), "p7").await;
     raw.send_chunk(&gw_id, transfer, 0, b"hel").await;
-    raw.send_to(&gw_id, &Request::Commit { id: "c1".into(), session: session.clone(), transfer, sha256: None }).await;
+    raw.send_to(&gw_id, &Request::Commit { id: "c1".into(), session: session.clone(), transfer, digest: None }).await;
     let code = raw
         .expect(|r| match r {
             Response::Error { id: Some(id), code, .. } if id == "c1" => Some(code),
@@ -122,7 +123,7 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
     // An overlapping chunk with other content is not written over what was received (only the tail counts).
     raw.send_chunk(&gw_id, transfer, 3, b"lo").await;
     raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
-    raw.send_to(&gw_id, &Request::Commit { id: "c2".into(), session: session.clone(), transfer, sha256: None }).await;
+    raw.send_to(&gw_id, &Request::Commit { id: "c2".into(), session: session.clone(), transfer, digest: None }).await;
     let first = raw
         .expect(|r| match r {
             Response::Committed { id, durable, .. } if id == "c2" => Some(durable),
@@ -131,7 +132,7 @@ async fn bad_puts_are_answered_with_their_code_and_leave_nothing() {
         .await;
     assert!(first);
     // The same commit again (a lost answer): the same answer, still one file.
-    raw.send_to(&gw_id, &Request::Commit { id: "c3".into(), session: session.clone(), transfer, sha256: None }).await;
+    raw.send_to(&gw_id, &Request::Commit { id: "c3".into(), session: session.clone(), transfer, digest: None }).await;
     raw.expect(|r| matches!(r, Response::Committed { ref id, .. } if id == "c3").then_some(())).await;
     assert_eq!(std::fs::read(stack.device_root("badput").join("late.bin")).unwrap(), b"hello");
     assert_eq!(entries(&stack.device_root("badput")), vec!["late.bin".to_string()]);
@@ -150,7 +151,8 @@ async fn a_put_may_give_its_hash_with_the_commit() {
         session: session.clone(),
         path: path.into(),
         size: 5,
-        sha256,
+        hash: HashAlg::Sha256,
+        digest: sha256.map(HexDigest::Sha256),
         overwrite: false,
         resume: None,
     };
@@ -158,7 +160,7 @@ async fn a_put_may_give_its_hash_with_the_commit() {
         id: id.into(),
         session: session.clone(),
         transfer,
-        sha256,
+        digest: sha256.map(HexDigest::Sha256),
     };
     let root = stack.device_root("latehash");
 
@@ -172,7 +174,8 @@ async fn a_put_may_give_its_hash_with_the_commit() {
         session: session.clone(),
         path: "a.bin".into(),
         size: 5,
-        sha256: Some("NOTHEX".into()),
+        hash: HashAlg::Sha256,
+        digest: Some(HexDigest::Sha256("NOTHEX".into())),
         overwrite: false,
         resume: Some(transfer),
     };
@@ -192,11 +195,11 @@ async fn a_put_may_give_its_hash_with_the_commit() {
     raw.send_to(&gw_id, &commit("c3", transfer, Some(sha256(b"hello")))).await;
     let committed = raw
         .expect(|r| match r {
-            Response::Committed { id, sha256, size, .. } if id == "c3" => Some((sha256, size)),
+            Response::Committed { id, digest, size, .. } if id == "c3" => Some((digest, size)),
             _ => None,
         })
         .await;
-    assert_eq!(committed, (sha256(b"hello"), 5));
+    assert_eq!(committed, (HexDigest::Sha256(sha256(b"hello")), 5));
     assert_eq!(std::fs::read(root.join("a.bin")).unwrap(), b"hello");
 
     // The hash given with the commit does not match the bytes: nothing appears, the temporary file goes.
@@ -233,7 +236,8 @@ async fn incomplete_upload_expires_and_is_removed() {
         session: raw.session.clone(),
         path: "half.bin".into(),
         size: 10,
-        sha256: Some(sha256(b"0123456789")),
+        hash: HashAlg::Sha256,
+        digest: Some(HexDigest::Sha256(sha256(b"0123456789"))),
         overwrite: false,
         resume: None,
     };
@@ -502,14 +506,15 @@ async fn a_commit_whose_answer_was_lost_is_answered_by_another_gateway() {
         session: session.clone(),
         path: "c.bin".into(),
         size,
-        sha256: Some(sha256),
+        hash: HashAlg::Sha256,
+        digest: Some(HexDigest::Sha256(sha256)),
         overwrite: false,
         resume,
     };
     let (transfer, first) = raw.put_accepted(&put("p1", 5, sha256(b"hello"), None), "p1").await;
     raw.send_chunk(&first, transfer, 0, b"hello").await;
     raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
-    raw.send_to(&first, &Request::Commit { id: "c1".into(), session: session.clone(), transfer, sha256: None }).await;
+    raw.send_to(&first, &Request::Commit { id: "c1".into(), session: session.clone(), transfer, digest: None }).await;
     raw.expect(|r| matches!(r, Response::Committed { ref id, .. } if id == "c1").then_some(())).await;
     // The gateway that committed goes away with what it remembers; another one takes the requests.
     gw_a.stop().await;
@@ -524,15 +529,15 @@ async fn a_commit_whose_answer_was_lost_is_answered_by_another_gateway() {
         .await;
     assert_eq!(offset, 5, "nothing to send again");
     assert_ne!(second, first);
-    raw.send_to(&second, &Request::Commit { id: "c2".into(), session: session.clone(), transfer, sha256: None }).await;
+    raw.send_to(&second, &Request::Commit { id: "c2".into(), session: session.clone(), transfer, digest: None }).await;
     let (size, sha) = raw
         .expect(|r| match r {
-            Response::Committed { id, size, sha256, .. } if id == "c2" => Some((size, sha256)),
+            Response::Committed { id, size, digest, .. } if id == "c2" => Some((size, digest)),
             Response::Error { id: Some(id), code, message, .. } if id == "c2" => panic!("{code}: {message}"),
             _ => None,
         })
         .await;
-    assert_eq!((size, sha), (5, sha256(b"hello")));
+    assert_eq!((size, sha), (5, HexDigest::Sha256(sha256(b"hello"))));
     // Another upload to the same name (other bytes) resuming a transfer nobody knows: the file is someone else's.
     raw.send(&put("p3", 5, sha256(b"HELLO"), Some(transfer + 1))).await;
     let code = raw
@@ -546,4 +551,110 @@ async fn a_commit_whose_answer_was_lost_is_answered_by_another_gateway() {
     assert_eq!(std::fs::read(stack.device_root("lostcommit").join("c.bin")).unwrap(), b"hello");
     assert!(part_files(stack.store_dir()).is_empty(), "{:?}", part_files(stack.store_dir()));
     gw_b.stop().await;
+}
+
+/// The device names the hash each transfer is verified with; a device that names none (one from before BLAKE3 was
+/// added) gets SHA-256, in the `sha256` field, as before. A hash of the other algorithm is refused without ending
+/// the upload. The library does either, and reports which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_transfer_is_verified_with_the_hash_its_device_names() {
+    let (stack, gw, cfg) = setup("hashes").await;
+    let data = content(300_000, 21);
+    put_on_store(&stack, "hashes", "f.bin", &data);
+    let mut raw = RawDevice::connect_with(&cfg, "raw5", Vec::new()).await;
+    let session = raw.session.clone();
+
+    // A get with no `hash`, written as an older device writes it: SHA-256 is announced and sent.
+    let old_get = format!(r#"{{"op":"get","id":"g1","session":"{session}","path":"f.bin"}}"#);
+    raw.publish(mqsftp_proto::Topic::request(&cfg.device_id), old_get).await;
+    let hash = raw
+        .expect(|r| match r {
+            Response::GetAccepted { id, hash, .. } if id == "g1" => Some(hash),
+            Response::Error { id: Some(id), code, message, .. } if id == "g1" => panic!("{code}: {message}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(hash, HashAlg::Sha256);
+    // (Chunks go to the session's `down` topic, which this device does not read; `get_done` follows them once all
+    // are read and sent.)
+    let done = raw.expect(|r| matches!(r, Response::GetDone { .. }).then_some(r)).await;
+    let text = String::from_utf8(done.encode()).unwrap();
+    assert!(text.contains(&format!(r#""sha256":"{}""#, sha256(&data))), "{text}");
+
+    // Asking for BLAKE3: echoed, and the hash comes in the `blake3` field.
+    let get = Request::Get {
+        id: "g2".into(),
+        session: session.clone(),
+        path: "f.bin".into(),
+        offset: 0,
+        hash: HashAlg::Blake3,
+    };
+    raw.send(&get).await;
+    let hash = raw.expect(|r| matches!(&r, Response::GetAccepted { id, .. } if id == "g2").then_some(r)).await;
+    assert!(matches!(hash, Response::GetAccepted { hash: HashAlg::Blake3, .. }), "{hash:?}");
+    let done = raw.expect(|r| matches!(r, Response::GetDone { .. }).then_some(r)).await;
+    assert!(
+        matches!(&done, Response::GetDone { digest, size: 300_000, .. } if *digest == blake3(&data).into()),
+        "{done:?}"
+    );
+
+    // An upload hashed with BLAKE3, the hash given with the commit; a SHA-256 for it is refused and changes nothing.
+    let put = Request::Put {
+        id: "p1".into(),
+        session: session.clone(),
+        path: "up.bin".into(),
+        size: 5,
+        hash: HashAlg::Blake3,
+        digest: None,
+        overwrite: false,
+        resume: None,
+    };
+    raw.send(&put).await;
+    let (transfer, gw_id, hash) = raw
+        .expect(|r| match r {
+            Response::PutAccepted { id, transfer, gateway, hash, .. } if id == "p1" => Some((transfer, gateway, hash)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(hash, HashAlg::Blake3);
+    raw.send_chunk(&gw_id, transfer, 0, b"hello").await;
+    raw.expect(|r| matches!(r, Response::PutAck { next: 5, .. }).then_some(())).await;
+    let commit = |id: &str, digest: HexDigest| Request::Commit {
+        id: id.into(),
+        session: session.clone(),
+        transfer,
+        digest: Some(digest),
+    };
+    raw.send_to(&gw_id, &commit("c1", HexDigest::Sha256(sha256(b"hello")))).await;
+    let (code, message) = raw.error_for("c1").await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("field sha256 gives a hash for an upload hashed with blake3"), "{message}");
+    let root = stack.device_root("hashes");
+    assert!(!root.join("up.bin").exists());
+    raw.send_to(&gw_id, &commit("c2", blake3(b"hello").into())).await;
+    let committed = raw
+        .expect(|r| match r {
+            Response::Committed { id, digest, .. } if id == "c2" => Some(digest),
+            Response::Error { id: Some(id), code, message, .. } if id == "c2" => panic!("{code}: {message}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(committed, blake3(b"hello").into());
+    assert_eq!(std::fs::read(root.join("up.bin")).unwrap(), b"hello");
+
+    // The library: BLAKE3 by default, SHA-256 when set; the outcome says which, and the files are whole.
+    let mut client = connect(&cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (alg, name) in [(HashAlg::Blake3, "b"), (HashAlg::Sha256, "s")] {
+        if alg == HashAlg::Sha256 {
+            client.set_hash(alg);
+        }
+        let got = client.get("f.bin", &dir.path().join(name), |_| {}).await.unwrap();
+        assert_eq!(got.digest, alg.digest(&data), "get with {alg}");
+        let put = client.put(&dir.path().join(name), &format!("{name}.bin"), false, |_| {}).await.unwrap();
+        assert_eq!(put.digest, alg.digest(&data), "put with {alg}");
+        assert_eq!(std::fs::read(root.join(format!("{name}.bin"))).unwrap(), data);
+    }
+    assert!(part_files(stack.store_dir()).is_empty(), "{:?}", part_files(stack.store_dir()));
+    gw.stop().await;
 }

@@ -499,7 +499,7 @@ async fn gateway_checks_hold_with_a_permissive_acl() {
     // From her own topics she tries to cancel, ack and commit Bob's transfer and to feed it data: each is refused.
     a.send_to(&gateway, &Request::Cancel { transfer }).await;
     a.send_to(&gateway, &Request::Ack { transfer, next: 1 << 40 }).await;
-    a.send_to(&gateway, &Request::Commit { id: "c".into(), session: a.session.clone(), transfer, sha256: None }).await;
+    a.send_to(&gateway, &Request::Commit { id: "c".into(), session: a.session.clone(), transfer, digest: None }).await;
     a.send_chunk(&gateway, transfer, 0, b"forged").await;
     for _ in 0..4 {
         let code = a

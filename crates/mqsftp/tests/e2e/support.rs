@@ -144,6 +144,11 @@ pub fn sha256_file(path: &Path) -> String {
     hex::encode(h.finalize())
 }
 
+/// The hash a device client reports by default (BLAKE3), of `data`.
+pub fn blake3(data: &[u8]) -> mqsftp_proto::Digest {
+    mqsftp_proto::HashAlg::Blake3.digest(data)
+}
+
 pub fn sha256(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }

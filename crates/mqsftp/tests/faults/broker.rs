@@ -90,7 +90,7 @@ async fn put_resumes_after_the_broker_is_killed() {
     }
     let outcome =
         tokio::time::timeout(long_limit(), put).await.expect("in time").expect("no panic").expect("put succeeds");
-    assert_eq!(outcome.sha256, sha256(&data));
+    assert_eq!(outcome.digest, mqsftp_proto::HashAlg::Blake3.digest(&data));
     let root = stack.device_root("bkput");
     assert_eq!(sha256_file(&root.join("up/big.bin")), sha256(&data));
     assert_eq!(entries(&root.join("up")), vec!["big.bin".to_string()], "one file, no temporary file left");

@@ -53,7 +53,8 @@ async fn uploads_expired_while_no_gateway_ran_are_swept_and_answered_expired() {
         session: session.clone(),
         path: "half.bin".into(),
         size: 10,
-        sha256: Some(sha256(b"0123456789")),
+        hash: mqsftp_proto::HashAlg::Sha256,
+        digest: Some(mqsftp_proto::HexDigest::Sha256(sha256(b"0123456789"))),
         overwrite: false,
         resume,
     };

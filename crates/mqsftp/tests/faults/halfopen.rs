@@ -216,6 +216,7 @@ async fn a_download_told_unavailable_resumes_from_its_part_file_after_a_pause() 
         size,
         chunk_size: C as u32,
         window: 16,
+        hash: mqsftp_proto::HashAlg::Blake3,
     };
     let unavailable = |id: String, transfer| Response::Error {
         id: Some(id),
@@ -239,7 +240,7 @@ async fn a_download_told_unavailable_resumes_from_its_part_file_after_a_pause() 
     let pause2 = told.elapsed();
     publish(&gw, res.clone(), accepted(id, 2).encode()).await;
     send_chunks(&gw, &down, 2, &data, half as usize..data.len(), C).await;
-    let done = Response::GetDone { transfer: 2, size, sha256: sha256(&data) };
+    let done = Response::GetDone { transfer: 2, size, digest: mqsftp_proto::HashAlg::Blake3.digest(&data).into() };
     publish(&gw, res.clone(), done.encode()).await;
 
     let outcome = tokio::time::timeout(LIMIT, task).await.expect("in time").expect("no panic");

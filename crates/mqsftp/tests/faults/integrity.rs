@@ -24,7 +24,8 @@ async fn corrupt_duplicate_and_overlapping_chunks() {
         session: session.clone(),
         path: "i.bin".into(),
         size,
-        sha256: Some(sha256(&data)),
+        hash: mqsftp_proto::HashAlg::Sha256,
+        digest: Some(mqsftp_proto::HexDigest::Sha256(sha256(&data))),
         overwrite: false,
         resume: None,
     })
@@ -94,7 +95,7 @@ async fn corrupt_duplicate_and_overlapping_chunks() {
         raw.publish(up.clone(), frame(2 * C + k * C, piece)).await;
     }
     raw.expect(|r| matches!(r, Response::PutAck { next, .. } if next == size).then_some(())).await;
-    raw.send_to(&gw_id, &Request::Commit { id: "c".into(), session: session.clone(), transfer, sha256: None }).await;
+    raw.send_to(&gw_id, &Request::Commit { id: "c".into(), session: session.clone(), transfer, digest: None }).await;
     raw.expect(|r| match r {
         Response::Committed { id, .. } if id == "c" => Some(()),
         Response::Error { code, message, .. } => panic!("{code}: {message}"),
@@ -111,7 +112,8 @@ async fn corrupt_duplicate_and_overlapping_chunks() {
         session: session.clone(),
         path: "w.bin".into(),
         size: wrong.len() as u64,
-        sha256: Some(sha256(&data)),
+        hash: mqsftp_proto::HashAlg::Sha256,
+        digest: Some(mqsftp_proto::HexDigest::Sha256(sha256(&data))),
         overwrite: false,
         resume: None,
     })
@@ -133,7 +135,7 @@ async fn corrupt_duplicate_and_overlapping_chunks() {
         })
         .await;
     assert_eq!(code, ErrorCode::ChecksumMismatch);
-    raw.send_to(&wgw, &Request::Commit { id: "wc".into(), session: session.clone(), transfer: wt, sha256: None }).await;
+    raw.send_to(&wgw, &Request::Commit { id: "wc".into(), session: session.clone(), transfer: wt, digest: None }).await;
     let code = raw
         .expect(|r| match r {
             Response::Error { id: Some(id), code, .. } if id == "wc" => Some(code),
@@ -164,7 +166,8 @@ async fn three_concurrent_commits_give_one_file() {
         session: session.clone(),
         path: "tri.bin".into(),
         size: data.len() as u64,
-        sha256: Some(sha256(&data)),
+        hash: mqsftp_proto::HashAlg::Sha256,
+        digest: Some(mqsftp_proto::HexDigest::Sha256(sha256(&data))),
         overwrite: false,
         resume: None,
     })
@@ -181,18 +184,18 @@ async fn three_concurrent_commits_give_one_file() {
     let size = data.len() as u64;
     raw.expect(|r| matches!(r, Response::PutAck { next, .. } if next == size).then_some(())).await;
     for id in ["c1", "c2", "c3"] {
-        raw.send_to(&gw_id, &Request::Commit { id: id.into(), session: session.clone(), transfer, sha256: None }).await;
+        raw.send_to(&gw_id, &Request::Commit { id: id.into(), session: session.clone(), transfer, digest: None }).await;
     }
     let mut answered = Vec::new();
     while answered.len() < 3 {
         let (id, sha) = raw
             .expect(|r| match r {
-                Response::Committed { id, sha256, .. } => Some((id, sha256)),
+                Response::Committed { id, digest, .. } => Some((id, digest)),
                 Response::Error { id, code, message, .. } => panic!("{id:?}: {code}: {message}"),
                 _ => None,
             })
             .await;
-        assert_eq!(sha, sha256(&data));
+        assert_eq!(sha, mqsftp_proto::HexDigest::Sha256(sha256(&data)));
         answered.push(id);
     }
     answered.sort();

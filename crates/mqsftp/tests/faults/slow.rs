@@ -75,7 +75,8 @@ async fn one_slow_reader_among_many() {
     let slow_cfg = mqsftp_device::DeviceConfig::load(&stack.device("slow").unwrap()).unwrap();
     let session = mqsftp_proto::SessionId::new("slow1").unwrap();
     let mut raw = RawDevice::connect_with(&slow_cfg, "slow1", vec![Topic::down(&slow_cfg.device_id, &session)]).await;
-    raw.send(&Request::Get { id: "g".into(), session: session.clone(), path: "big.bin".into(), offset: 0 }).await;
+    let (id, path, hash) = ("g".into(), "big.bin".into(), mqsftp_proto::HashAlg::Blake3);
+    raw.send(&Request::Get { id, session: session.clone(), path, offset: 0, hash }).await;
     let (transfer, gateway) = raw
         .expect(|r| match r {
             Response::GetAccepted { transfer, gateway, .. } => Some((transfer, gateway)),

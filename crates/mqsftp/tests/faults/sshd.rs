@@ -36,7 +36,8 @@ async fn uploads_resume_after_sshd_restarts_whatever_the_store_holds() {
             session: session.clone(),
             path: path.clone(),
             size: size as u64,
-            sha256: Some(sha256(&data)),
+            hash: mqsftp_proto::HashAlg::Sha256,
+            digest: Some(mqsftp_proto::HexDigest::Sha256(sha256(&data))),
             overwrite: false,
             resume,
         };
@@ -90,7 +91,7 @@ async fn uploads_resume_after_sshd_restarts_whatever_the_store_holds() {
             raw.expect(|r| matches!(r, Response::PutAck { next, .. } if next == size as u64).then_some(())).await;
         }
         let commit = format!("c{i}");
-        raw.send_to(&gw_id, &Request::Commit { id: commit.clone(), session: session.clone(), transfer, sha256: None })
+        raw.send_to(&gw_id, &Request::Commit { id: commit.clone(), session: session.clone(), transfer, digest: None })
             .await;
         raw.expect(|r| match r {
             Response::Committed { id, .. } if id == commit => Some(()),

@@ -109,7 +109,8 @@ async fn a_refused_rename_is_answered_and_the_temporary_file_removed() {
             session: session.clone(),
             path: path.clone(),
             size: data.len() as u64,
-            sha256: Some(sha256(&data)),
+            hash: mqsftp_proto::HashAlg::Sha256,
+            digest: Some(mqsftp_proto::HexDigest::Sha256(sha256(&data))),
             overwrite,
             resume: None,
         })
@@ -129,7 +130,7 @@ async fn a_refused_rename_is_answered_and_the_temporary_file_removed() {
         std::fs::create_dir(root.join(&path)).unwrap();
         std::fs::write(root.join(&path).join("inside"), b"kept").unwrap();
         let commit = format!("c{i}");
-        raw.send_to(&gw_id, &Request::Commit { id: commit.clone(), session: session.clone(), transfer, sha256: None })
+        raw.send_to(&gw_id, &Request::Commit { id: commit.clone(), session: session.clone(), transfer, digest: None })
             .await;
         let (code, message) = raw
             .expect(|r| match r {
