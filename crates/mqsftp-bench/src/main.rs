@@ -609,9 +609,9 @@ fn throughput(
     let chunk_kib = env.chunk_size / 1024;
     let labels = [
         format!("OpenSSH sftp get ({gateway_cipher})"),
-        format!("mqsftp get (device CLI, verified with {}, fsynced)", env.hash),
+        format!("mqsftp get (device CLI, {} verified, fsynced)", env.hash),
         format!("OpenSSH sftp put ({gateway_cipher})"),
-        format!("mqsftp put (device CLI, verified with {}, fsynced on the store)", env.hash),
+        format!("mqsftp put (device CLI, {} verified, fsynced on store)", env.hash),
         format!("OpenSSH sftp get ({other_cipher})"),
         format!("OpenSSH sftp put ({other_cipher})"),
         format!("Mosquitto TLS pub->sub, {chunk_kib} KiB QoS 1 (rumqttc)"),
