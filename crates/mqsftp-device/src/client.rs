@@ -472,9 +472,13 @@ impl Client {
             return Err(unexpected(&accepted));
         };
         if accepted_hash != hash {
-            let message = format!("the gateway hashes this upload with {accepted_hash}, not the {hash} asked for");
-            return Err(DeviceError::Remote { code: ErrorCode::Internal, message });
+            // A gateway that hashes with another algorithm (one from before `hash`, which always uses SHA-256)
+            // gets its own: nothing is sent yet, and a hash known under the other one is computed again.
+            debug!(asked = %hash, gateway = %accepted_hash, "the gateway hashes this upload with another algorithm");
+            upload.hash = accepted_hash;
+            upload.digest = None;
         }
+        let hash = upload.hash;
         upload.resume = Some(transfer);
         let params = StreamParams {
             chunk_size: chunk_size.clamp(1, mqsftp_proto::chunk::MAX_CHUNK_DATA as u32),

@@ -49,3 +49,8 @@ mod slow;
 /// 7. Half-open connections: a broker or an SFTP session that stops answering without closing, mid-get and mid-put.
 #[path = "faults/halfopen.rs"]
 mod halfopen;
+
+/// Mixed versions: the device library against a gateway from before `hash` (played by hand), which hashes with
+/// SHA-256 and says nothing of it.
+#[path = "faults/older.rs"]
+mod older;
