@@ -45,7 +45,7 @@ pub(crate) async fn start_get(
         Ok(t) => t,
         Err(f) => return shared.respond(&device, &session, &fail(f)).await,
     };
-    let span = info_span!("get", %device, transfer, path = %rel.as_str());
+    let span = info_span!("get", %device, transfer, path = %rel.as_str(), %hash);
     async move {
         let _registration = Registration { shared: &shared, transfer };
         let target = (store_path.as_str(), rel.as_str(), offset);

@@ -105,7 +105,7 @@ pub(crate) async fn start_put(shared: Arc<Shared>, device: DeviceId, access: Arc
             Ok(t) => t,
             Err(f) => return shared.respond(&device, &req.session, &fail(f)).await,
         };
-    let span = info_span!("put", %device, transfer, path = %rel.as_str(), size = req.size);
+    let span = info_span!("put", %device, transfer, path = %rel.as_str(), size = req.size, hash = %req.hash);
     async move {
         let mut rx = rx;
         let registration = Registration { shared: &shared, transfer };

@@ -425,12 +425,10 @@ impl Request {
         }
         let req: Request = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
         if let Request::Put { hash, digest: Some(d), .. } = &req {
-            if d.alg() != *hash {
+            let given = d.alg();
+            if given != *hash {
                 return Err(bad(format!(
-                    "field {} gives a {} hash but the put's hash is {hash} (name it with \"hash\":\"{}\")",
-                    d.alg(),
-                    d.alg(),
-                    d.alg()
+                    "field {given} gives a {given} hash but the put's hash is {hash} (name it with \"hash\":\"{given}\")"
                 )));
             }
         }
