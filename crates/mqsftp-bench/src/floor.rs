@@ -2,14 +2,14 @@
 //! transfer could go on it given that cost.
 //!
 //! A raw `sftp` get encrypts each byte once (sshd) and decrypts it once (the client). An mqsftp get also has the
-//! gateway decrypt SSH, hash (BLAKE3 or SHA-256, as the device asks, for `get_done`), CRC and encrypt TLS; Mosquitto decrypt and re-encrypt TLS; the
-//! device decrypt TLS, CRC and hash. When every stage shares the same cores, throughput is bounded by
-//! `cores / (CPU seconds per GiB of all processes)`. [`limits`] takes sshd's and Mosquitto's cost as measured in the
-//! same run (programs mqsftp does not change) and, for the gateway and the device, only the cryptography, hashing
-//! and CRC they must do, timed here with the fastest implementations at hand (AES-128-GCM from aws-lc-rs, the
-//! cipher suite family TLS and SSH both use here; SHA-256 from `sha2`, with SHA-NI when the CPU has it; BLAKE3 from
-//! `blake3`, one thread, with the widest SIMD the CPU has). The result
-//! is an upper bound: real gateways and devices also copy, make system calls and switch contexts.
+//! gateway decrypt SSH, hash (BLAKE3 or SHA-256, as the device asks, for `get_done`), CRC and encrypt TLS;
+//! Mosquitto decrypt and re-encrypt TLS; the device decrypt TLS, CRC and hash. When every stage shares the same
+//! cores, throughput is bounded by `cores / (CPU seconds per GiB of all processes)`. [`limits`] takes sshd's and
+//! Mosquitto's cost as measured in the same run (programs mqsftp does not change) and, for the gateway and the
+//! device, only the cryptography, hashing and CRC they must do, timed here with the fastest implementations at hand
+//! (AES-128-GCM from aws-lc-rs, the cipher suite family TLS and SSH both use here; SHA-256 from `sha2`, with SHA-NI
+//! when the CPU has it; BLAKE3 from `blake3`, one thread, with the widest SIMD the CPU has). The result is an upper
+//! bound: real gateways and devices also copy, make system calls and switch contexts.
 
 use std::time::Instant;
 

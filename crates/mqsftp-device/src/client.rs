@@ -478,7 +478,6 @@ impl Client {
             upload.hash = accepted_hash;
             upload.digest = None;
         }
-        let hash = upload.hash;
         upload.resume = Some(transfer);
         let params = StreamParams {
             chunk_size: chunk_size.clamp(1, mqsftp_proto::chunk::MAX_CHUNK_DATA as u32),
@@ -488,7 +487,7 @@ impl Client {
         };
         // The sender hashes the file as it reads it, including what the store holds already (read, not sent), unless
         // an earlier attempt read it all: then the hash is known and only the rest is read.
-        let sender = Sender::resume(transfer, size, offset, params, hash, Instant::now());
+        let sender = Sender::resume(transfer, size, offset, params, upload.hash, Instant::now());
         let (mut sender, read_from) = match upload.digest {
             Some(known) => (sender.with_known_digest(known), offset.min(size)),
             None => (sender, 0),
@@ -738,7 +737,8 @@ impl Client {
             loop {
                 match self.next(self.timeout).await? {
                     None => return Err(DeviceError::NoGateway { after: self.timeout }.into()),
-                    // The algorithm the gateway hashes with: the one asked for, or SHA-256 from one that knows no other.
+                    // The algorithm the gateway hashes with: the one asked for, or SHA-256 from a gateway that
+                    // knows no other.
                     Some(Incoming::Response(Response::GetAccepted {
                         id: got, transfer, gateway, size, hash, ..
                     })) if got == id => break (transfer, gateway, size, hash),

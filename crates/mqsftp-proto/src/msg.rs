@@ -427,9 +427,8 @@ impl Request {
         if let Request::Put { hash, digest: Some(d), .. } = &req {
             let given = d.alg();
             if given != *hash {
-                return Err(bad(format!(
-                    "field {given} gives a {given} hash but the put's hash is {hash} (name it with \"hash\":\"{given}\")"
-                )));
+                let fix = format!(r#"name it with "hash":"{given}""#);
+                return Err(bad(format!("field {given} gives a {given} hash but the put's hash is {hash} ({fix})")));
             }
         }
         Ok(req)

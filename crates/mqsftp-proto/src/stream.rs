@@ -10,17 +10,18 @@
 //! connection, not reordering).
 //!
 //! [`Receiver`] accepts the next chunk in order, tells its driver what to write and what to acknowledge, ignores
-//! duplicates, and verifies size and hash ([`crate::hash`]) once the expected hash is known (from `get_done` for a download,
-//! from the `put` request or its `commit` for an upload) and all bytes are in.
+//! duplicates, and verifies size and hash ([`crate::hash`]) once the expected hash is known (from `get_done` for a
+//! download, from the `put` request or its `commit` for an upload) and all bytes are in.
 //!
 //! Time is passed in as [`Instant`]s, so tests drive both ends on a virtual clock.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::hash::{Digest, HashAlg, Hasher, HexDigest};
 use crate::{Chunk, TransferId};
-use bytes::Bytes;
 
 /// Tunables of a download.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
