@@ -75,6 +75,10 @@ use_identity_as_username true
 crlfile {dir}/crl.pem
 # Minimum TLS version.
 tls_version tlsv1.2
+# TLS 1.3 cipher suites, in the broker's order of choice (it picks by its own order, not the client's). OpenSSL's
+# own order starts with AES-256-GCM; AES-128-GCM is as safe here and costs the broker, which decrypts and
+# re-encrypts every byte, about a seventh less per byte.
+ciphers_tls1.3 TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
 # Largest MQTT packet, in bytes: a 1 MiB chunk plus headers. A client that sends a bigger one is disconnected
 # here, so it can never reach (and disconnect) the gateway, whose client refuses packets above this size.
 max_packet_size 1049600

@@ -360,6 +360,7 @@ fn mosquitto_conf_and_acl_contents() {
             "use_identity_as_username true".into(),
             format!("crlfile {abs}/crl.pem"),
             "tls_version tlsv1.2".into(),
+            "ciphers_tls1.3 TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256".into(),
             "max_packet_size 1049600".into(),
         ]
     );

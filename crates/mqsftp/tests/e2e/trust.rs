@@ -4,6 +4,8 @@ use mqsftp_device::{Client, DeviceConfig, DeviceError, MqttError};
 use mqsftp_gateway::{Gateway, GatewayConfig, GatewayError, StoreError};
 use mqsftp_mqtt::{LinkOptions, MqttLink};
 use mqsftp_testkit::Stack;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use crate::support::*;
 
@@ -42,6 +44,43 @@ async fn device_trusting_another_ca_refuses_the_broker() {
     let e = connect_err(&cfg).await;
     assert!(e.is_tls(), "{e}");
     assert!(e.to_string().contains(&format!("127.0.0.1:{}", stack.mqtt_port())), "{e}");
+}
+
+/// The TLS cipher suite a client with `config` gets from the stack's broker.
+async fn negotiated_suite(stack: &Stack, config: std::sync::Arc<rustls::ClientConfig>) -> rustls::CipherSuite {
+    let tcp = tokio::net::TcpStream::connect(stack.mqtt_addr()).await.expect("broker reachable");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a DNS name");
+    let tls = tokio::time::timeout(LIMIT, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
+        .await
+        .expect("in time")
+        .expect("TLS handshake");
+    tls.get_ref().1.negotiated_cipher_suite().expect("a suite once connected").suite()
+}
+
+/// mqsftp's clients offer AES-128-GCM first, and the broker configured by `pki init` picks it (Mosquitto by its
+/// `ciphers_tls1.3`, the embedded broker by the client's order). A client that offers only AES-256-GCM still
+/// connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_and_clients_agree_on_aes_128_gcm_and_still_accept_aes_256() {
+    use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
+    for stack in [Stack::start().unwrap(), Stack::start_embedded().unwrap()] {
+        let cfg = DeviceConfig::load(&stack.device("d1").unwrap()).unwrap();
+        let ours = mqsftp_mqtt::tls_config(&cfg.broker).unwrap();
+        assert_eq!(negotiated_suite(&stack, ours.clone()).await, TLS13_AES_128_GCM_SHA256);
+
+        let mut provider = (**ours.crypto_provider()).clone();
+        provider.cipher_suites.retain(|s| s.suite() == TLS13_AES_256_GCM_SHA384);
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(stack.ca_cert()).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let only_256 = rustls::ClientConfig::builder_with_provider(provider.into())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(ours.client_auth_cert_resolver.clone());
+        assert_eq!(negotiated_suite(&stack, only_256.into()).await, TLS13_AES_256_GCM_SHA384);
+    }
 }
 
 /// Mosquitto 2.0 answers an MQTT 3.1.1 SUBSCRIBE that its ACL denies with "granted" and then delivers nothing, so
