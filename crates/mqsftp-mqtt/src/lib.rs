@@ -2,7 +2,8 @@
 //!
 //! - [`BrokerConfig`]: the `[broker]` section of `gateway.toml` and `device.toml`.
 //! - [`tls_config`]: a rustls client configuration that trusts only the deployment's CA and presents the client
-//!   certificate. There is no "insecure" mode.
+//!   certificate. There is no "insecure" mode. It offers the cipher suites of [`crypto_provider`], AES-128-GCM
+//!   first.
 //! - [`MqttLink::connect`]: connects with rumqttc, subscribes, checks that the broker granted every subscription,
 //!   and then runs the event loop on its own task, forwarding incoming publishes on a channel. Publishing from the
 //!   task that polls the event loop can deadlock rumqttc, so nothing here does that.
