@@ -389,8 +389,9 @@ fn run_reader(path: &Path, offset: u64, size: u64, piece: u32, tx: &mpsc::Sender
     let mut pos = offset;
     while pos < size {
         let len = (size - pos).min(u64::from(piece)) as usize;
-        let mut buf = vec![0u8; len];
-        let item = match read_full(&mut file, &mut buf) {
+        // Read into spare capacity: `vec![0; len]` zeroed every piece first (3 % of the device's CPU in a put).
+        let mut buf = Vec::with_capacity(len);
+        let item = match (&mut file).take(len as u64).read_to_end(&mut buf) {
             Ok(n) if n == len => Ok(Bytes::from(buf)),
             Ok(n) => Err(DeviceError::LocalChanged {
                 path: path.to_path_buf(),
