@@ -82,8 +82,9 @@ struct Args {
     /// 1 KiB gets timed on one warm connection (after 50 warm-up gets).
     #[arg(long, default_value_t = 1000)]
     small_requests: usize,
-    /// Interleaved runs of the throughput measurements (medians are reported).
-    #[arg(long, default_value_t = 1)]
+    /// Interleaved runs of the throughput measurements (medians are reported). Three by default: on a shared VM
+    /// a single run's ratios move by ±0.15 with the machine's phase (docs/performance.md, "Latest run").
+    #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Downloads running at once while pings measure how long an answer waits behind their chunks.
     #[arg(long, default_value_t = 100)]
