@@ -247,7 +247,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     if selected("throughput") || selected("broker") {
         let cost = throughput(&mut env, &runtime, &args, &mut r, selected("throughput"), selected("broker"))?;
         if selected("throughput") {
-            limits(&mut r, &cost, env.hash)?;
+            limits(&mut r, &cost, env.hash, &env.work)?;
         }
     }
     if selected("latency") {
@@ -449,13 +449,24 @@ type CpuCost = [Vec<(String, f64)>; 5];
 /// What the machine allows: the per-byte primitives timed here, and for each direction the fastest a transfer can
 /// go on these cores at its measured CPU cost, and at the least cost any gateway and device could have
 /// (see `floor.rs`).
-fn limits(r: &mut Report, cost: &CpuCost, hash: HashAlg) -> anyhow::Result<()> {
+fn limits(r: &mut Report, cost: &CpuCost, hash: HashAlg, work_dir: &std::path::Path) -> anyhow::Result<()> {
     eprintln!("limits: timing SHA-256, BLAKE3, AES-128-GCM and CRC32C on one core");
     let p = floor::measure()?;
     r.figure("sha256_s_per_gib", "SHA-256 (sha2), one core", "s/GiB", p.sha256);
     r.figure("blake3_s_per_gib", "BLAKE3 (blake3, one thread), one core", "s/GiB", p.blake3);
     r.figure("aes_gcm_s_per_gib", "AES-128-GCM, 16 KiB records (aws-lc-rs), one core", "s/GiB", p.aes_gcm);
     r.figure("crc32c_s_per_gib", "CRC32C, one core", "s/GiB", p.crc32c);
+    eprintln!("limits: timing loopback TCP and file I/O, 256 KiB per system call");
+    let io = floor::measure_io(work_dir)?;
+    r.figure("tcp_send_s_per_gib", "loopback TCP send, 256 KiB writes, sending thread", "s/GiB", io.tcp_send);
+    r.figure("tcp_recv_s_per_gib", "loopback TCP receive, 256 KiB reads, receiving thread", "s/GiB", io.tcp_recv);
+    r.figure(
+        "file_write_s_per_gib",
+        "file write + fsync, 256 KiB writes (page cache or O_DIRECT)",
+        "s/GiB",
+        io.file_write,
+    );
+    r.figure("file_read_s_per_gib", "file read, 256 KiB reads (page cache or O_DIRECT)", "s/GiB", io.file_read);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     let total = |v: &Vec<(String, f64)>| v.iter().map(|(_, s)| s).sum::<f64>();
     for (dir, raw, ours) in [("get", &cost[0], &cost[1]), ("put", &cost[2], &cost[3])] {
@@ -471,7 +482,8 @@ fn limits(r: &mut Report, cost: &CpuCost, hash: HashAlg) -> anyhow::Result<()> {
         let sshd = least_of("sshd", [raw, ours]);
         let mosquitto = least_of("mosquitto", [ours, &cost[4]]);
         let servers = if sshd.is_finite() && mosquitto.is_finite() { sshd + mosquitto } else { 0.0 };
-        let least = servers + p.gateway_and_device(hash);
+        let kernel = if dir == "get" { io.get() } else { io.put() };
+        let least = servers + p.gateway_and_device(hash) + kernel;
         // What the same work costs when done by the programs measured here: sshd and the sftp client as in raw sftp
         // (serving the file; receiving it over SSH and writing it, or reading it and sending it over SSH), Mosquitto
         // and a rumqttc publisher and subscriber as in the pub->sub run (TLS out, relay, TLS in), plus the hash and
@@ -505,8 +517,8 @@ fn limits(r: &mut Report, cost: &CpuCost, hash: HashAlg) -> anyhow::Result<()> {
             floor::bound_mbps(cores, total(ours)),
         );
         let label = format!(
-            "mqsftp {dir}: bound, sshd+Mosquitto at their least, gateway+device only crypto/{hash}/CRC \
-             ({servers:.2} + {:.2} s/GiB)",
+            "mqsftp {dir}: bound, sshd+Mosquitto at their least, gateway+device only crypto/{hash}/CRC and the \
+             kernel's socket and file calls ({servers:.2} + {:.2} + {kernel:.2} s/GiB)",
             p.gateway_and_device(hash)
         );
         let best = floor::bound_mbps(cores, least);
@@ -518,7 +530,8 @@ fn limits(r: &mut Report, cost: &CpuCost, hash: HashAlg) -> anyhow::Result<()> {
             let verdict = if best < min * base { "out of reach on this machine" } else { "reachable in principle" };
             r.notes.push(format!(
                 "{dir} >= {min} x {what} needs {:.0} MB/s; with sshd and Mosquitto at their least cost here, no \
-                 gateway and device could do better than {best:.0} MB/s ({:.2} x) on {cores} cores: {verdict}",
+                 gateway and device that do their cryptography and move the bytes through the kernel could do \
+                 better than {best:.0} MB/s ({:.2} x) on {cores} cores: {verdict}",
                 min * base,
                 best / base
             ));

@@ -275,9 +275,21 @@ enum PkiCommand {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The commands that move files' bytes, on AMD processors with glibc before 2.40: start again with copies kept
+    // off `rep movsb` (a tunable, read only at start; `heap` module doc). That costs ~1 ms; nothing has happened yet
+    // that a second start would repeat.
+    let moves_bytes = matches!(
+        cli.command,
+        Command::Gateway { .. }
+            | Command::Get { .. }
+            | Command::Put { .. }
+            | Command::Dev { .. }
+            | Command::Demo { .. }
+    );
+    let restart_failed = if moves_bytes { restart_with_copy_tunables() } else { None };
     // Before any other thread exists: chunk-sized buffers stay in the heap instead of being faulted in anew.
     mqsftp_mqtt::heap::tune();
-    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -287,6 +299,16 @@ fn main() -> ExitCode {
         // Colours only for a terminal: a service's log goes to a file or journald, where they are noise.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    match (&restart_failed, std::env::var_os(mqsftp_mqtt::heap::RESTARTED_ENV)) {
+        (Some(e), _) => {
+            tracing::debug!(error = %e, "could not start again with GLIBC_TUNABLES; copies may use rep movsb")
+        }
+        (None, Some(_)) => tracing::debug!(
+            tunables = ?std::env::var_os("GLIBC_TUNABLES"),
+            "started again with GLIBC_TUNABLES: copies keep off rep movsb (AMD, glibc bug 30994)"
+        ),
+        (None, None) => {}
+    }
     // The device commands run one transfer: a single-threaded runtime saves the cross-thread wake-ups between the
     // MQTT event loop and the transfer (docs/performance.md). The gateway runs as many threads as its config's
     // `[runtime] threads` says (one by default, for the same reason), so its config is loaded first; one that does
@@ -333,6 +355,28 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code_of(&e))
         }
     }
+}
+
+/// Replaces this process with its own executable, the same arguments and `GLIBC_TUNABLES` from
+/// [`mqsftp_mqtt::heap::copy_tunables`], when that asks for it. Returns only when it does not, or when the `exec`
+/// failed (its error).
+fn restart_with_copy_tunables() -> Option<std::io::Error> {
+    use std::os::unix::process::CommandExt;
+    let tunables = mqsftp_mqtt::heap::copy_tunables()?;
+    let mut args = std::env::args_os();
+    let argv0 = args.next()?;
+    // The file's own path, not /proc/self/exe, so that the process keeps its name ("mqsftp" in ps, top, journald).
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return Some(e),
+    };
+    let err = std::process::Command::new(exe)
+        .arg0(argv0)
+        .args(args)
+        .env("GLIBC_TUNABLES", tunables)
+        .env(mqsftp_mqtt::heap::RESTARTED_ENV, "1")
+        .exec();
+    Some(err)
 }
 
 fn default_log_filter(cmd: &Command) -> &'static str {
