@@ -10,7 +10,8 @@
 //!
 //! - [`passphrase`]: `passphrase_file` / `passphrase_env` for an encrypted client key.
 //! - [`heap::tune`]: glibc heap settings that stop chunk-sized buffers from being faulted in anew for each chunk;
-//!   binaries call it first thing.
+//!   binaries call it first thing. [`heap::copy_tunables`]: on AMD processors with glibc before 2.40, what
+//!   `GLIBC_TUNABLES` the `mqsftp` binary restarts with so that copies keep off a slow `rep movsb`.
 //!
 //! Errors are classified ([`MqttError`]) so that callers can tell a bad certificate from a broker that is down.
 

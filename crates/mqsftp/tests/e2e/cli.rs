@@ -311,3 +311,57 @@ fn the_binary_is_built_without_cpu_jitter_entropy() {
         "{BIN} contains aws-lc's jitter entropy; is AWS_LC_SYS_NO_JITTER_ENTROPY set in .cargo/config.toml?"
     );
 }
+
+/// The commands that move files restart themselves with glibc's `rep movsb` threshold raised on the processors
+/// where glibc's and the kernel's `rep movsb` copies are slow (AMD with `erms`, `heap::copy_tunables`), and only
+/// there, once, keeping the process's arguments; the other commands never do. Checked on whatever processor the
+/// tests run on: what is expected follows from this machine's /proc/cpuinfo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_that_move_files_restart_with_fast_copies_where_they_need_them() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let expected = mqsftp_mqtt::heap::copy_tunables_for(&cpuinfo, None, None);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &'static [&'static str], tunables: Option<&'static str>| {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(args)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "mqsftp=debug")
+            .env_remove(mqsftp_mqtt::heap::RESTARTED_ENV)
+            .kill_on_drop(true);
+        match tunables {
+            Some(t) => cmd.env("GLIBC_TUNABLES", t),
+            None => cmd.env_remove("GLIBC_TUNABLES"),
+        };
+        async move {
+            tokio::time::timeout(LIMIT, cmd.output()).await.expect("mqsftp finishes in time").expect("mqsftp runs")
+        }
+    };
+    let restarted = "started again with GLIBC_TUNABLES";
+    let out = run(&["get", "--config", "/nonexistent/device.toml", "a", "b"], None).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The restarted process still got its arguments: it names the config it could not read, and fails as before.
+    assert!(stderr.contains("/nonexistent/device.toml"), "{}", text(&out));
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    match &expected {
+        Some(t) => {
+            assert_eq!(stderr.matches(restarted).count(), 1, "restarted once: {}", text(&out));
+            assert!(stderr.contains(&*t.to_string_lossy()), "with the threshold: {}", text(&out));
+        }
+        None => assert!(!stderr.contains(restarted), "no restart on this processor: {}", text(&out)),
+    }
+    // Other tunables are kept alongside.
+    let out = run(&["put", "--config", "/nonexistent/device.toml", "a", "b"], Some("glibc.malloc.arena_max=2")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if expected.is_some() {
+        assert!(stderr.contains("glibc.malloc.arena_max=2:glibc.cpu.x86_rep_movsb_threshold="), "{}", text(&out));
+    } else {
+        assert!(!stderr.contains(restarted), "{}", text(&out));
+    }
+    // A threshold set by hand is left alone, and a command that moves no file's bytes never restarts.
+    let by_hand = "glibc.cpu.x86_rep_movsb_threshold=4096";
+    let out = run(&["get", "--config", "/nonexistent/device.toml", "a", "b"], Some(by_hand)).await;
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(restarted), "{}", text(&out));
+    let out = run(&["ls", "--config", "/nonexistent/device.toml", "a"], None).await;
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(restarted), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/device.toml"), "{}", text(&out));
+}
